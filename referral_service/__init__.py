@@ -1,0 +1,79 @@
+"""Referral and word-of-mouth tracking service: the application factory."""
+
+from flask import Flask, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
+
+from referral_service import config as settings
+from referral_service.api import BLUEPRINTS
+from referral_service.api.auth import SECURITY_SCHEME
+from referral_service.domain.clicks import ClickRecorder
+from referral_service.domain.codes import CodeCache, CodeSigner
+from referral_service.domain.health import MIGRATIONS
+from referral_service.domain.qr import QrCache
+from referral_service.errors import register_error_handlers
+from referral_service.extensions import api, db, migrate
+from referral_service.public.views import blp as public_blp
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the application: settings, extensions, services, blueprints, error handlers."""
+    app = Flask(__name__)
+    register_settings(app, config)
+    register_extensions(app)
+    register_services(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    return app
+
+
+def register_settings(app: Flask, config: dict | None) -> None:
+    app.config.update(settings.DEFAULTS)
+    overrides = config or {}
+    if not {"SECRET_KEY", "SQLALCHEMY_DATABASE_URI"} <= overrides.keys():
+        app.config.update(settings.from_environment(app.instance_path))
+    app.config.update(overrides)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {}
+    app.json.sort_keys = False
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS), render_as_batch=True)
+    api.init_app(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
+    api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME["bearerAuth"])
+
+
+def register_services(app: Flask) -> None:
+    """Per-process helpers: the code signer and caches, the click buffer, the QR image cache."""
+    with app.app_context():
+        engine = db.engine
+    app.extensions["referral_codes"] = CodeSigner(
+        app.config["SECRET_KEY"], app.config.get("SECRET_KEY_FALLBACKS") or ()
+    )
+    app.extensions["code_cache"] = CodeCache(app.config["CACHE_SECONDS"])
+    app.extensions["program_cache"] = {}
+    app.extensions["clicks"] = ClickRecorder(
+        lambda: engine, app.config["CLICK_FLUSH_INTERVAL"], app.config["CLICK_FLUSH_SIZE"]
+    )
+    app.extensions["qr_cache"] = QrCache(app.config["QR_CACHE_ITEMS"])
+
+
+def register_blueprints(app: Flask) -> None:
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    api.register_blueprint(public_blp)
+
+    @app.get("/api/docs/assets/<path:filename>")
+    def swagger_assets(filename):
+        return send_from_directory(swagger_ui_path, filename, max_age=86400)
+
+
+API_DESCRIPTION = """\
+Referral codes, share links and QR codes for a shop's customers.
+
+Authenticate with `Authorization: Bearer <api key>` (create keys with
+`referral-service api-keys create NAME --scope shop|admin`). Every error is
+`{"error": {"code", "message", "fields"?}}`. Money travels as decimal strings in
+major units with an ISO 4217 currency; times are ISO 8601 with a zone.
+"""

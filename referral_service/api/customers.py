@@ -1,0 +1,54 @@
+"""`/api/v1/customers`: enrol a customer, read them with their stats, rotate their code."""
+
+from dataclasses import asdict
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from referral_service.api import schemas
+from referral_service.api.auth import requires
+from referral_service.domain import customers
+from referral_service.links import referral_block
+
+blp = Blueprint(
+    "customers",
+    __name__,
+    url_prefix="/api/v1/customers",
+    description="Customers, their referral codes and their stats.",
+)
+
+
+def present(card: customers.CustomerCard) -> dict:
+    """A customer card with the addresses of its code."""
+    return {**asdict(card), "referral": referral_block(card.code)}
+
+
+@blp.route("/<external_id>")
+class Customer(MethodView):
+    """One customer, named by the shop's own id."""
+
+    @requires(blp, "shop")
+    @blp.arguments(schemas.CustomerIn)
+    @blp.response(200, schemas.CustomerOut, description="Updated.")
+    @blp.alt_response(201, schema=schemas.CustomerOut, description="Enrolled.")
+    def put(self, body, external_id):
+        """Enrol a customer, or replace their details; a new customer gets a referral code."""
+        card = customers.enrol(external_id, body["email"], body.get("name"), body.get("locale"))
+        return present(card), (201 if card.created else 200)
+
+    @requires(blp, "shop")
+    @blp.response(200, schemas.CustomerWithStats)
+    def get(self, external_id):
+        """A customer, their referral block and their stats."""
+        return present(customers.get(external_id))
+
+
+@blp.route("/<external_id>/referral-code/rotate")
+class RotateCode(MethodView):
+    """A customer's code rotation."""
+
+    @requires(blp, "shop")
+    @blp.response(200, schemas.ReferralBlock)
+    def post(self, external_id):
+        """Revoke the customer's code and issue a new one; the old code no longer attributes."""
+        return referral_block(customers.rotate_code(external_id).code)

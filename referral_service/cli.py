@@ -1,0 +1,133 @@
+"""The `referral-service` command line: it parses arguments and calls domain functions."""
+
+import csv
+import sys
+
+import click
+from flask.cli import FlaskGroup, with_appcontext
+
+from referral_service import create_app
+from referral_service.domain import api_keys, customers
+from referral_service.errors import ReferralError
+from referral_service.models.api_key import SCOPES
+
+
+@click.group(cls=FlaskGroup, create_app=create_app, add_version_option=False, set_debug_flag=False)
+def main():
+    """Referral service: run it, migrate its database, manage keys and import customers."""
+
+
+@main.group("api-keys")
+def api_keys_group():
+    """Create, list and revoke API keys."""
+
+
+@api_keys_group.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    type=click.Choice(SCOPES),
+    required=True,
+    help="shop: customers, sign-ups, purchases, refunds; admin: everything.",
+)
+@with_appcontext
+def create_key(name, scope):
+    """Create a key; it is printed once, alone on standard output, and stored only hashed."""
+    key = _or_fail(api_keys.create, name, scope)
+    click.echo(
+        f"Created API key {key.id} {key.name!r} with scope {key.scope}. "
+        "Keep it now: it cannot be shown again.",
+        err=True,
+    )
+    click.echo(key.secret)
+
+
+@api_keys_group.command("list")
+@with_appcontext
+def list_keys():
+    """List keys (never the keys themselves: only their first characters)."""
+    click.echo(f"{'ID':>4}  {'NAME':<24} {'SCOPE':<6} {'PREFIX':<13} {'CREATED':<20} STATUS")
+    for key in api_keys.all_keys():
+        status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        click.echo(
+            f"{key.id:>4}  {key.name:<24} {key.scope:<6} {key.prefix + '…':<13} "
+            f"{key.created_at:%Y-%m-%d %H:%M}Z {status}"
+        )
+
+
+@api_keys_group.command("revoke")
+@click.argument("key")
+@with_appcontext
+def revoke_key(key):
+    """Revoke a key, named by its id, its name, the prefix shown by `list`, or the key itself."""
+    for revoked in _or_fail(api_keys.revoke, key):
+        click.echo(f"Revoked API key {revoked.id} {revoked.name!r}.")
+
+
+@main.group("customers")
+def customers_group():
+    """Enrol existing customers."""
+
+
+@customers_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10000))
+@with_appcontext
+def import_customers(file, batch_size):
+    """Enrol the customers of a CSV file with columns external_id,email[,name,locale].
+
+    Rows with problems are reported with their line numbers and skipped; the others are kept.
+    Customers already enrolled are updated and keep their codes, so re-running is safe.
+    """
+    total = _count_rows(file)
+    reader = csv.DictReader(file)
+    header = [name.strip().lower() for name in (reader.fieldnames or [])]
+    missing = {"external_id", "email"} - set(header)
+    if missing:
+        raise click.ClickException(
+            f"The first line must name the columns external_id,email[,name,locale]; "
+            f"missing: {', '.join(sorted(missing))}."
+        )
+    reader.fieldnames = header
+
+    def rows():
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                yield reader.line_num, {"_error": str(error)}
+                continue
+            if None in row:
+                yield reader.line_num, {"_error": "more values than columns"}
+                continue
+            yield reader.line_num, row
+
+    with click.progressbar(
+        length=total, label="Importing customers", file=sys.stderr, show_pos=True
+    ) as bar:
+        report = customers.import_customers(rows(), batch_size=batch_size, progress=bar.update)
+    for line, problem in report.errors:
+        click.echo(f"line {line}: {problem}", err=True)
+    click.echo(
+        f"{report.created} created, {report.updated} updated, {report.unchanged} "
+        f"unchanged, {len(report.errors)} rejected."
+    )
+
+
+def _count_rows(file) -> int | None:
+    """Data rows of a seekable file (for the progress bar); the file is rewound."""
+    if not file.seekable():
+        return None
+    count = sum(1 for _ in csv.reader(file))
+    file.seek(0)
+    return max(count - 1, 0)
+
+
+def _or_fail(fn, *args):
+    try:
+        return fn(*args)
+    except ReferralError as error:
+        details = "; ".join(f"{k}: {' '.join(v)}" for k, v in (error.fields or {}).items())
+        raise click.ClickException(f"{error.message} {details}".strip()) from None

@@ -1,0 +1,72 @@
+"""Settings from the environment, with embedded defaults so that a first run needs none."""
+
+import os
+import secrets
+from pathlib import Path
+
+SECRET_KEY_FILE = "secret_key"
+SQLITE_FILE = "referral-service.sqlite3"
+
+
+def database_url(instance_path: str) -> str:
+    """The SQLAlchemy URL from `DATABASE_URL`, or SQLite in the instance folder."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if not url:
+        return f"sqlite:///{Path(instance_path) / SQLITE_FILE}"
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def secret_key(instance_path: str) -> str:
+    """`SECRET_KEY`, or a key generated on first run and kept in the instance folder (mode 0600)."""
+    key = os.environ.get("SECRET_KEY", "").strip()
+    if key:
+        return key
+    path = Path(instance_path) / SECRET_KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process generated it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def from_environment(instance_path: str) -> dict:
+    """All settings of the service, read from the environment."""
+    fallbacks = [k.strip() for k in os.environ.get("SECRET_KEY_FALLBACKS", "").split(",")]
+    public_base_url = os.environ.get("PUBLIC_BASE_URL", "").strip().rstrip("/") or None
+    return {
+        "SECRET_KEY": secret_key(instance_path),
+        "SECRET_KEY_FALLBACKS": [k for k in fallbacks if k],
+        "SQLALCHEMY_DATABASE_URI": database_url(instance_path),
+        "PUBLIC_BASE_URL": public_base_url,
+        "REDIS_URL": os.environ.get("REDIS_URL", "").strip() or None,
+    }
+
+
+DEFAULTS = {
+    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    "JSON_SORT_KEYS": False,
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    # clicks are buffered in memory and written in batches (see domain/clicks.py)
+    "CLICK_FLUSH_INTERVAL": 0.5,
+    "CLICK_FLUSH_SIZE": 500,
+    # how long a process trusts what it cached of a code or of the program settings
+    "CACHE_SECONDS": 10.0,
+    "QR_CACHE_ITEMS": 2048,
+    # OpenAPI (flask-smorest)
+    "API_TITLE": "Referral service",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/api",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    "OPENAPI_SWAGGER_UI_URL": "/api/docs/assets/",
+}

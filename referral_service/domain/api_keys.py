@@ -1,0 +1,89 @@
+"""API keys: created with a scope, shown once, stored as a SHA-256 digest, revoked by id or name."""
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+
+from referral_service.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from referral_service.extensions import db
+from referral_service.models import ApiKey, utcnow
+from referral_service.models.api_key import SCOPES
+from referral_service.models.base import begin_write
+
+KEY_PREFIX = "rsk_"
+
+
+@dataclass
+class NewKey:
+    """A key just created: `secret` is the only copy of the key there will ever be."""
+
+    id: int
+    name: str
+    scope: str
+    secret: str
+
+
+def digest(secret: str) -> str:
+    """The stored form of a key (keys are 256 random bits, so a plain SHA-256 suffices)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def create(name: str, scope: str) -> NewKey:
+    """Create a key; raises ValidationFailed for an empty name or an unknown scope."""
+    name = (name or "").strip()
+    if not 1 <= len(name) <= 100:
+        raise ValidationFailed(fields={"name": ["Must be 1 to 100 characters."]})
+    if scope not in SCOPES:
+        raise ValidationFailed(fields={"scope": [f"Must be one of {', '.join(SCOPES)}."]})
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    begin_write(db.session)
+    key = ApiKey(
+        name=name, scope=scope, prefix=secret[:12], key_hash=digest(secret), created_at=utcnow()
+    )
+    db.session.add(key)
+    db.session.commit()
+    return NewKey(id=key.id, name=name, scope=scope, secret=secret)
+
+
+def all_keys() -> list[ApiKey]:
+    return list(db.session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke(ident: str) -> list[ApiKey]:
+    """Revoke the active key(s) named by id, name or the prefix shown by `list`.
+
+    Raises NotFound when nothing active matches.
+    """
+    begin_write(db.session)
+    conditions = [ApiKey.name == ident, ApiKey.prefix == ident, ApiKey.key_hash == digest(ident)]
+    if ident.isdigit():
+        conditions.append(ApiKey.id == int(ident))
+    keys = list(
+        db.session.scalars(select(ApiKey).where(or_(*conditions), ApiKey.revoked_at.is_(None)))
+    )
+    if not keys:
+        db.session.rollback()
+        raise NotFound(f"No active API key matches {ident!r}.")
+    for key in keys:
+        key.revoked_at = utcnow()
+    db.session.commit()
+    return keys
+
+
+def authenticate(secret: str | None, needed: str) -> ApiKey:
+    """The active key for a bearer secret, if its scope covers `needed` (`admin` covers all).
+
+    Raises Unauthorized for a missing, unknown or revoked key and Forbidden for a narrower scope.
+    """
+    if not secret:
+        raise Unauthorized()
+    key = db.session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == digest(secret), ApiKey.revoked_at.is_(None))
+    )
+    if key is None:
+        raise Unauthorized("This API key is unknown or has been revoked.")
+    if needed == "admin" and key.scope != "admin":
+        raise Forbidden("This request needs an API key with the admin scope.")
+    return key

@@ -1,0 +1,122 @@
+"""Recording share-link clicks: buffered in memory and written to the database in batches.
+
+A visit of `/r/<code>` must be fast, so it does not wait for a commit: the click is appended to
+this process's buffer and a background thread writes the buffer every `CLICK_FLUSH_INTERVAL`
+seconds (or sooner when `CLICK_FLUSH_SIZE` clicks wait). A clean shutdown (SIGTERM to gunicorn,
+Ctrl-C on the development server) writes what is left; a crash (SIGKILL, power loss) loses at
+most the clicks of the last interval. Readers of clicks flush this process's buffer first.
+"""
+
+import atexit
+import logging
+import os
+import re
+import secrets
+import threading
+from datetime import datetime
+
+from sqlalchemy import insert
+from sqlalchemy.engine import Engine
+
+from referral_service.models import Click
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHANNEL = "link"
+OTHER_CHANNEL = "other"
+_CHANNEL = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
+
+
+def channel(via: str | None) -> str:
+    """The channel of a visit from `via`: `link` when absent, `other` when malformed."""
+    if not via:
+        return DEFAULT_CHANNEL
+    via = via.strip().lower()
+    return via if _CHANNEL.fullmatch(via) else OTHER_CHANNEL
+
+
+def new_click_id() -> str:
+    """A random, unguessable click id (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+class ClickRecorder:
+    """A per-process buffer of clicks with a writer thread; see the module docstring."""
+
+    def __init__(self, engine_factory, interval: float, flush_size: int):
+        self._engine_factory = engine_factory
+        self.interval = interval
+        self.flush_size = flush_size
+        self._rows: list[dict] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        atexit.register(self.close)
+
+    def record(self, code_id: int, referrer_id: int, via: str | None, at: datetime) -> str:
+        """Buffer one click and return its id; it reaches the database within `interval`."""
+        click_id = new_click_id()
+        row = {
+            "id": click_id,
+            "code_id": code_id,
+            "referrer_id": referrer_id,
+            "channel": channel(via),
+            "occurred_at": at,
+        }
+        with self._lock:
+            self._rows.append(row)
+            pending = len(self._rows)
+        self._ensure_thread()
+        if pending >= self.flush_size:
+            self._wake.set()
+        return click_id
+
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def flush(self) -> int:
+        """Write every buffered click now; returns how many were written."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._rows = self._rows, []
+            if not rows:
+                return 0
+            engine: Engine = self._engine_factory()
+            try:
+                with engine.connect() as connection:
+                    connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+                    with connection.begin():
+                        connection.execute(insert(Click), rows)
+            except Exception:
+                with self._lock:  # keep them for the next try
+                    self._rows[:0] = rows
+                raise
+            return len(rows)
+
+    def close(self) -> None:
+        """Write what is left (called at exit and by gunicorn's worker_exit hook)."""
+        try:
+            self.flush()
+        except Exception:
+            log.exception("could not write %d buffered clicks at shutdown", len(self._rows))
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="click-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:
+                log.exception("could not write buffered clicks; will retry")

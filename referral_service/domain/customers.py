@@ -1,0 +1,340 @@
+"""Enrolling customers, their referral codes, their stats, and the import of existing customers."""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from babel import Locale, UnknownLocaleError
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from referral_service.domain.codes import forget_code, signer
+from referral_service.errors import NotFound, ValidationFailed
+from referral_service.extensions import db
+from referral_service.models import Click, Customer, ReferralCode, utcnow
+from referral_service.models.base import begin_write
+
+MAX_EXTERNAL_ID = 128
+MAX_NAME = 200
+ISSUE_ATTEMPTS = 12
+
+
+@dataclass
+class CustomerCard:
+    """A customer as the outside world sees it: its fields, its active code, and maybe its stats."""
+
+    external_id: str
+    email: str
+    name: str | None
+    locale: str | None
+    created_at: datetime
+    updated_at: datetime
+    code: str
+    created: bool = False
+    stats: dict | None = None
+
+
+@dataclass
+class ImportReport:
+    """What an import did: rows created, updated and rejected (with their line numbers)."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+# --- rules shared by the API schemas and the import ----------------------------------------------
+
+
+def check_external_id(value: str) -> str:
+    """The external id if it is 1-128 printable characters; raises ValidationFailed."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_EXTERNAL_ID:
+        raise ValidationFailed(fields={"external_id": ["Must be 1 to 128 characters."]})
+    if not value.isprintable() or value != value.strip():
+        raise ValidationFailed(
+            fields={"external_id": ["Must not hold control characters or surrounding spaces."]}
+        )
+    return value
+
+
+def check_email(value: str) -> str:
+    """The address with its domain normalized, if it is a valid address; raises ValidationFailed."""
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except (EmailNotValidError, TypeError) as error:
+        raise ValidationFailed(fields={"email": [f"Not a valid email address: {error}"]}) from None
+
+
+def check_name(value: str | None) -> str | None:
+    """A display name of at most 200 printable characters, or None; raises ValidationFailed."""
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > MAX_NAME or not value.isprintable():
+        raise ValidationFailed(fields={"name": ["At most 200 printable characters."]})
+    return value or None
+
+
+def check_locale(value: str | None) -> str | None:
+    """A locale Babel knows (`pl`, `pl-PL`, `en_GB`), as `pl_PL`; raises ValidationFailed."""
+    if value is None or value == "":
+        return None
+    try:
+        return str(Locale.parse(value.replace("-", "_")))
+    except (UnknownLocaleError, ValueError, TypeError):
+        raise ValidationFailed(
+            fields={"locale": [f"Unknown locale {value!r}: use a code such as 'pl' or 'en-GB'."]}
+        ) from None
+
+
+# --- codes ---------------------------------------------------------------------------------------
+
+
+def _add_code(customer_id: int) -> str:
+    """Issue a fresh code for a customer inside the current transaction (retries collisions)."""
+    for _ in range(ISSUE_ATTEMPTS):
+        code = signer().issue()
+        try:
+            with db.session.begin_nested():
+                db.session.add(
+                    ReferralCode(customer_id=customer_id, code=code, created_at=utcnow())
+                )
+            return code
+        except IntegrityError:
+            continue
+    raise RuntimeError("could not issue a unique referral code")
+
+
+def _active_code(customer_id: int) -> str | None:
+    return db.session.scalar(
+        select(ReferralCode.code).where(
+            ReferralCode.customer_id == customer_id, ReferralCode.revoked_at.is_(None)
+        )
+    )
+
+
+def _card(customer: Customer, code: str, created: bool = False, stats=None) -> CustomerCard:
+    return CustomerCard(
+        external_id=customer.external_id,
+        email=customer.email,
+        name=customer.name,
+        locale=customer.locale,
+        created_at=customer.created_at,
+        updated_at=customer.updated_at,
+        code=code,
+        created=created,
+        stats=stats,
+    )
+
+
+def _find(external_id: str) -> Customer:
+    customer = db.session.scalar(select(Customer).where(Customer.external_id == external_id))
+    if customer is None:
+        raise NotFound(f"No customer with external_id {external_id!r}.")
+    return customer
+
+
+# --- the business steps --------------------------------------------------------------------------
+
+
+def enrol(external_id: str, email: str, name: str | None = None, locale: str | None = None):
+    """Create or replace a customer; a new one gets a referral code. Returns a CustomerCard.
+
+    Raises ValidationFailed for a bad field. Concurrent calls for the same id create one customer:
+    the loser of the race on the unique `external_id` retries as an update.
+    """
+    external_id = check_external_id(external_id)
+    values = {"email": check_email(email), "name": check_name(name), "locale": check_locale(locale)}
+    try:
+        return _enrol(external_id, values)
+    except IntegrityError:
+        db.session.rollback()
+        return _enrol(external_id, values)
+
+
+def _enrol(external_id: str, values: dict) -> CustomerCard:
+    begin_write(db.session)
+    now = utcnow()
+    customer = db.session.scalar(
+        select(Customer).where(Customer.external_id == external_id).with_for_update()
+    )
+    created = customer is None
+    if created:
+        customer = Customer(external_id=external_id, created_at=now, updated_at=now, **values)
+        db.session.add(customer)
+        db.session.flush()
+        code = _add_code(customer.id)
+    else:
+        if any(getattr(customer, key) != value for key, value in values.items()):
+            for key, value in values.items():
+                setattr(customer, key, value)
+            customer.updated_at = now
+        code = _active_code(customer.id) or _add_code(customer.id)
+    db.session.commit()
+    return _card(customer, code, created=created)
+
+
+def get(external_id: str) -> CustomerCard:
+    """The customer with its active code and stats; raises NotFound."""
+    customer = _find(check_external_id(external_id))
+    return _card(customer, _active_code(customer.id), stats=stats(customer.id))
+
+
+def rotate_code(external_id: str) -> CustomerCard:
+    """Revoke the customer's active code and issue a new one; raises NotFound."""
+    check_external_id(external_id)
+    begin_write(db.session)
+    customer = db.session.scalar(
+        select(Customer).where(Customer.external_id == external_id).with_for_update()
+    )
+    if customer is None:
+        db.session.rollback()
+        raise NotFound(f"No customer with external_id {external_id!r}.")
+    db.session.execute(
+        update(ReferralCode)
+        .where(ReferralCode.customer_id == customer.id, ReferralCode.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    code = _add_code(customer.id)
+    db.session.commit()
+    forget_code(customer.id)
+    return _card(customer, code)
+
+
+def stats(customer_id: int) -> dict:
+    """A referrer's counters: clicks, sign-ups, conversions, and rewards by status."""
+    clicks = db.session.scalar(
+        select(func.count()).select_from(Click).where(Click.referrer_id == customer_id)
+    )
+    return {
+        "clicks": clicks or 0,
+        "signups": 0,
+        "conversions": 0,
+        "rewards": {"pending": 0, "awaiting_approval": 0, "approved": 0, "paid": 0},
+    }
+
+
+# --- import --------------------------------------------------------------------------------------
+
+
+def _clean_row(row: dict) -> dict:
+    """The row's values checked by the same rules as the API; raises ValidationFailed.
+
+    A row the reader could not parse comes as `{"_error": "why"}`.
+    """
+    if row.get("_error"):
+        raise ValidationFailed(fields={"row": [row["_error"]]})
+    return {
+        "external_id": check_external_id((row.get("external_id") or "").strip()),
+        "email": check_email((row.get("email") or "").strip()),
+        "name": check_name(row.get("name")),
+        "locale": check_locale((row.get("locale") or "").strip() or None),
+    }
+
+
+def _chunks(rows: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def import_customers(rows: Iterable[tuple[int, dict]], batch_size: int = 1000, progress=None):
+    """Enrol existing customers from `(line_number, row)` pairs; returns an ImportReport.
+
+    Bad rows are reported with their line numbers and skipped; good rows are kept. A customer
+    already enrolled is updated and keeps their code, so running the same file twice is safe.
+    Each batch is one transaction. `progress(n)` is called with the rows done after each batch.
+    """
+    report = ImportReport()
+    for chunk in _chunks(rows, batch_size):
+        good: dict[str, tuple[int, dict]] = {}
+        for line, row in chunk:
+            try:
+                values = _clean_row(row)
+            except ValidationFailed as error:
+                problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in (error.fields or {}).items())
+                report.errors.append((line, problems))
+                continue
+            if values["external_id"] in good:
+                report.errors.append(
+                    (
+                        line,
+                        f"external_id {values['external_id']!r} repeats line "
+                        f"{good[values['external_id']][0]} in the same file",
+                    )
+                )
+                continue
+            good[values["external_id"]] = (line, values)
+        _import_batch([values for _, values in good.values()], report)
+        if progress:
+            progress(len(chunk))
+    return report
+
+
+def _import_batch(batch: list[dict], report: ImportReport) -> None:
+    begin_write(db.session)
+    now = utcnow()
+    existing = {
+        customer.external_id: customer
+        for customer in db.session.scalars(
+            select(Customer).where(Customer.external_id.in_([v["external_id"] for v in batch]))
+        )
+    }
+    new_rows = []
+    for values in batch:
+        customer = existing.get(values["external_id"])
+        if customer is None:
+            new_rows.append({**values, "created_at": now, "updated_at": now})
+        elif any(getattr(customer, k) != v for k, v in values.items() if k != "external_id"):
+            for key, value in values.items():
+                setattr(customer, key, value)
+            customer.updated_at = now
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    if new_rows:
+        db.session.execute(db.insert(Customer), new_rows)
+        ids = (
+            db.session.execute(
+                select(Customer.id).where(
+                    Customer.external_id.in_([row["external_id"] for row in new_rows])
+                )
+            )
+            .scalars()
+            .all()
+        )
+        _add_codes(ids, now)
+        report.created += len(new_rows)
+    db.session.commit()
+
+
+def _add_codes(customer_ids: list[int], now: datetime) -> None:
+    """Issue one code per customer in bulk; collisions with codes already stored are re-drawn."""
+    codes: dict[int, str] = {customer_id: signer().issue() for customer_id in customer_ids}
+    for _ in range(ISSUE_ATTEMPTS):
+        taken = set(
+            db.session.scalars(
+                select(ReferralCode.code).where(ReferralCode.code.in_(codes.values()))
+            )
+        )
+        seen: set[str] = set()
+        clashes = []
+        for customer_id, code in codes.items():
+            if code in taken or code in seen:
+                clashes.append(customer_id)
+            seen.add(code)
+        if not clashes:
+            break
+        for customer_id in clashes:
+            codes[customer_id] = signer().issue()
+    db.session.execute(
+        db.insert(ReferralCode),
+        [{"customer_id": cid, "code": code, "created_at": now} for cid, code in codes.items()],
+    )

@@ -1,0 +1,75 @@
+"""Money: ISO 4217 currencies and exact decimal amounts in their minor units."""
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from babel.numbers import get_currency_precision, list_currencies
+
+from referral_service.errors import ValidationFailed
+
+# ISO 4217 codes for money (Babel also lists historic codes, funds and metals: leave those out)
+_NOT_MONEY = {
+    "XAG",
+    "XAU",
+    "XBA",
+    "XBB",
+    "XBC",
+    "XBD",
+    "XDR",
+    "XPD",
+    "XPT",
+    "XSU",
+    "XTS",
+    "XUA",
+    "XXX",
+}
+CURRENCIES = frozenset(code for code in list_currencies() if code not in _NOT_MONEY)
+
+
+def check_currency(value: str, field: str = "currency") -> str:
+    """The upper-case ISO 4217 code; raises ValidationFailed for anything else."""
+    code = value.upper() if isinstance(value, str) else ""
+    if code not in CURRENCIES:
+        raise ValidationFailed(
+            fields={field: [f"Unknown currency {value!r}: use an ISO 4217 code."]}
+        )
+    return code
+
+
+def minor_digits(currency: str) -> int:
+    """How many decimals the currency's minor unit has (EUR 2, JPY 0, KWD 3)."""
+    return get_currency_precision(currency)
+
+
+def parse_amount(value, currency: str, field: str, allow_zero: bool = True) -> Decimal:
+    """An exact, non-negative amount in major units with at most the currency's decimals.
+
+    Accepts a decimal string ("12.50") or an int; raises ValidationFailed for floats, non-finite
+    or negative numbers, too many decimals, or absurd sizes.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise ValidationFailed(fields={field: ['Send money as a decimal string, e.g. "12.50".']})
+    try:
+        amount = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        raise ValidationFailed(fields={field: [f"Not a decimal amount: {value!r}."]}) from None
+    if not amount.is_finite():
+        raise ValidationFailed(fields={field: ["Must be a finite amount."]})
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise ValidationFailed(
+            fields={
+                field: ["Must be more than zero." if not allow_zero else "Must not be negative."]
+            }
+        )
+    if amount >= Decimal(10) ** 12:
+        raise ValidationFailed(fields={field: ["Too large."]})
+    digits = minor_digits(currency)
+    if amount != amount.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP):
+        raise ValidationFailed(
+            fields={field: [f"{currency} amounts have at most {digits} decimals."]}
+        )
+    return amount.quantize(Decimal(1).scaleb(-digits))
+
+
+def format_amount(amount: Decimal, currency: str) -> str:
+    """The amount as the API sends it: a decimal string with the currency's decimals."""
+    return str(amount.quantize(Decimal(1).scaleb(-minor_digits(currency))))

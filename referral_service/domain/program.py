@@ -1,0 +1,231 @@
+"""The program settings: read (cached briefly per process) and changed as one validated whole."""
+
+import time
+from decimal import Decimal, InvalidOperation
+from urllib.parse import urlsplit
+
+from flask import current_app
+
+from referral_service.domain.money import check_currency, format_amount, parse_amount
+from referral_service.errors import ValidationFailed
+from referral_service.extensions import db
+from referral_service.models import Program
+from referral_service.models.base import begin_write
+from referral_service.models.program import REWARD_TYPES
+
+OFFER_TYPES = ("fixed", "percent", "free_shipping")
+MAX_DAYS = 3650
+_PERCENT_MAX = Decimal(100)
+
+
+def _program() -> Program:
+    program = db.session.get(Program, 1)
+    if program is None:  # the migration inserts it; this covers a database made without one
+        begin_write(db.session)
+        program = db.session.get(Program, 1)
+        if program is None:
+            db.session.add(Program(id=1))
+            db.session.commit()
+            program = db.session.get(Program, 1)
+    return program
+
+
+def settings() -> dict:
+    """The program settings as plain values (cached in this process for `CACHE_SECONDS`)."""
+    cache = current_app.extensions["program_cache"]
+    if cache.get("expires", 0) > time.monotonic():
+        return cache["value"]
+    value = as_dict(_program())
+    cache.update(value=value, expires=time.monotonic() + current_app.config["CACHE_SECONDS"])
+    return value
+
+
+def as_dict(program: Program) -> dict:
+    currency = program.currency
+
+    def reward(kind, value):
+        if kind == "none":
+            return {"type": "none", "value": None}
+        return {
+            "type": kind,
+            "value": format_amount(value, currency) if kind == "fixed" else str(value),
+        }
+
+    return {
+        "landing_url": program.landing_url,
+        "currency": currency,
+        "referrer_reward": reward(program.referrer_reward_type, program.referrer_reward_value),
+        "friend_reward": reward(program.friend_reward_type, program.friend_reward_value),
+        "friend_offer": program.friend_offer,
+        "min_order_amount": format_amount(program.min_order_amount, currency),
+        "attribution_window_days": program.attribution_window_days,
+        "conversion_window_days": program.conversion_window_days,
+        "hold_days": program.hold_days,
+        "auto_approve_max_amount": None
+        if program.auto_approve_max_amount is None
+        else format_amount(program.auto_approve_max_amount, currency),
+        "max_rewards_per_referrer_per_month": program.max_rewards_per_referrer_per_month,
+        "paused": program.paused,
+    }
+
+
+# --- validation of a whole set of settings -------------------------------------------------------
+
+
+def _check_url(value, field: str) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or len(value) > 2048
+    ):
+        raise ValidationFailed(
+            fields={field: ["Must be an http(s) URL of at most 2048 characters."]}
+        )
+    return value
+
+
+def _check_days(value, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DAYS:
+        raise ValidationFailed(
+            fields={field: [f"Must be a whole number of days, 0 to {MAX_DAYS}."]}
+        )
+    return value
+
+
+def _check_percent(value, field: str) -> Decimal:
+    try:
+        percent = Decimal(str(value).strip()) if isinstance(value, str | int) else None
+    except InvalidOperation:
+        percent = None
+    if (
+        percent is None
+        or isinstance(value, bool)
+        or not percent.is_finite()
+        or not 0 < percent <= _PERCENT_MAX
+        or percent != round(percent, 2)
+    ):
+        raise ValidationFailed(
+            fields={
+                field: [
+                    "A percent is a decimal string above 0 and at most 100, "
+                    "with at most 2 decimals."
+                ]
+            }
+        )
+    return percent.normalize() if percent == percent.to_integral() else percent
+
+
+def _check_reward(value, currency: str, field: str) -> tuple[str, Decimal | None]:
+    if not isinstance(value, dict) or set(value) - {"type", "value"}:
+        raise ValidationFailed(
+            fields={field: ['Must be {"type": "fixed"|"percent"|"none", "value": "..."}.']}
+        )
+    kind = value.get("type")
+    if kind not in REWARD_TYPES:
+        raise ValidationFailed(
+            fields={f"{field}.type": [f"Unknown reward type {kind!r}: use fixed, percent or none."]}
+        )
+    amount = value.get("value")
+    if kind == "none":
+        if amount not in (None, "", "0", "0.00"):
+            raise ValidationFailed(
+                fields={f"{field}.value": ["A reward of type none has no value."]}
+            )
+        return "none", None
+    if kind == "fixed":
+        return "fixed", parse_amount(amount, currency, f"{field}.value", allow_zero=False)
+    return "percent", _check_percent(amount, f"{field}.value")
+
+
+def _check_offer(value, currency: str) -> dict | None:
+    field = "friend_offer"
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"type", "value", "description"}:
+        raise ValidationFailed(fields={field: ["Must be null or {type, value, description}."]})
+    kind = value.get("type")
+    if kind not in OFFER_TYPES:
+        raise ValidationFailed(fields={f"{field}.type": ["Use fixed, percent or free_shipping."]})
+    offer: dict = {"type": kind}
+    if kind == "fixed":
+        offer["value"] = format_amount(
+            parse_amount(value.get("value"), currency, f"{field}.value", allow_zero=False),
+            currency,
+        )
+        offer["currency"] = currency
+    elif kind == "percent":
+        offer["value"] = str(_check_percent(value.get("value"), f"{field}.value"))
+    description = value.get("description")
+    if description is not None:
+        if not isinstance(description, str) or len(description) > 500:
+            raise ValidationFailed(fields={f"{field}.description": ["At most 500 characters."]})
+        offer["description"] = description
+    return offer
+
+
+def _check_cap(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise ValidationFailed(
+            fields={"max_rewards_per_referrer_per_month": ["Must be null or a whole number >= 0."]}
+        )
+    return value
+
+
+def update(changes: dict) -> dict:
+    """Apply some settings; the result is validated as a whole and saved at once, or not at all.
+
+    Raises ValidationFailed naming every bad field (a fixed amount is checked against the
+    currency, so changing the currency to JPY with a reward of "10.50" fails).
+    """
+    begin_write(db.session)
+    program = _program()
+    merged = {**as_dict(program), **changes}
+    problems: dict[str, list[str]] = {}
+
+    def check(fn, *args):
+        try:
+            return fn(*args)
+        except ValidationFailed as error:
+            problems.update(error.fields or {})
+            return None
+
+    currency = check(check_currency, merged["currency"]) or program.currency
+    values = {
+        "landing_url": check(_check_url, merged["landing_url"], "landing_url"),
+        "currency": currency,
+        "friend_offer": check(_check_offer, merged["friend_offer"], currency),
+        "min_order_amount": check(
+            parse_amount, merged["min_order_amount"], currency, "min_order_amount"
+        ),
+        "auto_approve_max_amount": None
+        if merged["auto_approve_max_amount"] is None
+        else check(
+            parse_amount, merged["auto_approve_max_amount"], currency, "auto_approve_max_amount"
+        ),
+        "max_rewards_per_referrer_per_month": check(
+            _check_cap, merged["max_rewards_per_referrer_per_month"]
+        ),
+    }
+    for field in ("attribution_window_days", "conversion_window_days", "hold_days"):
+        values[field] = check(_check_days, merged[field], field)
+    for who in ("referrer", "friend"):
+        checked = check(_check_reward, merged[f"{who}_reward"], currency, f"{who}_reward")
+        if checked:
+            values[f"{who}_reward_type"], values[f"{who}_reward_value"] = checked
+    if not isinstance(merged["paused"], bool):
+        problems["paused"] = ["Must be true or false."]
+    values["paused"] = merged["paused"]
+    if problems:
+        db.session.rollback()
+        raise ValidationFailed(fields=problems)
+    for key, value in values.items():
+        setattr(program, key, value)
+    db.session.commit()
+    current_app.extensions["program_cache"].clear()
+    return as_dict(program)

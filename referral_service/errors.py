@@ -1,0 +1,174 @@
+"""The domain's exception tree, and the one place that maps errors to HTTP answers.
+
+Every error leaves the service as `{"error": {"code", "message", "fields"?}}`.
+"""
+
+import logging
+
+from flask import Flask, jsonify
+from marshmallow import Schema, fields
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ReferralError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    status = 400
+    code = "bad_request"
+    message = "The request could not be understood."
+
+    def __init__(self, message: str | None = None, fields: dict | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.fields = fields
+
+
+class ValidationFailed(ReferralError):
+    """Input that breaks a rule; `fields` says which field and why."""
+
+    status = 422
+    code = "validation_error"
+    message = "The request has invalid fields."
+
+
+class InvalidCode(ReferralError):
+    """A referral code that fails its signature: forged or mistyped."""
+
+    status = 404
+    code = "invalid_code"
+    message = "This referral code is not valid."
+
+
+class NotFound(ReferralError):
+    """The thing asked for does not exist."""
+
+    status = 404
+    code = "not_found"
+    message = "Not found."
+
+
+class RevokedCode(NotFound):
+    """A referral code that was valid but has been replaced."""
+
+    code = "revoked_code"
+    message = "This referral code has been revoked."
+
+
+class Conflict(ReferralError):
+    """The request clashes with the current state (or with another request in flight)."""
+
+    status = 409
+    code = "conflict"
+    message = "The request conflicts with the current state."
+
+
+class Unauthorized(ReferralError):
+    """No API key, or one that is unknown or revoked."""
+
+    status = 401
+    code = "unauthorized"
+    message = "A valid API key is required: send 'Authorization: Bearer <key>'."
+
+
+class Forbidden(ReferralError):
+    """A valid API key whose scope does not allow the request."""
+
+    status = 403
+    code = "forbidden"
+    message = "This API key's scope does not allow this request."
+
+
+class ErrorBody(Schema):
+    """The inside of the error envelope."""
+
+    code = fields.String(required=True, metadata={"example": "validation_error"})
+    message = fields.String(required=True)
+    fields = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Only for validation errors: the problems of each field."},
+    )
+
+
+class ErrorEnvelope(Schema):
+    """Every error: `{"error": {"code", "message", "fields"?}}`."""
+
+    error = fields.Nested(ErrorBody, required=True)
+
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, fields: dict | None = None, headers=None):
+    """The error envelope as a Flask response."""
+    body = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    response = jsonify({"error": body})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def flatten_messages(messages, prefix: str = "") -> dict[str, list[str]]:
+    """Turn marshmallow's nested messages into `{"a.b": ["problem"]}`."""
+    if isinstance(messages, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            flat.update(flatten_messages(value, name))
+        return flat
+    if isinstance(messages, list) and all(isinstance(item, str) for item in messages):
+        return {prefix or "_schema": list(messages)}
+    return {prefix or "_schema": [str(messages)]}
+
+
+def _handle_referral_error(error: ReferralError):
+    return error_response(error.status, error.code, error.message, error.fields)
+
+
+def _handle_http_exception(error: HTTPException):
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    headers = dict(data.get("headers") or {})
+    if status == 405 and error.valid_methods:
+        headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    messages = data.get("messages")
+    if messages is not None:  # webargs / flask-smorest validation
+        if status == 400 and "json" in messages and isinstance(messages["json"], list):
+            return error_response(400, "invalid_json", "The body is not valid JSON.", None, headers)
+        fields: dict[str, list[str]] = {}
+        for location_messages in messages.values():
+            fields.update(flatten_messages(location_messages))
+        return error_response(status, "validation_error", ValidationFailed.message, fields, headers)
+    code = HTTP_CODES.get(status, "error")
+    message = data.get("message") or error.description or error.name
+    return error_response(status, code, message, None, headers)
+
+
+def _handle_unexpected(error: Exception):
+    log.exception("unexpected error")
+    return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error, expected or not, with the envelope."""
+    app.register_error_handler(ReferralError, _handle_referral_error)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(Exception, _handle_unexpected)

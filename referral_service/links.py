@@ -1,0 +1,34 @@
+"""The public addresses of a code: share link and QR images, under `PUBLIC_BASE_URL`."""
+
+from flask import current_app, has_request_context, request
+
+from referral_service.domain.codes import display
+
+LOCAL_BASE_URL = "http://127.0.0.1:5000"
+
+
+def base_url() -> str:
+    """`PUBLIC_BASE_URL`, else the address this request came to, else the development address."""
+    configured = current_app.config.get("PUBLIC_BASE_URL")
+    if configured:
+        return configured
+    if has_request_context():
+        return request.host_url.rstrip("/")
+    return LOCAL_BASE_URL
+
+
+def share_url(code: str, via: str | None = None) -> str:
+    url = f"{base_url()}/r/{code}"
+    return f"{url}?via={via}" if via else url
+
+
+def referral_block(code: str) -> dict:
+    """The `referral` block of a customer: code, share link and QR image addresses."""
+    link = share_url(code)
+    return {
+        "code": code,
+        "display_code": display(code),
+        "share_url": link,
+        "qr_png_url": f"{link}/qr.png",
+        "qr_svg_url": f"{link}/qr.svg",
+    }

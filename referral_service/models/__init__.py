@@ -1,0 +1,9 @@
+"""SQLAlchemy models of the service; constraints make wrong states impossible."""
+
+from referral_service.models.api_key import ApiKey
+from referral_service.models.base import Base, utcnow
+from referral_service.models.click import Click
+from referral_service.models.customer import Customer, ReferralCode
+from referral_service.models.program import Program
+
+__all__ = ["ApiKey", "Base", "Click", "Customer", "Program", "ReferralCode", "utcnow"]

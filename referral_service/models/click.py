@@ -1,0 +1,24 @@
+"""Clicks: one visit of a share link, with the channel it came through."""
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from referral_service.models.base import Base, UTCDateTime
+
+
+class Click(Base):
+    """A visit of `/r/<code>`; its `id` is the `click_id` handed to the landing page."""
+
+    __tablename__ = "clicks"
+    __table_args__ = (
+        Index("ix_clicks_referrer_occurred", "referrer_id", "occurred_at"),
+        Index("ix_clicks_occurred", "occurred_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    code_id: Mapped[int] = mapped_column(ForeignKey("referral_codes.id", ondelete="CASCADE"))
+    referrer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
