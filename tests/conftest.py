@@ -1,0 +1,175 @@
+"""Fixtures: an app per test on SQLite and (when TEST_DATABASE_URL is set) on PostgreSQL.
+
+Each backend gets a database of its own for the test session, migrated once with the project's
+migrations; each test starts from empty tables. With CI=true a missing PostgreSQL is an error,
+never a silent skip.
+"""
+
+import os
+import uuid
+
+import pytest
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from referral_service import create_app
+from referral_service.extensions import db
+from referral_service.models import Base, Program
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
+BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
+SECRET = "test-secret-key-0123456789abcdef"
+BASE_URL = "http://shop.test"
+
+
+def pytest_configure(config):
+    if IN_CI and not PG_URL:
+        raise pytest.UsageError("CI=true but TEST_DATABASE_URL is not set: PostgreSQL is required")
+
+
+def pytest_report_header(config):
+    if PG_URL:
+        return f"databases: SQLite and PostgreSQL ({make_url(PG_URL).render_as_string()})"
+    return "databases: SQLite only (set TEST_DATABASE_URL to also run every test on PostgreSQL)"
+
+
+def unavailable(what: str, error: Exception):
+    """Skip when a service is missing on a laptop; fail under CI=true."""
+    message = f"{what} is not available: {type(error).__name__}: {error}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _pg_url(name: str) -> str:
+    url = make_url(PG_URL)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """An autocommit engine on TEST_DATABASE_URL, to create and drop test databases."""
+    if not PG_URL:
+        unavailable("PostgreSQL (TEST_DATABASE_URL)", RuntimeError("not configured"))
+    engine = create_engine(_pg_url(make_url(PG_URL).database), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as error:
+        unavailable("PostgreSQL at TEST_DATABASE_URL", error)
+    yield engine
+    engine.dispose()
+
+
+def make_pg_database(pg_admin) -> str:
+    name = f"rs_test_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    return name
+
+
+def drop_pg_database(pg_admin, name: str) -> None:
+    with pg_admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def app_config(database_url: str, **extra) -> dict:
+    return {
+        "TESTING": True,
+        "SECRET_KEY": SECRET,
+        "SECRET_KEY_FALLBACKS": [],
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "PUBLIC_BASE_URL": BASE_URL,
+        "CLICK_FLUSH_INTERVAL": 0.05,
+        **extra,
+    }
+
+
+def migrated(database_url: str) -> None:
+    app = create_app(app_config(database_url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request, tmp_path_factory):
+    """A migrated database for the whole test session, one per backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
+        migrated(url)
+        yield url
+        return
+    pg_admin = request.getfixturevalue("pg_admin")
+    name = make_pg_database(pg_admin)
+    url = _pg_url(name)
+    migrated(url)
+    yield url
+    drop_pg_database(pg_admin, name)
+
+
+def empty_tables() -> None:
+    """Delete every row, then put back the program's default settings."""
+    for table in reversed(Base.metadata.sorted_tables):
+        db.session.execute(table.delete())
+    db.session.add(Program(id=1))
+    db.session.commit()
+
+
+@pytest.fixture
+def app(database_url):
+    app = create_app(app_config(database_url))
+    with app.app_context():
+        empty_tables()
+    yield app
+    with app.app_context():
+        app.extensions["clicks"].flush()
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def backend(database_url) -> str:
+    return "postgresql" if database_url.startswith("postgresql") else "sqlite"
+
+
+@pytest.fixture
+def shop_key(app):
+    from tests.factories import api_key
+
+    with app.app_context():
+        return api_key("shop")
+
+
+@pytest.fixture
+def admin_key(app):
+    from tests.factories import api_key
+
+    with app.app_context():
+        return api_key("admin")
+
+
+@pytest.fixture
+def shop(shop_key):
+    """Headers of a request made with a shop key."""
+    return {"Authorization": f"Bearer {shop_key}"}
+
+
+@pytest.fixture
+def admin(admin_key):
+    """Headers of a request made with an admin key."""
+    return {"Authorization": f"Bearer {admin_key}"}

@@ -1,0 +1,22 @@
+"""Test data: API keys and customers made through the domain, as the service makes them."""
+
+import itertools
+
+from referral_service.domain import api_keys, customers
+
+_counter = itertools.count(1)
+
+
+def api_key(scope: str = "shop", name: str | None = None) -> str:
+    return api_keys.create(name or f"{scope}-key", scope).secret
+
+
+def customer(external_id: str | None = None, email: str | None = None, **fields):
+    n = next(_counter)
+    return customers.enrol(
+        external_id or f"cust-{n}", email or f"customer{n}@example.com", **fields
+    )
+
+
+def auth(secret: str) -> dict:
+    return {"Authorization": f"Bearer {secret}"}
