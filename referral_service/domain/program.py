@@ -116,7 +116,7 @@ def _check_percent(value, field: str) -> Decimal:
                 ]
             }
         )
-    return percent.normalize() if percent == percent.to_integral() else percent
+    return Decimal(format(percent.normalize(), "f"))  # "12.50" -> 12.5, "10" stays 10
 
 
 def _check_reward(value, currency: str, field: str) -> tuple[str, Decimal | None]:

@@ -10,7 +10,7 @@ from itsdangerous import URLSafeTimedSerializer
 from referral_service.domain import codes, health, program
 from referral_service.domain.qr import check_size
 from referral_service.errors import ErrorEnvelope, InvalidCode, NotFound, RevokedCode
-from referral_service.links import share_url
+from referral_service.links import base_url, share_url
 from referral_service.models import utcnow
 from referral_service.public import schemas
 
@@ -26,7 +26,7 @@ def click_cookie_serializer() -> URLSafeTimedSerializer:
 
 
 def _landing(params: dict) -> str:
-    landing = program.settings()["landing_url"] or f"{request.host_url.rstrip('/')}/landing"
+    landing = program.settings()["landing_url"] or f"{base_url()}/landing"
     parts = urlsplit(landing)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
     return urlunsplit(parts._replace(query=urlencode(query + list(params.items()))))

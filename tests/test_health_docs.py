@@ -1,0 +1,73 @@
+"""Health, readiness and the OpenAPI spec."""
+
+from sqlalchemy import text
+
+from referral_service.extensions import db
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+
+
+def test_readyz_ok_at_head(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json["status"] == "ok"
+    assert response.json["migrations"] == "head"
+
+
+def test_readyz_unavailable_when_behind(app, client):
+    with app.app_context():
+        db.session.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+        db.session.commit()
+    try:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json["migrations"] == "behind"
+    finally:
+        with app.app_context():
+            db.session.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+            db.session.commit()
+
+
+def test_readyz_unavailable_without_database(tmp_path):
+    from referral_service import create_app
+
+    app = create_app(
+        {
+            "SECRET_KEY": "x",
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/missing/dir/db.sqlite3",
+        }
+    )
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json["database"].startswith("unreachable")
+
+
+def test_openapi_spec_lists_every_endpoint(client):
+    spec = client.get("/api/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    paths = spec["paths"]
+    for path in (
+        "/api/v1/customers/{external_id}",
+        "/api/v1/customers/{external_id}/referral-code/rotate",
+        "/api/v1/program",
+        "/r/{code}",
+        "/r/{code}/qr.png",
+        "/r/{code}/qr.svg",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in paths, path
+    assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    put = paths["/api/v1/customers/{external_id}"]["put"]
+    assert put["security"] == [{"bearerAuth": []}]
+    assert {"200", "201", "401", "403", "422"} <= set(put["responses"])
+
+
+def test_docs_page_and_local_assets(client):
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/api/openapi.json" in html and "https://" not in html
+    assert client.get("/api/docs/assets/swagger-ui-bundle.js").status_code == 200

@@ -1,0 +1,188 @@
+"""The service as an operator runs it: gunicorn, a clean shutdown, and the package as a wheel."""
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stdout.read()}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def cli(env, *args, cwd=None) -> str:
+    result = subprocess.run(
+        [str(BIN / "referral-service"), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def put_customer(base: str, key: str, external_id: str) -> str:
+    request = urllib.request.Request(
+        f"{base}/api/v1/customers/{external_id}",
+        method="PUT",
+        data=b'{"email": "x@example.com"}',
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        import json
+
+        return json.load(response)["referral"]["code"]
+
+
+def test_gunicorn_clean_shutdown_keeps_every_click(tmp_path):
+    """Clicks are buffered in memory; SIGTERM to gunicorn writes every one of them."""
+    database = tmp_path / "svc.sqlite3"
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "SECRET_KEY": "s",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    cli(env, "db", "upgrade")
+    key = cli(env, "api-keys", "create", "t", "--scope", "shop")
+    server = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env={**env, "CLICK_FLUSH_INTERVAL": "60"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{base}/healthz", server)
+        code = put_customer(base, key, "c1")
+        opener = urllib.request.build_opener(NoRedirect)
+        visits = 150
+        for _ in range(visits):
+            try:
+                opener.open(f"{base}/r/{code}?via=qr", timeout=5)
+            except urllib.error.HTTPError as error:
+                assert error.code == 302
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT count(*) FROM clicks").fetchone()[0] == visits
+
+
+def test_wheel_installs_and_runs_from_any_directory(tmp_path):
+    """`pip install .` then `referral-service db upgrade` and `run` work outside the checkout."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+        check=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    [wheel] = wheels.glob("referral_service-*.whl")
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
+    )
+    assert (target / "referral_service" / "migrations" / "versions").is_dir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(target),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'w.sqlite3'}",
+        "SECRET_KEY": "w",
+    }
+    command = [sys.executable, "-c", "from referral_service.cli import main; main()"]
+    where = subprocess.run(
+        [sys.executable, "-c", "import referral_service as r; print(r.__file__)"],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.startswith(str(target)), where.stdout
+    run = subprocess.run(
+        [*command, "db", "upgrade"],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    server = subprocess.Popen(
+        [*command, "run", "--port", str(port)],
+        env=env,
+        cwd=elsewhere,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/readyz", server)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
+            assert b'"migrations":"head"' in response.read().replace(b" ", b"")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    shutil.rmtree(wheels)
