@@ -1,6 +1,7 @@
 """The `referral-service` command line: it parses arguments and calls domain functions."""
 
 import csv
+import io
 import sys
 
 import click
@@ -79,7 +80,14 @@ def import_customers(file, batch_size):
     Rows with problems are reported with their line numbers and skipped; the others are kept.
     Customers already enrolled are updated and keep their codes, so re-running is safe.
     """
-    total = _count_rows(file)
+    try:
+        if not file.seekable():  # a pipe: read it whole, to count its rows for the progress bar
+            file = io.StringIO(file.read())
+        total = _count_rows(file)
+    except UnicodeDecodeError:
+        raise click.ClickException(
+            "The file is not UTF-8 text: save it as CSV in UTF-8 and try again."
+        ) from None
     reader = csv.DictReader(file)
     header = [name.strip().lower() for name in (reader.fieldnames or [])]
     missing = {"external_id", "email"} - set(header)
@@ -97,7 +105,7 @@ def import_customers(file, batch_size):
             except StopIteration:
                 return
             except csv.Error as error:
-                yield reader.line_num, {"_error": str(error)}
+                yield reader.reader.line_num, {"_error": str(error)}
                 continue
             if None in row:
                 yield reader.line_num, {"_error": "more values than columns"}
@@ -116,11 +124,18 @@ def import_customers(file, batch_size):
     )
 
 
-def _count_rows(file) -> int | None:
-    """Data rows of a seekable file (for the progress bar); the file is rewound."""
-    if not file.seekable():
-        return None
-    count = sum(1 for _ in csv.reader(file))
+def _count_rows(file) -> int:
+    """Data rows of a seekable file, unreadable ones included (for the progress bar); rewound."""
+    reader = csv.reader(file)
+    count = 0
+    while True:
+        try:
+            next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            pass
+        count += 1
     file.seek(0)
     return max(count - 1, 0)
 

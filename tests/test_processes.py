@@ -42,9 +42,9 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def cli(env, *args, cwd=None) -> str:
+def cli(env, *args, cwd=None, command=(str(BIN / "referral-service"),)) -> str:
     result = subprocess.run(
-        [str(BIN / "referral-service"), *args],
+        [*command, *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -161,15 +161,7 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
         check=True,
     )
     assert where.stdout.startswith(str(target)), where.stdout
-    run = subprocess.run(
-        [*command, "db", "upgrade"],
-        env=env,
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
+    cli(env, "db", "upgrade", cwd=elsewhere, command=command)
     server = subprocess.Popen(
         [*command, "run", "--port", str(port)],
         env=env,
