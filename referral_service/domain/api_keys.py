@@ -58,7 +58,7 @@ def revoke(ident: str) -> list[ApiKey]:
     """
     begin_write(db.session)
     conditions = [ApiKey.name == ident, ApiKey.prefix == ident, ApiKey.key_hash == digest(ident)]
-    if ident.isdigit():
+    if ident.isascii() and ident.isdecimal() and len(ident) <= 18:
         conditions.append(ApiKey.id == int(ident))
     keys = list(
         db.session.scalars(select(ApiKey).where(or_(*conditions), ApiKey.revoked_at.is_(None)))

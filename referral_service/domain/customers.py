@@ -253,8 +253,9 @@ def import_customers(rows: Iterable[tuple[int, dict]], batch_size: int = 1000, p
     Each batch is one transaction. `progress(n)` is called with the rows done after each batch.
     """
     report = ImportReport()
+    first_line: dict[str, int] = {}  # external id -> the line that named it first
     for chunk in _chunks(rows, batch_size):
-        good: dict[str, tuple[int, dict]] = {}
+        good: list[dict] = []
         for line, row in chunk:
             try:
                 values = _clean_row(row)
@@ -262,17 +263,15 @@ def import_customers(rows: Iterable[tuple[int, dict]], batch_size: int = 1000, p
                 problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in (error.fields or {}).items())
                 report.errors.append((line, problems))
                 continue
-            if values["external_id"] in good:
+            external_id = values["external_id"]
+            if external_id in first_line:
                 report.errors.append(
-                    (
-                        line,
-                        f"external_id {values['external_id']!r} repeats line "
-                        f"{good[values['external_id']][0]} in the same file",
-                    )
+                    (line, f"external_id {external_id!r} repeats line {first_line[external_id]}")
                 )
                 continue
-            good[values["external_id"]] = (line, values)
-        _import_batch([values for _, values in good.values()], report)
+            first_line[external_id] = line
+            good.append(values)
+        _import_batch(good, report)
         if progress:
             progress(len(chunk))
     return report
