@@ -8,7 +8,7 @@ import click
 from flask.cli import FlaskGroup, with_appcontext
 
 from referral_service import create_app
-from referral_service.domain import api_keys, customers
+from referral_service.domain import api_keys, customers, rewards
 from referral_service.errors import ReferralError
 from referral_service.models.api_key import SCOPES
 
@@ -63,6 +63,24 @@ def revoke_key(key):
     """Revoke a key, named by its id, its name, the prefix shown by `list`, or the key itself."""
     for revoked in _or_fail(api_keys.revoke, key):
         click.echo(f"Revoked API key {revoked.id} {revoked.name!r}.")
+
+
+@main.group("rewards")
+def rewards_group():
+    """Move rewards along their lifecycle."""
+
+
+@rewards_group.command("mature")
+@with_appcontext
+def mature_rewards():
+    """Move rewards whose hold has passed to awaiting_approval (or approved, when allowed).
+
+    Safe to run from cron, and concurrently with itself.
+    """
+    moved = rewards.mature()
+    click.echo(
+        f"{moved['awaiting_approval']} now awaiting approval, {moved['approved']} auto-approved."
+    )
 
 
 @main.group("customers")

@@ -15,6 +15,7 @@ import secrets
 import threading
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
@@ -120,3 +121,8 @@ class ClickRecorder:
                 self.flush()
             except Exception:
                 log.exception("could not write buffered clicks; will retry")
+
+
+def flush_pending() -> None:
+    """Write this process's buffered clicks now, so that a read that follows sees them."""
+    current_app.extensions["clicks"].flush()

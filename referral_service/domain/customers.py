@@ -6,13 +6,14 @@ from datetime import datetime
 
 from babel import Locale, UnknownLocaleError
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain.codes import forget_code, signer
+from referral_service.domain.stats import customer_stats
 from referral_service.errors import NotFound, ValidationFailed
 from referral_service.extensions import db
-from referral_service.models import Click, Customer, ReferralCode, utcnow
+from referral_service.models import Customer, ReferralCode, utcnow
 from referral_service.models.base import begin_write
 
 MAX_EXTERNAL_ID = 128
@@ -67,6 +68,19 @@ def check_email(value: str) -> str:
         raise ValidationFailed(fields={"email": [f"Not a valid email address: {error}"]}) from None
 
 
+def email_key(email: str) -> str:
+    """The address that an email reaches, for spotting one person behind two spellings.
+
+    Lower case; a `+tag` is dropped for every provider; Gmail ignores dots in the local part and
+    answers to googlemail.com too.
+    """
+    local, _, domain = email.strip().lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    if domain in ("gmail.com", "googlemail.com"):
+        local, domain = local.replace(".", ""), "gmail.com"
+    return f"{local}@{domain}"
+
+
 def check_name(value: str | None) -> str | None:
     """A display name of at most 200 printable characters, or None; raises ValidationFailed."""
     if value is None:
@@ -92,7 +106,7 @@ def check_locale(value: str | None) -> str | None:
 # --- codes ---------------------------------------------------------------------------------------
 
 
-def _add_code(customer_id: int) -> str:
+def add_code(customer_id: int) -> str:
     """Issue a fresh code for a customer inside the current transaction (retries collisions)."""
     for _ in range(ISSUE_ATTEMPTS):
         code = signer().issue()
@@ -147,6 +161,7 @@ def enrol(external_id: str, email: str, name: str | None = None, locale: str | N
     """
     external_id = check_external_id(external_id)
     values = {"email": check_email(email), "name": check_name(name), "locale": check_locale(locale)}
+    values["email_key"] = email_key(values["email"])
     try:
         return _enrol(external_id, values)
     except IntegrityError:
@@ -165,13 +180,13 @@ def _enrol(external_id: str, values: dict) -> CustomerCard:
         customer = Customer(external_id=external_id, created_at=now, updated_at=now, **values)
         db.session.add(customer)
         db.session.flush()
-        code = _add_code(customer.id)
+        code = add_code(customer.id)
     else:
         if any(getattr(customer, key) != value for key, value in values.items()):
             for key, value in values.items():
                 setattr(customer, key, value)
             customer.updated_at = now
-        code = _active_code(customer.id) or _add_code(customer.id)
+        code = _active_code(customer.id) or add_code(customer.id)
     db.session.commit()
     return _card(customer, code, created=created)
 
@@ -179,7 +194,7 @@ def _enrol(external_id: str, values: dict) -> CustomerCard:
 def get(external_id: str) -> CustomerCard:
     """The customer with its active code and stats; raises NotFound."""
     customer = _find(check_external_id(external_id))
-    return _card(customer, _active_code(customer.id), stats=stats(customer.id))
+    return _card(customer, _active_code(customer.id), stats=customer_stats(customer.id))
 
 
 def rotate_code(external_id: str) -> CustomerCard:
@@ -197,23 +212,10 @@ def rotate_code(external_id: str) -> CustomerCard:
         .where(ReferralCode.customer_id == customer.id, ReferralCode.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
-    code = _add_code(customer.id)
+    code = add_code(customer.id)
     db.session.commit()
     forget_code(customer.id)
     return _card(customer, code)
-
-
-def stats(customer_id: int) -> dict:
-    """A referrer's counters: clicks, sign-ups, conversions, and rewards by status."""
-    clicks = db.session.scalar(
-        select(func.count()).select_from(Click).where(Click.referrer_id == customer_id)
-    )
-    return {
-        "clicks": clicks or 0,
-        "signups": 0,
-        "conversions": 0,
-        "rewards": {"pending": 0, "awaiting_approval": 0, "approved": 0, "paid": 0},
-    }
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -226,9 +228,11 @@ def _clean_row(row: dict) -> dict:
     """
     if row.get("_error"):
         raise ValidationFailed(fields={"row": [row["_error"]]})
+    email = check_email((row.get("email") or "").strip())
     return {
         "external_id": check_external_id((row.get("external_id") or "").strip()),
-        "email": check_email((row.get("email") or "").strip()),
+        "email": email,
+        "email_key": email_key(email),
         "name": check_name(row.get("name")),
         "locale": check_locale((row.get("locale") or "").strip() or None),
     }

@@ -73,3 +73,18 @@ def parse_amount(value, currency: str, field: str, allow_zero: bool = True) -> D
 def format_amount(amount: Decimal, currency: str) -> str:
     """The amount as the API sends it: a decimal string with the currency's decimals."""
     return str(amount.quantize(Decimal(1).scaleb(-minor_digits(currency))))
+
+
+def to_minor(amount: Decimal, currency: str) -> int:
+    """An exact amount in major units as an integer of minor units (12.50 EUR -> 1250)."""
+    return int(amount.scaleb(minor_digits(currency)).to_integral_exact())
+
+
+def from_minor(minor: int, currency: str) -> str:
+    """Integer minor units as the API's decimal string (1250 EUR -> "12.50", 5 JPY -> "5")."""
+    return str(Decimal(minor).scaleb(-minor_digits(currency)))
+
+
+def percent_of(minor: int, percent: Decimal) -> int:
+    """`percent` % of an amount in minor units, rounded half-up to a whole minor unit."""
+    return int((Decimal(minor) * percent / 100).to_integral_value(rounding=ROUND_HALF_UP))

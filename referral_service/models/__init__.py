@@ -5,5 +5,31 @@ from referral_service.models.base import Base, utcnow
 from referral_service.models.click import Click
 from referral_service.models.customer import Customer, ReferralCode
 from referral_service.models.program import Program
+from referral_service.models.referral import (
+    AuditRecord,
+    Clawback,
+    IdempotencyKey,
+    Payout,
+    Purchase,
+    Referral,
+    Reward,
+    Signup,
+)
 
-__all__ = ["ApiKey", "Base", "Click", "Customer", "Program", "ReferralCode", "utcnow"]
+__all__ = [
+    "ApiKey",
+    "AuditRecord",
+    "Base",
+    "Clawback",
+    "Click",
+    "Customer",
+    "IdempotencyKey",
+    "Payout",
+    "Program",
+    "Purchase",
+    "Referral",
+    "ReferralCode",
+    "Reward",
+    "Signup",
+    "utcnow",
+]

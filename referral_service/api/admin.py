@@ -1,0 +1,148 @@
+"""Reading and deciding: `/referrals`, `/rewards`, `/payouts`, `/stats`."""
+
+from flask import Response, g
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from referral_service.api import schemas
+from referral_service.api.auth import requires
+from referral_service.api.idempotency import idempotent
+from referral_service.domain import payouts, rewards, stats
+from referral_service.errors import ErrorEnvelope
+
+blp = Blueprint(
+    "admin_api",
+    __name__,
+    url_prefix="/api/v1",
+    description="Referrals, rewards, payouts and the funnel.",
+)
+
+
+def actor() -> str:
+    """Who is acting, for the audit log: the API key's id and name."""
+    return f"api-key:{g.api_key.id}:{g.api_key.name}"
+
+
+@blp.route("/referrals")
+class Referrals(MethodView):
+    """Referrals."""
+
+    @requires(blp, "shop")
+    @blp.arguments(schemas.ReferralsQuery, location="query")
+    @blp.response(200, schemas.ReferralPage)
+    def get(self, query):
+        """A page of referrals, newest first."""
+        items, next_cursor = stats.list_referrals(**query)
+        return {"items": items, "next_cursor": next_cursor}
+
+
+@blp.route("/rewards")
+class Rewards(MethodView):
+    """Rewards."""
+
+    @requires(blp, "admin")
+    @blp.arguments(schemas.RewardsQuery, location="query")
+    @blp.response(200, schemas.RewardPage)
+    def get(self, query):
+        """A page of rewards, newest first, each with its referral and risk."""
+        items, next_cursor = rewards.list_rewards(**query)
+        return {"items": items, "next_cursor": next_cursor}
+
+
+@blp.route("/rewards/<int:reward_id>/approve")
+class Approve(MethodView):
+    """Approval."""
+
+    @requires(blp, "admin")
+    @blp.arguments(schemas.ApproveIn)
+    @blp.response(200, schemas.RewardOut)
+    @blp.alt_response(409, schema=ErrorEnvelope, description="Not awaiting approval.")
+    def post(self, body, reward_id):
+        """Approve a reward that awaits approval (audited)."""
+        return rewards.approve(reward_id, actor(), body.get("note"))
+
+
+@blp.route("/rewards/<int:reward_id>/reject")
+class Reject(MethodView):
+    """Rejection."""
+
+    @requires(blp, "admin")
+    @blp.arguments(schemas.RejectIn)
+    @blp.response(200, schemas.RewardOut)
+    @blp.alt_response(409, schema=ErrorEnvelope, description="Already paid, rejected, reversed.")
+    def post(self, body, reward_id):
+        """Reject a reward not yet paid, with a reason (audited)."""
+        return rewards.reject(reward_id, actor(), body["reason"])
+
+
+@blp.route("/payouts")
+class Payouts(MethodView):
+    """Payout batches."""
+
+    @requires(blp, "admin")
+    @idempotent(blp)
+    @blp.arguments(schemas.PayoutIn)
+    @blp.response(201, schemas.PayoutOut)
+    @blp.alt_response(
+        409,
+        schema=ErrorEnvelope,
+        description="Nothing to pay, or a reward that is not approved or already in a batch.",
+    )
+    def post(self, body):
+        """Batch approved rewards: `reward_ids`, or `{"all_approved": true}` (audited)."""
+        return payouts.create(actor(), body.get("reward_ids"), body.get("all_approved", False))
+
+
+@blp.route("/payouts/<int:payout_id>")
+class PayoutView(MethodView):
+    """One payout batch."""
+
+    @requires(blp, "admin")
+    @blp.response(200, schemas.PayoutOut)
+    def get(self, payout_id):
+        """The batch, with one line per beneficiary and its totals."""
+        return payouts.get(payout_id)
+
+
+@blp.route("/payouts/<int:payout_id>.csv")
+class PayoutCsv(MethodView):
+    """One payout batch as CSV."""
+
+    @requires(blp, "admin")
+    @blp.response(
+        200,
+        description="text/csv: one row per beneficiary, then the totals.",
+        content_type="text/csv",
+    )
+    def get(self, payout_id):
+        """The batch as CSV for the bank."""
+        return Response(
+            payouts.as_csv(payout_id),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="payout-{payout_id}.csv"'},
+        )
+
+
+@blp.route("/payouts/<int:payout_id>/mark-paid")
+class MarkPaid(MethodView):
+    """Payment of a batch."""
+
+    @requires(blp, "admin")
+    @blp.arguments(schemas.MarkPaidIn)
+    @blp.response(200, schemas.PayoutOut)
+    @blp.alt_response(409, schema=ErrorEnvelope, description="Already paid.")
+    def post(self, body, payout_id):
+        """Mark the batch paid with the payment's reference; its rewards become paid."""
+        return payouts.mark_paid(payout_id, body["reference"], actor())
+
+
+@blp.route("/stats")
+class Stats(MethodView):
+    """The funnel."""
+
+    @requires(blp, "admin")
+    @blp.arguments(schemas.StatsQuery, location="query")
+    @blp.response(200, schemas.StatsOut)
+    def get(self, query):
+        """Clicks, sign-ups, conversions and rewards, by channel, over `[from, to)`."""
+        return stats.funnel(query.get("from_"), query.get("to"))

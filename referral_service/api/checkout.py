@@ -1,0 +1,94 @@
+"""`/api/v1/signups`, `/purchases`, `/refunds`: what the shop's checkout calls."""
+
+from dataclasses import asdict
+
+from flask import jsonify, make_response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from referral_service.api import schemas
+from referral_service.api.auth import requires
+from referral_service.api.idempotency import idempotent
+from referral_service.domain import attribution, rewards
+from referral_service.errors import ErrorEnvelope
+
+blp = Blueprint(
+    "checkout",
+    __name__,
+    url_prefix="/api/v1",
+    description="Sign-ups, purchases and refunds, as the shop's checkout reports them.",
+)
+
+
+@blp.route("/signups")
+class Signups(MethodView):
+    """Sign-ups."""
+
+    @requires(blp, "shop")
+    @idempotent(blp)
+    @blp.arguments(schemas.SignupIn)
+    @blp.response(201, schemas.SignupOut, description="Recorded.")
+    @blp.alt_response(200, schema=schemas.SignupOut, description="A replay, or a later call.")
+    def post(self, body):
+        """Record a sign-up; attribute it to a referrer by code (preferred) or click.
+
+        The new customer gets a referral code of their own. The same `external_id` sent again
+        gets the same answer (200); the first attribution wins.
+        """
+        answer = attribution.signup(
+            body["external_id"],
+            body["email"],
+            referral_code=body.get("referral_code"),
+            click_id=body.get("click_id"),
+            occurred_at=body.get("occurred_at"),
+            name=body.get("name"),
+            locale=body.get("locale"),
+        )
+        data = asdict(answer)
+        created = data.pop("created")
+        return data, (201 if created else 200)
+
+
+@blp.route("/purchases")
+class Purchases(MethodView):
+    """Purchases."""
+
+    @requires(blp, "shop")
+    @idempotent(blp)
+    @blp.arguments(schemas.PurchaseIn)
+    @blp.response(201, schemas.PurchaseOut, description="Recorded.")
+    @blp.alt_response(
+        200,
+        schema=schemas.PurchaseOut,
+        description="A replay of the same `order_id`: the first answer.",
+    )
+    @blp.alt_response(404, schema=ErrorEnvelope, description="Unknown customer.")
+    def post(self, body):
+        """Record an order; the friend's first qualifying purchase converts their referral.
+
+        Rewards are computed exactly (fixed, or percent of the order rounded half-up to the
+        currency's minor unit). Later purchases earn nothing.
+        """
+        answer = rewards.record_purchase(
+            body["order_id"],
+            body["customer_external_id"],
+            body["amount"],
+            body["currency"],
+            occurred_at=body.get("occurred_at"),
+        )
+        # the saved answer, as saved: a replay gets the very same body
+        return make_response(jsonify(answer.body), 201 if answer.created else 200)
+
+
+@blp.route("/refunds")
+class Refunds(MethodView):
+    """Refunds."""
+
+    @requires(blp, "shop")
+    @idempotent(blp)
+    @blp.arguments(schemas.RefundIn)
+    @blp.response(200, schemas.RefundOut)
+    @blp.alt_response(404, schema=ErrorEnvelope, description="Unknown order.")
+    def post(self, body):
+        """Refund an order in full (no `amount`) or in part; its rewards follow the refund."""
+        return rewards.refund(body["order_id"], body.get("amount"))

@@ -1,0 +1,217 @@
+"""Sign-ups: a friend becomes a customer, and is credited to a referrer by a code or a click.
+
+A typed code wins over a click. The reasons an attribution fails, in the order they are decided:
+`program_paused`; `no_referral`; for a code `invalid_code` / `revoked_code`; for a click
+`unknown_click` / `window_expired` / `revoked_code`; `self_referral` (the referrer themselves, or
+the same normalized email); `existing_customer` (enrolled before); `already_referred`.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from referral_service.domain import customers, program
+from referral_service.domain.clicks import flush_pending
+from referral_service.domain.clock import check_time
+from referral_service.domain.codes import normalize, signer
+from referral_service.errors import InvalidCode
+from referral_service.extensions import db
+from referral_service.models import Click, Customer, Referral, ReferralCode, Signup, utcnow
+from referral_service.models.base import begin_write
+
+CODE_CHANNEL = "code"
+
+
+@dataclass
+class SignupAnswer:
+    """The answer to a sign-up; `created` is False for a replay or a later call."""
+
+    attributed: bool
+    reason: str | None
+    referral: dict | None
+    friend_offer: dict | None
+    created: bool
+
+
+@dataclass
+class _Source:
+    """Where an attribution would come from: the referrer's code, and the click if any."""
+
+    code_id: int
+    referrer_id: int
+    channel: str
+    click_id: str | None = None
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def referral_block(referral: Referral | None) -> dict | None:
+    """`{id, referrer_external_id, status}` of a referral."""
+    if referral is None:
+        return None
+    return {
+        "id": referral.id,
+        "referrer_external_id": referral.referrer.external_id,
+        "status": referral.status,
+    }
+
+
+def signup(
+    external_id: str,
+    email: str,
+    referral_code: str | None = None,
+    click_id: str | None = None,
+    occurred_at: datetime | None = None,
+    name: str | None = None,
+    locale: str | None = None,
+    now: datetime | None = None,
+) -> SignupAnswer:
+    """Record a sign-up and attribute it when a code or click allows it.
+
+    The friend becomes a customer (with a code of their own) whatever the outcome. A replay with
+    the same `external_id` gets the same answer; the first attribution wins. Raises
+    ValidationFailed for bad fields.
+    """
+    now = now or utcnow()
+    external_id = customers.check_external_id(external_id)
+    email = customers.check_email(email)
+    occurred_at = check_time(occurred_at, now)
+    code = normalize(referral_code) if referral_code else None
+    if referral_code and code is None:
+        code = referral_code.strip()[:16] or None  # keep what was typed, to compare replays
+    if click_id:
+        flush_pending()  # the click may still wait in this process's buffer
+    values = {
+        "email": email,
+        "email_key": customers.email_key(email),
+        "name": customers.check_name(name),
+        "locale": customers.check_locale(locale),
+    }
+    try:
+        return _signup(external_id, values, referral_code, code, click_id, occurred_at, now)
+    except IntegrityError:  # a concurrent sign-up of the same friend won: answer as a replay
+        db.session.rollback()
+        return _signup(external_id, values, referral_code, code, click_id, occurred_at, now)
+
+
+def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -> SignupAnswer:
+    settings = program.settings()
+    begin_write(db.session)
+    customer = db.session.scalar(
+        select(Customer).where(Customer.external_id == external_id).with_for_update()
+    )
+    prior = None
+    if customer is not None:
+        prior = db.session.scalar(select(Signup).where(Signup.customer_id == customer.id))
+    if prior is not None and prior.code == code and prior.click_id == (click_id or None):
+        answer = _answer(prior, settings, created=False)
+        db.session.rollback()
+        return answer
+    try:
+        source = _source(settings, typed_code, code, click_id, occurred_at)
+        _check_people(source, customer, external_id, values["email_key"], prior)
+        reason = None
+    except _Refused as refused:
+        source, reason = None, refused.reason
+    if prior is not None:  # a later call for a known friend: answered, nothing changes
+        db.session.rollback()
+        return SignupAnswer(False, reason or "already_referred", None, None, created=False)
+    created = customer is None
+    if created:
+        customer = Customer(
+            external_id=external_id, created_at=now, updated_at=now, origin="signup", **values
+        )
+        db.session.add(customer)
+        db.session.flush()
+        customers.add_code(customer.id)
+    referral = None
+    if source is not None:
+        referral = Referral(
+            referrer_id=source.referrer_id,
+            friend_id=customer.id,
+            code_id=source.code_id,
+            click_id=source.click_id,
+            channel=source.channel,
+            status="attributed",
+            attributed_at=occurred_at,
+            risk_score=0,
+            risk_reasons=[],
+        )
+        db.session.add(referral)
+        db.session.flush()
+    record = Signup(
+        customer_id=customer.id,
+        attributed=referral is not None,
+        reason=reason,
+        referral_id=referral.id if referral else None,
+        code=code,
+        click_id=click_id or None,
+        occurred_at=occurred_at,
+    )
+    db.session.add(record)
+    db.session.flush()
+    answer = _answer(record, settings, created=True)
+    db.session.commit()
+    return answer
+
+
+def _answer(record: Signup, settings: dict, created: bool) -> SignupAnswer:
+    referral = db.session.get(Referral, record.referral_id) if record.referral_id else None
+    return SignupAnswer(
+        attributed=record.attributed,
+        reason=record.reason,
+        referral=referral_block(referral),
+        friend_offer=settings["friend_offer"] if record.attributed else None,
+        created=created,
+    )
+
+
+def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
+    """The code (preferred) or click that names a referrer; raises _Refused with the reason."""
+    if settings["paused"]:
+        raise _Refused("program_paused")
+    if typed_code:
+        try:
+            code = signer().verify(typed_code)
+        except InvalidCode:
+            raise _Refused("invalid_code") from None
+        row = db.session.execute(
+            select(ReferralCode.id, ReferralCode.customer_id, ReferralCode.revoked_at).where(
+                ReferralCode.code == code
+            )
+        ).first()
+        if row is None:
+            raise _Refused("invalid_code")
+        if row.revoked_at is not None:
+            raise _Refused("revoked_code")
+        return _Source(code_id=row.id, referrer_id=row.customer_id, channel=CODE_CHANNEL)
+    if click_id:
+        click = db.session.get(Click, click_id) if len(click_id) <= 32 else None
+        if click is None:
+            raise _Refused("unknown_click")
+        window = timedelta(days=settings["attribution_window_days"])
+        if occurred_at - click.occurred_at > window:
+            raise _Refused("window_expired")
+        revoked = db.session.scalar(
+            select(ReferralCode.revoked_at).where(ReferralCode.id == click.code_id)
+        )
+        if revoked is not None:
+            raise _Refused("revoked_code")
+        return _Source(click.code_id, click.referrer_id, click.channel, click.id)
+    raise _Refused("no_referral")
+
+
+def _check_people(source: _Source, customer, external_id: str, email_key: str, prior) -> None:
+    """Refuse the referrer themselves, someone enrolled before, or a friend already referred."""
+    referrer = db.session.get(Customer, source.referrer_id)
+    if referrer.external_id == external_id or referrer.email_key == email_key:
+        raise _Refused("self_referral")
+    if customer is not None and prior is None:
+        raise _Refused("existing_customer")
+    if prior is not None:
+        raise _Refused("already_referred" if prior.attributed else "existing_customer")

@@ -1,0 +1,110 @@
+"""Idempotency keys, as Stripe's work: the same key and request get the saved answer.
+
+A key is claimed by inserting it (a unique key per API key owner decides the race). While the
+first request runs, a retry gets Conflict; once it has answered, a retry with the same request
+gets the saved answer, and one with a different request gets ValidationFailed. Keys are kept
+for 24 hours; a claim left behind by a crash is given up after `ABANDONED`.
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from referral_service.errors import Conflict, ValidationFailed
+from referral_service.extensions import db
+from referral_service.models import IdempotencyKey, utcnow
+from referral_service.models.base import begin_write
+
+KEEP = timedelta(hours=24)
+ABANDONED = timedelta(minutes=5)
+MAX_KEY = 255
+
+
+@dataclass
+class Saved:
+    """The answer saved for a key."""
+
+    status: int
+    body: bytes
+
+
+def check_key(key: str) -> str:
+    if not 1 <= len(key) <= MAX_KEY or not key.isascii() or not key.isprintable():
+        raise ValidationFailed(
+            fields={
+                "Idempotency-Key": [
+                    "Must be 1 to 255 printable ASCII characters (a UUID is a good key)."
+                ]
+            }
+        )
+    return key
+
+
+def claim(owner: str, key: str, request_hash: str, now=None) -> Saved | None:
+    """Claim `key` for a request, or return the answer saved for it.
+
+    Raises Conflict while the first request with the key is still running, and ValidationFailed
+    when the key was used for a different request.
+    """
+    now = now or utcnow()
+    key = check_key(key)
+    begin_write(db.session)
+    db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now - KEEP))
+    row = db.session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+    )
+    if row is not None and row.status_code is None and row.created_at < now - ABANDONED:
+        db.session.delete(row)
+        db.session.flush()
+        row = None
+    if row is None:
+        db.session.add(
+            IdempotencyKey(owner=owner, key=key, request_hash=request_hash, created_at=now)
+        )
+        try:
+            db.session.commit()
+        except IntegrityError:  # another request claimed it between our read and insert
+            db.session.rollback()
+            raise Conflict(
+                "A request with this Idempotency-Key is in progress; retry later."
+            ) from None
+        return None
+    db.session.rollback()
+    if row.request_hash != request_hash:
+        raise ValidationFailed(
+            fields={
+                "Idempotency-Key": [
+                    "This key was used with a different request; use a new key for a new request."
+                ]
+            }
+        )
+    if row.status_code is None:
+        raise Conflict("A request with this Idempotency-Key is in progress; retry later.")
+    return Saved(row.status_code, row.body)
+
+
+def save(owner: str, key: str, status: int, body: bytes) -> None:
+    """Keep the answer of a claimed key."""
+    begin_write(db.session)
+    row = db.session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+    )
+    if row is not None:
+        row.status_code, row.body = status, body
+    db.session.commit()
+
+
+def release(owner: str, key: str) -> None:
+    """Give a key back when its request failed before it could answer."""
+    db.session.rollback()
+    begin_write(db.session)
+    db.session.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.owner == owner,
+            IdempotencyKey.key == key,
+            IdempotencyKey.status_code.is_(None),
+        )
+    )
+    db.session.commit()

@@ -1,0 +1,467 @@
+"""First purchases earn rewards; the hold, maturing, approval, rejection and refunds of rewards.
+
+A reward is `pending` until `available_at` (purchase time + `hold_days`), then
+`awaiting_approval`, or `approved` at once when `auto_approve_max_amount` allows it and the
+referral carries no risk flag. An admin approves or rejects; a payout makes it `paid`. A refund of
+the qualifying order before payout makes it `reversed`; after payout it records a clawback.
+Exactly one reward per friend and beneficiary is guaranteed by a unique key on
+(referral, beneficiary), and purchases of one customer are serialized by a lock on that customer.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from referral_service.domain import audit, customers, program
+from referral_service.domain.attribution import referral_block
+from referral_service.domain.clock import check_time
+from referral_service.domain.money import (
+    check_currency,
+    from_minor,
+    parse_amount,
+    percent_of,
+    to_minor,
+)
+from referral_service.domain.pages import page
+from referral_service.errors import Conflict, NotFound, ValidationFailed
+from referral_service.extensions import db
+from referral_service.models import Clawback, Customer, Purchase, Referral, Reward, utcnow
+from referral_service.models.base import begin_write
+
+OPEN = ("pending", "awaiting_approval", "approved")
+MAX_ORDER_ID = 128
+
+
+@dataclass
+class PurchaseAnswer:
+    """The answer to a purchase; `created` is False for a replay of the same order."""
+
+    body: dict
+    created: bool
+
+
+def check_order_id(value: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ORDER_ID or not value.isprintable():
+        raise ValidationFailed(fields={"order_id": ["Must be 1 to 128 printable characters."]})
+    return value
+
+
+def reward_dict(reward: Reward, with_referral: bool = False) -> dict:
+    """A reward as the API shows it."""
+    body = {
+        "id": reward.id,
+        "beneficiary": reward.beneficiary,
+        "amount": from_minor(reward.amount_minor, reward.currency),
+        "currency": reward.currency,
+        "status": reward.status,
+        "available_at": reward.available_at,
+    }
+    if with_referral:
+        referral = reward.referral
+        body.update(
+            customer_external_id=reward.customer.external_id,
+            order_id=referral.order_id,
+            created_at=reward.created_at,
+            updated_at=reward.updated_at,
+            note=reward.note,
+            payout_id=reward.payout_id,
+            referral={
+                **referral_block(referral),
+                "friend_external_id": referral.friend.external_id,
+                "channel": referral.channel,
+                "attributed_at": referral.attributed_at,
+                "converted_at": referral.converted_at,
+            },
+            risk={"score": referral.risk_score, "reasons": list(referral.risk_reasons or [])},
+        )
+    return body
+
+
+# --- purchases -----------------------------------------------------------------------------------
+
+
+def record_purchase(
+    order_id: str,
+    customer_external_id: str,
+    amount,
+    currency: str,
+    occurred_at: datetime | None = None,
+    now: datetime | None = None,
+) -> PurchaseAnswer:
+    """Record an order; the friend's first qualifying purchase converts their referral.
+
+    A replay of the same `order_id` returns the saved answer and changes nothing. Raises
+    ValidationFailed for bad fields and NotFound for an unknown customer.
+    """
+    now = now or utcnow()
+    order_id = check_order_id(order_id)
+    currency = check_currency(currency)
+    amount_minor = to_minor(parse_amount(amount, currency, "amount"), currency)
+    occurred_at = check_time(occurred_at, now)
+    customers.check_external_id(customer_external_id)
+    try:
+        return _record_purchase(
+            order_id, customer_external_id, amount_minor, currency, occurred_at, now
+        )
+    except IntegrityError:  # the same order recorded concurrently: answer as a replay
+        db.session.rollback()
+        return _record_purchase(
+            order_id, customer_external_id, amount_minor, currency, occurred_at, now
+        )
+
+
+def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at, now):
+    settings = program.settings()
+    begin_write(db.session)
+    saved = db.session.scalar(select(Purchase.response).where(Purchase.order_id == order_id))
+    if saved is not None:
+        db.session.rollback()
+        return PurchaseAnswer(saved, created=False)
+    customer = db.session.scalar(
+        select(Customer).where(Customer.external_id == external_id).with_for_update()
+    )
+    if customer is None:
+        db.session.rollback()
+        raise NotFound(
+            f"No customer with external_id {external_id!r}: enrol them or record "
+            "their sign-up first."
+        )
+    first_purchase = not db.session.scalar(
+        select(exists().where(Purchase.customer_id == customer.id))
+    )
+    purchase = Purchase(
+        order_id=order_id,
+        customer_id=customer.id,
+        amount_minor=amount_minor,
+        refunded_minor=0,
+        currency=currency,
+        occurred_at=occurred_at,
+        created_at=now,
+        response={},
+    )
+    db.session.add(purchase)
+    db.session.flush()
+    referral = db.session.scalar(
+        select(Referral).where(Referral.friend_id == customer.id).with_for_update()
+    )
+    rewards = []
+    if referral is not None and _qualifies(referral, purchase, settings):
+        referral.status = "converted"
+        referral.converted_at = occurred_at
+        referral.order_id = order_id
+        rewards = _grant(referral, purchase, settings, now)
+    purchase.response = {
+        "order_id": order_id,
+        "first_purchase": first_purchase,
+        "referral": referral_block(referral),
+        "rewards": [_jsonable(reward_dict(reward)) for reward in rewards],
+    }
+    db.session.commit()
+    return PurchaseAnswer(purchase.response, created=True)
+
+
+def _jsonable(body: dict) -> dict:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in body.items()}
+
+
+def _qualifies(referral: Referral, purchase: Purchase, settings: dict) -> bool:
+    if referral.status != "attributed" or purchase.currency != settings["currency"]:
+        return False
+    minimum = to_minor(Decimal(settings["min_order_amount"]), purchase.currency)
+    age = purchase.occurred_at - referral.attributed_at
+    window = timedelta(days=settings["conversion_window_days"])
+    return purchase.amount_minor >= minimum and timedelta(0) <= age <= window
+
+
+def _rule_amount(rule: dict, order_minor: int, currency: str) -> int:
+    if rule["type"] == "fixed":
+        return to_minor(Decimal(rule["value"]), currency)
+    return percent_of(order_minor, Decimal(rule["value"]))
+
+
+def _grant(referral: Referral, purchase: Purchase, settings: dict, now: datetime) -> list:
+    """The rewards of a conversion, within the referrer's monthly cap."""
+    available_at = purchase.occurred_at + timedelta(days=settings["hold_days"])
+    cap = settings["max_rewards_per_referrer_per_month"]
+    rewards = []
+    for beneficiary, customer_id in (
+        ("referrer", referral.referrer_id),
+        ("friend", referral.friend_id),
+    ):
+        rule = settings[f"{beneficiary}_reward"]
+        if rule["type"] == "none":
+            continue
+        if (
+            beneficiary == "referrer"
+            and cap is not None
+            and _earned_this_month(referral.referrer_id, now) >= cap
+        ):
+            continue
+        amount = _rule_amount(rule, purchase.amount_minor, purchase.currency)
+        if amount <= 0:
+            continue
+        reward = Reward(
+            referral_id=referral.id,
+            purchase_id=purchase.id,
+            customer_id=customer_id,
+            beneficiary=beneficiary,
+            rule_type=rule["type"],
+            rule_value=rule["value"],
+            amount_minor=amount,
+            currency=purchase.currency,
+            status="pending",
+            available_at=available_at,
+            created_at=now,
+            updated_at=now,
+        )
+        if available_at <= now:
+            reward.status = _matured_status(reward, referral, settings)
+        db.session.add(reward)
+        rewards.append(reward)
+    db.session.flush()
+    return rewards
+
+
+def _earned_this_month(referrer_id: int, now: datetime) -> int:
+    """The referrer's rewards created this calendar month (UTC), reversed or rejected ones aside."""
+    db.session.execute(select(Customer.id).where(Customer.id == referrer_id).with_for_update())
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return db.session.scalar(
+        select(func.count())
+        .select_from(Reward)
+        .where(
+            Reward.customer_id == referrer_id,
+            Reward.beneficiary == "referrer",
+            Reward.created_at >= month,
+            Reward.status.not_in(("rejected", "reversed")),
+        )
+    )
+
+
+def _matured_status(reward: Reward, referral: Referral, settings: dict) -> str:
+    limit = settings["auto_approve_max_amount"]
+    if (
+        limit is not None
+        and referral.risk_score == 0
+        and reward.amount_minor <= to_minor(Decimal(limit), reward.currency)
+    ):
+        return "approved"
+    return "awaiting_approval"
+
+
+# --- the hold ------------------------------------------------------------------------------------
+
+
+def mature(now: datetime | None = None) -> dict:
+    """Move rewards whose hold has passed on; returns `{awaiting_approval: n, approved: n}`.
+
+    Safe to run from cron and concurrently: each reward moves in one conditional UPDATE.
+    """
+    now = now or utcnow()
+    settings = program.settings()
+    begin_write(db.session)
+    due = select(Reward.id).where(Reward.status == "pending", Reward.available_at <= now)
+    approved = 0
+    limit = settings["auto_approve_max_amount"]
+    if limit is not None:
+        clean = select(Referral.id).where(Referral.risk_score == 0)
+        approved = db.session.execute(
+            update(Reward)
+            .where(
+                Reward.id.in_(due),
+                Reward.referral_id.in_(clean),
+                Reward.currency == settings["currency"],
+                Reward.amount_minor <= to_minor(Decimal(limit), settings["currency"]),
+            )
+            .values(status="approved", updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    waiting = db.session.execute(
+        update(Reward)
+        .where(Reward.status == "pending", Reward.available_at <= now)
+        .values(status="awaiting_approval", updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    return {"awaiting_approval": waiting, "approved": approved}
+
+
+# --- admin decisions -----------------------------------------------------------------------------
+
+
+def _reward_for_update(reward_id: int) -> Reward:
+    reward = db.session.scalar(select(Reward).where(Reward.id == reward_id).with_for_update())
+    if reward is None:
+        db.session.rollback()
+        raise NotFound(f"No reward {reward_id}.")
+    return reward
+
+
+def _decide(reward_id: int, actor: str, action: str, allowed: tuple, status: str, note, now):
+    begin_write(db.session)
+    reward = _reward_for_update(reward_id)
+    if reward.status not in allowed:
+        current = reward.status
+        db.session.rollback()
+        raise Conflict(
+            f"Reward {reward_id} is {current}; only a reward that is "
+            f"{' or '.join(allowed)} can be {status}."
+        )
+    before = {"status": reward.status, "note": reward.note}
+    reward.status, reward.note, reward.updated_at = status, note, now
+    if status == "rejected":
+        reward.payout_id = None  # out of any batch not yet paid
+    audit.record(
+        actor, action, "reward", reward.id, before, {"status": status, "note": note}, at=now
+    )
+    db.session.commit()
+    return reward_dict(reward, with_referral=True)
+
+
+def approve(reward_id: int, actor: str, note: str | None = None, now=None) -> dict:
+    """Approve a reward awaiting approval; raises NotFound, or Conflict for another status."""
+    return _decide(
+        reward_id,
+        actor,
+        "reward.approve",
+        ("awaiting_approval",),
+        "approved",
+        note,
+        now or utcnow(),
+    )
+
+
+def reject(reward_id: int, actor: str, reason: str, now=None) -> dict:
+    """Reject a reward not yet paid, with a reason; raises NotFound, Conflict, ValidationFailed."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationFailed(fields={"reason": ["Say why the reward is rejected."]})
+    return _decide(
+        reward_id, actor, "reward.reject", OPEN, "rejected", reason.strip(), now or utcnow()
+    )
+
+
+def list_rewards(status=None, referrer=None, cursor=None, limit=None) -> tuple[list, str | None]:
+    """A page of rewards, newest first, each with its referral and risk."""
+    query = select(Reward)
+    if status:
+        query = query.where(Reward.status == status)
+    if referrer:
+        query = query.where(
+            Reward.customer_id.in_(select(Customer.id).where(Customer.external_id == referrer))
+        )
+    items, next_cursor = page(query, Reward.id, cursor, limit)
+    return [reward_dict(r, with_referral=True) for r in items], next_cursor
+
+
+# --- refunds -------------------------------------------------------------------------------------
+
+
+def refund(order_id: str, amount=None, now: datetime | None = None) -> dict:
+    """Refund all (no `amount`) or part of an order; its rewards follow.
+
+    A full refund, or one that leaves less than `min_order_amount`, reverses the order's rewards
+    not yet paid; otherwise percent rewards are recomputed on what remains. A reward already
+    paid gets a clawback instead, netted off the beneficiary's next payout. Raises NotFound for
+    an unknown order and ValidationFailed for an amount above what remains.
+    """
+    now = now or utcnow()
+    order_id = check_order_id(order_id)
+    settings = program.settings()
+    begin_write(db.session)
+    purchase = db.session.scalar(
+        select(Purchase).where(Purchase.order_id == order_id).with_for_update()
+    )
+    if purchase is None:
+        db.session.rollback()
+        raise NotFound(f"No purchase with order_id {order_id!r}.")
+    remaining = purchase.amount_minor - purchase.refunded_minor
+    if amount is None:
+        refund_minor = remaining
+    else:
+        try:
+            refund_minor = to_minor(
+                parse_amount(amount, purchase.currency, "amount", allow_zero=False),
+                purchase.currency,
+            )
+        except ValidationFailed:
+            db.session.rollback()
+            raise
+        if refund_minor > remaining:
+            db.session.rollback()
+            raise ValidationFailed(
+                fields={
+                    "amount": [
+                        f"Only {from_minor(remaining, purchase.currency)} {purchase.currency} "
+                        "of this "
+                        "order is left to refund."
+                    ]
+                }
+            )
+    purchase.refunded_minor += refund_minor
+    left = purchase.amount_minor - purchase.refunded_minor
+    minimum = (
+        to_minor(Decimal(settings["min_order_amount"]), purchase.currency)
+        if settings["currency"] == purchase.currency
+        else 0
+    )
+    reverse_all = left == 0 or left < minimum
+    reversed_rewards, clawbacks = [], []
+    rewards = db.session.scalars(
+        select(Reward)
+        .where(Reward.purchase_id == purchase.id, Reward.status.in_((*OPEN, "paid")))
+        .order_by(Reward.id)
+    ).all()
+    for reward in rewards:
+        target = (
+            0
+            if reverse_all
+            else (
+                percent_of(left, Decimal(reward.rule_value))
+                if reward.rule_type == "percent"
+                else reward.amount_minor
+            )
+        )
+        owed = reward.amount_minor - _clawed_back(reward.id)
+        if reward.status == "paid":
+            if owed > target:
+                db.session.add(
+                    Clawback(
+                        customer_id=reward.customer_id,
+                        reward_id=reward.id,
+                        amount_minor=owed - target,
+                        currency=reward.currency,
+                        created_at=now,
+                    )
+                )
+                clawbacks.append(
+                    {
+                        "reward_id": reward.id,
+                        "amount": from_minor(owed - target, reward.currency),
+                        "currency": reward.currency,
+                    }
+                )
+        elif reverse_all:
+            reward.status, reward.updated_at, reward.payout_id = "reversed", now, None
+            reversed_rewards.append(reward_dict(reward))
+        elif target != reward.amount_minor:
+            reward.amount_minor, reward.updated_at = target, now
+    db.session.commit()
+    return {
+        "order_id": order_id,
+        "refunded": from_minor(refund_minor, purchase.currency),
+        "remaining": from_minor(left, purchase.currency),
+        "currency": purchase.currency,
+        "reversed_rewards": reversed_rewards,
+        "clawbacks": clawbacks,
+    }
+
+
+def _clawed_back(reward_id: int) -> int:
+    return db.session.scalar(
+        select(func.coalesce(func.sum(Clawback.amount_minor), 0)).where(
+            Clawback.reward_id == reward_id
+        )
+    )

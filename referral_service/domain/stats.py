@@ -1,0 +1,124 @@
+"""The funnel: clicks, sign-ups, conversions and rewards, by channel, over a time range."""
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from referral_service.domain.clicks import flush_pending
+from referral_service.domain.money import from_minor
+from referral_service.domain.pages import page
+from referral_service.errors import ValidationFailed
+from referral_service.extensions import db
+from referral_service.models import Click, Customer, Referral, Reward, utcnow
+
+REWARD_STATUSES = ("pending", "awaiting_approval", "approved", "paid", "rejected", "reversed")
+DEFAULT_RANGE = timedelta(days=30)
+
+
+def funnel(start: datetime | None = None, end: datetime | None = None, now=None) -> dict:
+    """Counts in `[start, end)` (default: the last 30 days), in total and by channel.
+
+    Clicks count by visit time, sign-ups by attribution time, conversions by conversion time,
+    rewards by creation time. Raises ValidationFailed when `start` is not before `end`.
+    """
+    flush_pending()
+    end = end or now or utcnow()
+    start = start or end - DEFAULT_RANGE
+    if start >= end:
+        raise ValidationFailed(fields={"from": ["Must be before `to`."]})
+    channels: dict[str, dict] = defaultdict(lambda: {"clicks": 0, "signups": 0, "conversions": 0})
+    for channel, count in db.session.execute(
+        select(Click.channel, func.count())
+        .where(Click.occurred_at >= start, Click.occurred_at < end)
+        .group_by(Click.channel)
+    ):
+        channels[channel]["clicks"] = count
+    for channel, count in db.session.execute(
+        select(Referral.channel, func.count())
+        .where(Referral.attributed_at >= start, Referral.attributed_at < end)
+        .group_by(Referral.channel)
+    ):
+        channels[channel]["signups"] = count
+    for channel, count in db.session.execute(
+        select(Referral.channel, func.count())
+        .where(Referral.converted_at >= start, Referral.converted_at < end)
+        .group_by(Referral.channel)
+    ):
+        channels[channel]["conversions"] = count
+    rewards = {status: {"count": 0, "amounts": {}} for status in REWARD_STATUSES}
+    for status, currency, count, total in db.session.execute(
+        select(Reward.status, Reward.currency, func.count(), func.sum(Reward.amount_minor))
+        .where(Reward.created_at >= start, Reward.created_at < end)
+        .group_by(Reward.status, Reward.currency)
+    ):
+        rewards[status]["count"] += count
+        rewards[status]["amounts"][currency] = from_minor(int(total), currency)
+    totals = {
+        key: sum(c[key] for c in channels.values()) for key in ("clicks", "signups", "conversions")
+    }
+    return {
+        "from": start,
+        "to": end,
+        **totals,
+        "rewards": rewards,
+        "by_channel": dict(sorted(channels.items())),
+    }
+
+
+def customer_stats(customer_id: int) -> dict:
+    """A referrer's counters: clicks, sign-ups, conversions, and their rewards by status."""
+    flush_pending()
+    clicks = db.session.scalar(
+        select(func.count()).select_from(Click).where(Click.referrer_id == customer_id)
+    )
+    referrals = dict(
+        db.session.execute(
+            select(Referral.status, func.count())
+            .where(Referral.referrer_id == customer_id)
+            .group_by(Referral.status)
+        ).all()
+    )
+    rewards = dict(
+        db.session.execute(
+            select(Reward.status, func.count())
+            .where(Reward.customer_id == customer_id)
+            .group_by(Reward.status)
+        ).all()
+    )
+    return {
+        "clicks": clicks or 0,
+        "signups": sum(referrals.values()),
+        "conversions": referrals.get("converted", 0),
+        "rewards": {
+            status: rewards.get(status, 0)
+            for status in ("pending", "awaiting_approval", "approved", "paid")
+        },
+    }
+
+
+def referral_dict(referral: Referral) -> dict:
+    return {
+        "id": referral.id,
+        "referrer_external_id": referral.referrer.external_id,
+        "friend_external_id": referral.friend.external_id,
+        "status": referral.status,
+        "channel": referral.channel,
+        "attributed_at": referral.attributed_at,
+        "converted_at": referral.converted_at,
+        "order_id": referral.order_id,
+        "risk": {"score": referral.risk_score, "reasons": list(referral.risk_reasons or [])},
+    }
+
+
+def list_referrals(referrer=None, status=None, cursor=None, limit=None):
+    """A page of referrals, newest first, filtered by referrer external id and status."""
+    query = select(Referral)
+    if referrer:
+        query = query.where(
+            Referral.referrer_id.in_(select(Customer.id).where(Customer.external_id == referrer))
+        )
+    if status:
+        query = query.where(Referral.status == status)
+    items, next_cursor = page(query, Referral.id, cursor, limit)
+    return [referral_dict(r) for r in items], next_cursor

@@ -1,0 +1,198 @@
+"""Sign-ups, referrals, purchases, rewards, clawbacks, payouts, idempotency keys, audit log."""
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from referral_service.models.base import Base, UTCDateTime
+from referral_service.models.customer import Customer
+
+REFERRAL_STATUSES = ("attributed", "converted", "rejected")
+REWARD_STATUSES = ("pending", "awaiting_approval", "approved", "paid", "rejected", "reversed")
+
+
+class Signup(Base):
+    """The answer given to a customer's sign-up, kept so that a replay gets the same answer."""
+
+    __tablename__ = "signups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), unique=True
+    )
+    attributed: Mapped[bool]
+    reason: Mapped[str | None] = mapped_column(String(32))
+    referral_id: Mapped[int | None] = mapped_column(ForeignKey("referrals.id"))
+    code: Mapped[str | None] = mapped_column(String(16))
+    click_id: Mapped[str | None] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Referral(Base):
+    """One referrer and one friend; a friend is referred at most once (first attribution wins)."""
+
+    __tablename__ = "referrals"
+    __table_args__ = (
+        CheckConstraint("status IN ('attributed', 'converted', 'rejected')", name="status"),
+        CheckConstraint("referrer_id <> friend_id", name="not_self"),
+        Index("ix_referrals_referrer_id", "referrer_id", "id"),
+        Index("ix_referrals_status", "status", "id"),
+        Index("ix_referrals_attributed_at", "attributed_at"),
+        Index("ix_referrals_converted_at", "converted_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    referrer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    friend_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), unique=True
+    )
+    code_id: Mapped[int | None] = mapped_column(ForeignKey("referral_codes.id"))
+    click_id: Mapped[str | None] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="attributed")
+    attributed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    converted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    order_id: Mapped[str | None] = mapped_column(String(128))
+    risk_score: Mapped[int] = mapped_column(Integer, default=0)
+    risk_reasons: Mapped[list] = mapped_column(JSON, default=list)
+
+    referrer: Mapped[Customer] = relationship(foreign_keys=[referrer_id])
+    friend: Mapped[Customer] = relationship(foreign_keys=[friend_id])
+
+
+class Purchase(Base):
+    """An order reported by the shop; `response` is the answer given, replayed on a retry."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (
+        CheckConstraint("amount_minor >= 0", name="amount"),
+        CheckConstraint("refunded_minor >= 0 AND refunded_minor <= amount_minor", name="refunded"),
+        Index("ix_purchases_customer_id", "customer_id", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(128), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(String(3))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    response: Mapped[dict] = mapped_column(JSON)
+
+
+class Reward(Base):
+    """A bonus owed to the referrer or the friend; one of each kind per referral, at most."""
+
+    __tablename__ = "rewards"
+    __table_args__ = (
+        UniqueConstraint("referral_id", "beneficiary", name="uq_rewards_referral_beneficiary"),
+        CheckConstraint("beneficiary IN ('referrer', 'friend')", name="beneficiary"),
+        CheckConstraint(
+            "status IN ('pending', 'awaiting_approval', 'approved', 'paid', 'rejected', "
+            "'reversed')",
+            name="status",
+        ),
+        CheckConstraint("amount_minor >= 0", name="amount"),
+        Index("ix_rewards_status", "status", "id"),
+        Index("ix_rewards_customer_id", "customer_id", "id"),
+        Index("ix_rewards_available_at", "status", "available_at"),
+        Index("ix_rewards_created_at", "created_at"),
+        Index("ix_rewards_payout_id", "payout_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    referral_id: Mapped[int] = mapped_column(ForeignKey("referrals.id", ondelete="CASCADE"))
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id", ondelete="CASCADE"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    beneficiary: Mapped[str] = mapped_column(String(10))
+    rule_type: Mapped[str] = mapped_column(String(10))
+    rule_value: Mapped[str] = mapped_column(String(40))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(20))
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(String(500))
+    payout_id: Mapped[int | None] = mapped_column(ForeignKey("payouts.id"))
+
+    referral: Mapped[Referral] = relationship()
+    customer: Mapped[Customer] = relationship()
+
+
+class Clawback(Base):
+    """Money to take back from a customer's next payout: a refund after the reward was paid."""
+
+    __tablename__ = "clawbacks"
+    __table_args__ = (
+        CheckConstraint("amount_minor > 0", name="amount"),
+        Index("ix_clawbacks_customer_open", "customer_id", "payout_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    reward_id: Mapped[int] = mapped_column(ForeignKey("rewards.id", ondelete="CASCADE"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    payout_id: Mapped[int | None] = mapped_column(ForeignKey("payouts.id"))
+
+
+class Payout(Base):
+    """A batch of approved rewards to pay, net of clawbacks; `paid` once marked with a reference."""
+
+    __tablename__ = "payouts"
+    __table_args__ = (CheckConstraint("status IN ('created', 'paid')", name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(10), default="created")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(120))
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reference: Mapped[str | None] = mapped_column(String(200))
+
+
+class IdempotencyKey(Base):
+    """A request made with an `Idempotency-Key`: in flight, or done with its saved answer."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("owner", "key", name="uq_idempotency_keys_owner_key"),
+        Index("ix_idempotency_keys_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class AuditRecord(Base):
+    """Who did what to which thing, when, with the state before and after."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_subject", "subject_type", "subject_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(120))
+    action: Mapped[str] = mapped_column(String(60))
+    subject_type: Mapped[str] = mapped_column(String(30))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    before: Mapped[dict | None] = mapped_column(JSON)
+    after: Mapped[dict | None] = mapped_column(JSON)
