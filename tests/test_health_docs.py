@@ -18,6 +18,7 @@ def test_readyz_ok_at_head(client):
 
 def test_readyz_unavailable_when_behind(app, client):
     with app.app_context():
+        head = db.session.scalar(text("SELECT version_num FROM alembic_version"))
         db.session.execute(text("UPDATE alembic_version SET version_num = 'older'"))
         db.session.commit()
     try:
@@ -26,7 +27,9 @@ def test_readyz_unavailable_when_behind(app, client):
         assert response.json["migrations"] == "behind"
     finally:
         with app.app_context():
-            db.session.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+            db.session.execute(
+                text("UPDATE alembic_version SET version_num = :head"), {"head": head}
+            )
             db.session.commit()
 
 
