@@ -8,6 +8,7 @@ from referral_service.api import schemas
 from referral_service.api.auth import requires
 from referral_service.api.idempotency import idempotent
 from referral_service.domain import payouts, rewards, stats
+from referral_service.domain.pages import MAX_ID
 from referral_service.errors import ErrorEnvelope
 
 blp = Blueprint(
@@ -16,6 +17,9 @@ blp = Blueprint(
     url_prefix="/api/v1",
     description="Referrals, rewards, payouts and the funnel.",
 )
+
+
+ID = f"int(min=1, max={MAX_ID})"  # a larger id names nothing: 404 before any query
 
 
 def actor() -> str:
@@ -49,7 +53,7 @@ class Rewards(MethodView):
         return {"items": items, "next_cursor": next_cursor}
 
 
-@blp.route("/rewards/<int:reward_id>/approve")
+@blp.route(f"/rewards/<{ID}:reward_id>/approve")
 class Approve(MethodView):
     """Approval."""
 
@@ -62,7 +66,7 @@ class Approve(MethodView):
         return rewards.approve(reward_id, actor(), body.get("note"))
 
 
-@blp.route("/rewards/<int:reward_id>/reject")
+@blp.route(f"/rewards/<{ID}:reward_id>/reject")
 class Reject(MethodView):
     """Rejection."""
 
@@ -93,7 +97,7 @@ class Payouts(MethodView):
         return payouts.create(actor(), body.get("reward_ids"), body.get("all_approved", False))
 
 
-@blp.route("/payouts/<int:payout_id>")
+@blp.route(f"/payouts/<{ID}:payout_id>")
 class PayoutView(MethodView):
     """One payout batch."""
 
@@ -104,7 +108,7 @@ class PayoutView(MethodView):
         return payouts.get(payout_id)
 
 
-@blp.route("/payouts/<int:payout_id>.csv")
+@blp.route(f"/payouts/<{ID}:payout_id>.csv")
 class PayoutCsv(MethodView):
     """One payout batch as CSV."""
 
@@ -123,7 +127,7 @@ class PayoutCsv(MethodView):
         )
 
 
-@blp.route("/payouts/<int:payout_id>/mark-paid")
+@blp.route(f"/payouts/<{ID}:payout_id>/mark-paid")
 class MarkPaid(MethodView):
     """Payment of a batch."""
 

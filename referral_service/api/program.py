@@ -4,6 +4,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from referral_service.api import schemas
+from referral_service.api.admin import actor
 from referral_service.api.auth import requires
 from referral_service.domain import program
 
@@ -29,5 +30,5 @@ class Program(MethodView):
     @blp.arguments(schemas.ProgramPatch)
     @blp.response(200, schemas.ProgramSettings)
     def patch(self, changes):
-        """Change some settings; the whole result is validated, then saved at once."""
-        return program.update(changes)
+        """Change some settings; the whole result is validated, then saved at once (audited)."""
+        return program.update(changes, actor())

@@ -4,6 +4,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from referral_service.domain import customers, program
 from referral_service.domain.money import CURRENCIES
+from referral_service.domain.pages import MAX_ID
 from referral_service.errors import ValidationFailed
 
 
@@ -407,7 +408,7 @@ class PayoutIn(StrictSchema):
     """The rewards to pay: named, or every approved one."""
 
     reward_ids = fields.List(
-        fields.Integer(strict=True, validate=validate.Range(1, 2**62)),
+        fields.Integer(strict=True, validate=validate.Range(1, MAX_ID)),
         validate=validate.Length(min=1, max=10000),
     )
     all_approved = fields.Boolean()

@@ -22,6 +22,7 @@ from referral_service.models import Click, Customer, Referral, ReferralCode, Sig
 from referral_service.models.base import begin_write
 
 CODE_CHANNEL = "code"
+MAX_CLICK_ID = 32  # the length of `clicks.id` and `signups.click_id`
 
 
 @dataclass
@@ -84,6 +85,9 @@ def signup(
     code = normalize(referral_code) if referral_code else None
     if referral_code and code is None:
         code = referral_code.strip()[:16] or None  # keep what was typed, to compare replays
+    if click_id and len(click_id) > MAX_CLICK_ID:
+        # longer than any click id we issue, so unknown either way: keep what the column holds
+        click_id = click_id[:MAX_CLICK_ID]
     if click_id:
         flush_pending()  # the click may still wait in this process's buffer
     values = {
@@ -191,7 +195,7 @@ def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
             raise _Refused("revoked_code")
         return _Source(code_id=row.id, referrer_id=row.customer_id, channel=CODE_CHANNEL)
     if click_id:
-        click = db.session.get(Click, click_id) if len(click_id) <= 32 else None
+        click = db.session.get(Click, click_id)
         if click is None:
             raise _Refused("unknown_click")
         window = timedelta(days=settings["attribution_window_days"])

@@ -8,13 +8,24 @@ MAX_FUTURE = timedelta(days=1)
 OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
+def utc(value: datetime, field: str) -> datetime:
+    """An aware time in UTC; raises ValidationFailed for a naive one or one with no UTC date.
+
+    (`0001-01-01T00:00:00+01:00` is a valid ISO time whose UTC date falls before year 1.)
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationFailed(fields={field: ["Give a time zone, e.g. 2026-11-22T10:00:00Z."]})
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationFailed(fields={field: ["Out of the range of dates."]}) from None
+
+
 def check_time(value: datetime | None, now: datetime, field: str = "occurred_at") -> datetime:
     """`value` in UTC (or `now` when absent); raises ValidationFailed for naive or odd times."""
     if value is None:
         return now
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationFailed(fields={field: ["Give a time zone, e.g. 2026-11-22T10:00:00Z."]})
-    value = value.astimezone(UTC)
+    value = utc(value, field)
     if value > now + MAX_FUTURE or value < OLDEST:
         raise ValidationFailed(fields={field: ["Must be after 2000 and not in the future."]})
     return value

@@ -76,8 +76,12 @@ def format_amount(amount: Decimal, currency: str) -> str:
 
 
 def to_minor(amount: Decimal, currency: str) -> int:
-    """An exact amount in major units as an integer of minor units (12.50 EUR -> 1250)."""
-    return int(amount.scaleb(minor_digits(currency)).to_integral_exact())
+    """An amount in major units as an integer of minor units (12.50 EUR -> 1250).
+
+    An amount finer than the minor unit is rounded half-up (0.005 EUR -> 1), like every other
+    rounding of money here.
+    """
+    return int(amount.scaleb(minor_digits(currency)).to_integral_value(rounding=ROUND_HALF_UP))
 
 
 def from_minor(minor: int, currency: str) -> str:

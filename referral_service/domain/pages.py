@@ -10,6 +10,7 @@ from referral_service.extensions import db
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MAX_ID = 2**31 - 1  # the largest id an integer primary key holds (PostgreSQL's `integer`)
 
 
 def _decode(cursor: str) -> int:
@@ -17,7 +18,7 @@ def _decode(cursor: str) -> int:
         value = int(base64.urlsafe_b64decode(cursor.encode() + b"=" * (-len(cursor) % 4)))
     except (ValueError, binascii.Error, UnicodeError):
         value = -1
-    if not 0 < value < 2**62:
+    if not 0 < value <= MAX_ID:
         raise ValidationFailed(fields={"cursor": ["Not a cursor this service gave out."]})
     return value
 

@@ -87,6 +87,22 @@ def _settle_clawbacks(payout_id: int) -> None:
             clawback.payout_id = payout_id
 
 
+def resettle(payout_id: int) -> None:
+    """Net the clawbacks of an unpaid batch again, after one of its rewards left it or shrank.
+
+    Runs in the transaction that changed the reward, so a batch never nets more clawbacks than
+    its rewards cover: what no longer fits waits, open, for the beneficiary's next batch.
+    """
+    db.session.flush()
+    db.session.execute(
+        update(Clawback)
+        .where(Clawback.payout_id == payout_id)
+        .values(payout_id=None)
+        .execution_options(synchronize_session="fetch")
+    )
+    _settle_clawbacks(payout_id)
+
+
 def _lines(payout_id: int) -> list[dict]:
     lines: dict[tuple[int, str], dict] = {}
     rows = db.session.execute(

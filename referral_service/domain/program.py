@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app
 
+from referral_service.domain import audit
 from referral_service.domain.money import check_currency, format_amount, parse_amount
 from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
@@ -177,15 +178,17 @@ def _check_cap(value) -> int | None:
     return value
 
 
-def update(changes: dict) -> dict:
+def update(changes: dict, actor: str | None = None) -> dict:
     """Apply some settings; the result is validated as a whole and saved at once, or not at all.
 
     Raises ValidationFailed naming every bad field (a fixed amount is checked against the
-    currency, so changing the currency to JPY with a reward of "10.50" fails).
+    currency, so changing the currency to JPY with a reward of "10.50" fails). With an `actor`,
+    the change is audited: the settings sent, before and after.
     """
     begin_write(db.session)
     program = _program()
-    merged = {**as_dict(program), **changes}
+    before = as_dict(program)
+    merged = {**before, **changes}
     problems: dict[str, list[str]] = {}
 
     def check(fn, *args):
@@ -226,6 +229,16 @@ def update(changes: dict) -> dict:
         raise ValidationFailed(fields=problems)
     for key, value in values.items():
         setattr(program, key, value)
+    after = as_dict(program)
+    if actor is not None:
+        audit.record(
+            actor,
+            "program.update",
+            "program",
+            program.id,
+            {key: before[key] for key in changes},
+            {key: after[key] for key in changes},
+        )
     db.session.commit()
     current_app.extensions["program_cache"].clear()
-    return as_dict(program)
+    return after

@@ -15,7 +15,7 @@ from decimal import Decimal
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain import audit, customers, program
+from referral_service.domain import audit, customers, payouts, program
 from referral_service.domain.attribution import referral_block
 from referral_service.domain.clock import check_time
 from referral_service.domain.money import (
@@ -258,12 +258,14 @@ def _matured_status(reward: Reward, referral: Referral, settings: dict) -> str:
 def mature(now: datetime | None = None) -> dict:
     """Move rewards whose hold has passed on; returns `{awaiting_approval: n, approved: n}`.
 
-    Safe to run from cron and concurrently: each reward moves in one conditional UPDATE.
+    Safe to run from cron and concurrently: each reward moves in one conditional UPDATE whose
+    condition is on the reward row itself (PostgreSQL re-checks such a condition on a row another
+    transaction changed meanwhile; a condition in a subquery would see the old row).
     """
     now = now or utcnow()
     settings = program.settings()
     begin_write(db.session)
-    due = select(Reward.id).where(Reward.status == "pending", Reward.available_at <= now)
+    due = (Reward.status == "pending", Reward.available_at <= now)
     approved = 0
     limit = settings["auto_approve_max_amount"]
     if limit is not None:
@@ -271,7 +273,7 @@ def mature(now: datetime | None = None) -> dict:
         approved = db.session.execute(
             update(Reward)
             .where(
-                Reward.id.in_(due),
+                *due,
                 Reward.referral_id.in_(clean),
                 Reward.currency == settings["currency"],
                 Reward.amount_minor <= to_minor(Decimal(limit), settings["currency"]),
@@ -281,7 +283,7 @@ def mature(now: datetime | None = None) -> dict:
         ).rowcount
     waiting = db.session.execute(
         update(Reward)
-        .where(Reward.status == "pending", Reward.available_at <= now)
+        .where(*due)
         .values(status="awaiting_approval", updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -312,8 +314,9 @@ def _decide(reward_id: int, actor: str, action: str, allowed: tuple, status: str
         )
     before = {"status": reward.status, "note": reward.note}
     reward.status, reward.note, reward.updated_at = status, note, now
-    if status == "rejected":
-        reward.payout_id = None  # out of any batch not yet paid
+    if status == "rejected" and reward.payout_id is not None:
+        batch, reward.payout_id = reward.payout_id, None  # out of its batch, not yet paid
+        payouts.resettle(batch)
     audit.record(
         actor, action, "reward", reward.id, before, {"status": status, "note": note}, at=now
     )
@@ -409,6 +412,7 @@ def refund(order_id: str, amount=None, now: datetime | None = None) -> dict:
     )
     reverse_all = left == 0 or left < minimum
     reversed_rewards, clawbacks = [], []
+    changed_batches = set()  # unpaid batches whose rewards left or shrank
     rewards = db.session.scalars(
         select(Reward)
         .where(Reward.purchase_id == purchase.id, Reward.status.in_((*OPEN, "paid")))
@@ -444,10 +448,16 @@ def refund(order_id: str, amount=None, now: datetime | None = None) -> dict:
                     }
                 )
         elif reverse_all:
+            if reward.payout_id is not None:
+                changed_batches.add(reward.payout_id)
             reward.status, reward.updated_at, reward.payout_id = "reversed", now, None
             reversed_rewards.append(reward_dict(reward))
         elif target != reward.amount_minor:
+            if reward.payout_id is not None:
+                changed_batches.add(reward.payout_id)
             reward.amount_minor, reward.updated_at = target, now
+    for batch in sorted(changed_batches):
+        payouts.resettle(batch)
     db.session.commit()
     return {
         "order_id": order_id,

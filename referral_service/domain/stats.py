@@ -1,11 +1,12 @@
 """The funnel: clicks, sign-ups, conversions and rewards, by channel, over a time range."""
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
 from referral_service.domain.clicks import flush_pending
+from referral_service.domain.clock import utc
 from referral_service.domain.money import from_minor
 from referral_service.domain.pages import page
 from referral_service.errors import ValidationFailed
@@ -20,11 +21,18 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     """Counts in `[start, end)` (default: the last 30 days), in total and by channel.
 
     Clicks count by visit time, sign-ups by attribution time, conversions by conversion time,
-    rewards by creation time. Raises ValidationFailed when `start` is not before `end`.
+    rewards by creation time. Raises ValidationFailed when `start` is not before `end`, or
+    for a time with no date in UTC.
     """
     flush_pending()
-    end = end or now or utcnow()
-    start = start or end - DEFAULT_RANGE
+    end = utc(end, "to") if end else now or utcnow()
+    if start:
+        start = utc(start, "from")
+    else:
+        try:
+            start = end - DEFAULT_RANGE
+        except OverflowError:  # `to` in the first days of year 1
+            start = datetime.min.replace(tzinfo=UTC)
     if start >= end:
         raise ValidationFailed(fields={"from": ["Must be before `to`."]})
     channels: dict[str, dict] = defaultdict(lambda: {"clicks": 0, "signups": 0, "conversions": 0})
