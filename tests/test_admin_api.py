@@ -446,3 +446,13 @@ def test_ids_beyond_any_row_are_404_not_500(client, admin, reward_id):
         assert response.json["error"]["code"] == "not_found"
     named = client.post("/api/v1/payouts", json={"reward_ids": [reward_id]}, headers=admin)
     assert named.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/stats?since=2026-01-01", "/api/v1/rewards?state=paid", "/api/v1/referrals?page=2"],
+)
+def test_unknown_query_parameters_are_422(client, admin, path):
+    response = client.get(path, headers=admin)
+    assert response.status_code == 422
+    assert response.json["error"]["code"] == "validation_error"

@@ -384,3 +384,29 @@ def test_referrals_list_pages_and_filters_with_a_shop_key(client, shop):
     assert converted == {"items": [], "next_cursor": None}
     assert client.get("/api/v1/referrals?cursor=bogus!", headers=shop).status_code == 422
     assert client.get("/api/v1/referrals?status=nope", headers=shop).status_code == 422
+
+
+# --- a code typed after the sign-up ------------------------------------------------------------
+
+
+def test_code_typed_after_an_unattributed_sign_up_still_attributes(app, client, shop):
+    code = enrol(client, shop, "ref-1")
+    refused(sign_up(client, shop, "friend-1"), "no_referral")
+    refused(sign_up(client, shop, "friend-1", referral_code="WRONG-CODE"), "invalid_code")
+    late = sign_up(client, shop, "friend-1", referral_code=code)
+    assert late.status_code == 201
+    assert late.json["attributed"] is True
+    assert late.json["referral"]["referrer_external_id"] == "ref-1"
+    replay = sign_up(client, shop, "friend-1", referral_code=code)
+    assert (replay.status_code, replay.json) == (200, late.json)
+    assert count(app, Signup) == 1 and count(app, Referral) == 1
+
+
+def test_no_late_attribution_after_a_first_purchase(app, client, shop):
+    from tests.journey_helpers import buy
+
+    code = enrol(client, shop, "ref-1")
+    refused(sign_up(client, shop, "friend-1"), "no_referral")
+    assert buy(client, shop, "o-1", "friend-1", "20.00").status_code == 201
+    refused(sign_up(client, shop, "friend-1", referral_code=code), "existing_customer")
+    assert count(app, Referral) == 0

@@ -193,6 +193,23 @@ def test_conversion_window(client, shop, admin):
         client, shop, "o-before", "early", "50.00", occurred_at=at(signed_up - timedelta(hours=1))
     )
     assert before.json["rewards"] == []  # bought before signing up: not through the referral
+    skewed = buy(
+        client,
+        shop,
+        "o-skew",
+        "early",
+        "50.00",
+        occurred_at=at(signed_up - timedelta(minutes=2)),
+    )
+    assert skewed.json["referral"]["status"] == "converted"  # clocks a little apart: allowed
+
+
+def test_an_order_of_zero_does_not_convert(client, shop):
+    referred_friend(client, shop, "free", occurred_at=at(whole_second(utcnow())))
+    free = buy(client, shop, "o-free", "free", "0.00")
+    assert free.json["referral"]["status"] == "attributed" and free.json["rewards"] == []
+    paid = buy(client, shop, "o-paid", "free", "0.01")
+    assert paid.json["referral"]["status"] == "converted"
 
 
 def test_purchase_without_referral_has_referral_null(client, shop):

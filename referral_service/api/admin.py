@@ -3,6 +3,7 @@
 from flask import Response, g
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from referral_service.api import schemas
 from referral_service.api.auth import requires
@@ -32,7 +33,7 @@ class Referrals(MethodView):
     """Referrals."""
 
     @requires(blp, "shop")
-    @blp.arguments(schemas.ReferralsQuery, location="query")
+    @blp.arguments(schemas.ReferralsQuery, location="query", unknown=RAISE)
     @blp.response(200, schemas.ReferralPage)
     def get(self, query):
         """A page of referrals, newest first."""
@@ -45,7 +46,7 @@ class Rewards(MethodView):
     """Rewards."""
 
     @requires(blp, "admin")
-    @blp.arguments(schemas.RewardsQuery, location="query")
+    @blp.arguments(schemas.RewardsQuery, location="query", unknown=RAISE)
     @blp.response(200, schemas.RewardPage)
     def get(self, query):
         """A page of rewards, newest first, each with its referral and risk."""
@@ -145,7 +146,7 @@ class Stats(MethodView):
     """The funnel."""
 
     @requires(blp, "admin")
-    @blp.arguments(schemas.StatsQuery, location="query")
+    @blp.arguments(schemas.StatsQuery, location="query", unknown=RAISE)
     @blp.response(200, schemas.StatsOut)
     def get(self, query):
         """Clicks, sign-ups, conversions and rewards, by channel, over `[from, to)`."""

@@ -360,7 +360,13 @@ class RewardsQuery(PageQuery):
             ["pending", "awaiting_approval", "approved", "paid", "rejected", "reversed"]
         )
     )
-    referrer = text(128, metadata={"description": "The beneficiary's external id."})
+    referrer = text(
+        128,
+        metadata={
+            "description": "The referrer's external id: the rewards of "
+            "their referrals, theirs and their friends'."
+        },
+    )
 
 
 class RewardReferral(ReferralRef):

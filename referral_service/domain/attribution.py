@@ -9,7 +9,7 @@ the same normalized email); `existing_customer` (enrolled before); `already_refe
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import customers, program
@@ -18,7 +18,15 @@ from referral_service.domain.clock import check_time
 from referral_service.domain.codes import normalize, signer
 from referral_service.errors import InvalidCode
 from referral_service.extensions import db
-from referral_service.models import Click, Customer, Referral, ReferralCode, Signup, utcnow
+from referral_service.models import (
+    Click,
+    Customer,
+    Purchase,
+    Referral,
+    ReferralCode,
+    Signup,
+    utcnow,
+)
 from referral_service.models.base import begin_write
 
 CODE_CHANNEL = "code"
@@ -122,11 +130,10 @@ def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -
         reason = None
     except _Refused as refused:
         source, reason = None, refused.reason
-    if prior is not None:  # a later call for a known friend: answered, nothing changes
+    if prior is not None and source is None:  # a later call that attributes nothing
         db.session.rollback()
-        return SignupAnswer(False, reason or "already_referred", None, None, created=False)
-    created = customer is None
-    if created:
+        return SignupAnswer(False, reason, None, None, created=False)
+    if customer is None:
         customer = Customer(
             external_id=external_id, created_at=now, updated_at=now, origin="signup", **values
         )
@@ -148,15 +155,13 @@ def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -
         )
         db.session.add(referral)
         db.session.flush()
-    record = Signup(
-        customer_id=customer.id,
-        attributed=referral is not None,
-        reason=reason,
-        referral_id=referral.id if referral else None,
-        code=code,
-        click_id=click_id or None,
-        occurred_at=occurred_at,
-    )
+    record = prior or Signup(customer_id=customer.id)
+    record.attributed = referral is not None
+    record.reason = reason
+    record.referral_id = referral.id if referral else None
+    record.code = code
+    record.click_id = click_id or None
+    record.occurred_at = occurred_at
     db.session.add(record)
     db.session.flush()
     answer = _answer(record, settings, created=True)
@@ -211,11 +216,19 @@ def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
 
 
 def _check_people(source: _Source, customer, external_id: str, email_key: str, prior) -> None:
-    """Refuse the referrer themselves, someone enrolled before, or a friend already referred."""
+    """Refuse the referrer themselves, someone enrolled before, or a friend already referred.
+
+    A friend whose own sign-up was not attributed (no code yet, or a mistyped one) may still be
+    attributed by a later call until their first purchase: the code is often typed at checkout.
+    """
     referrer = db.session.get(Customer, source.referrer_id)
     if referrer.external_id == external_id or referrer.email_key == email_key:
         raise _Refused("self_referral")
-    if customer is not None and prior is None:
+    if prior is not None and prior.attributed:
+        raise _Refused("already_referred")
+    if customer is not None and (
+        prior is None
+        or customer.origin != "signup"
+        or db.session.scalar(select(exists().where(Purchase.customer_id == customer.id)))
+    ):
         raise _Refused("existing_customer")
-    if prior is not None:
-        raise _Refused("already_referred" if prior.attributed else "existing_customer")

@@ -32,6 +32,7 @@ from referral_service.models import Clawback, Customer, Purchase, Referral, Rewa
 from referral_service.models.base import begin_write
 
 OPEN = ("pending", "awaiting_approval", "approved")
+CLOCK_SKEW = timedelta(minutes=5)  # a shop's clock and ours may disagree by this much
 MAX_ORDER_ID = 128
 
 
@@ -168,12 +169,14 @@ def _jsonable(body: dict) -> dict:
 
 
 def _qualifies(referral: Referral, purchase: Purchase, settings: dict) -> bool:
+    """A paid order (more than zero, at least the minimum, in the program currency) placed
+    within the conversion window after the sign-up (allowing for clocks a little apart)."""
     if referral.status != "attributed" or purchase.currency != settings["currency"]:
         return False
     minimum = to_minor(Decimal(settings["min_order_amount"]), purchase.currency)
     age = purchase.occurred_at - referral.attributed_at
     window = timedelta(days=settings["conversion_window_days"])
-    return purchase.amount_minor >= minimum and timedelta(0) <= age <= window
+    return purchase.amount_minor >= max(minimum, 1) and -CLOCK_SKEW <= age <= window
 
 
 def _rule_amount(rule: dict, order_minor: int, currency: str) -> int:
@@ -351,9 +354,13 @@ def list_rewards(status=None, referrer=None, cursor=None, limit=None) -> tuple[l
     query = select(Reward)
     if status:
         query = query.where(Reward.status == status)
-    if referrer:
+    if referrer:  # the rewards of this referrer's referrals: their own and their friends'
         query = query.where(
-            Reward.customer_id.in_(select(Customer.id).where(Customer.external_id == referrer))
+            Reward.referral_id.in_(
+                select(Referral.id)
+                .join(Customer, Customer.id == Referral.referrer_id)
+                .where(Customer.external_id == referrer)
+            )
         )
     items, next_cursor = page(query, Reward.id, cursor, limit)
     return [reward_dict(r, with_referral=True) for r in items], next_cursor
