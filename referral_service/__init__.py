@@ -13,6 +13,7 @@ from referral_service.domain.qr import QrCache
 from referral_service.errors import register_error_handlers
 from referral_service.extensions import api, db, migrate
 from referral_service.public.views import blp as public_blp
+from referral_service.sessions import CookieSessions
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -35,6 +36,7 @@ def register_settings(app: Flask, config: dict | None) -> None:
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {}
     app.json.sort_keys = False
+    app.session_interface = CookieSessions()
 
 
 def register_extensions(app: Flask) -> None:

@@ -1,14 +1,15 @@
 """`/r/<code>` and its QR images, the built-in landing page, `/healthz` and `/readyz`."""
 
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from flask import current_app, make_response, redirect, render_template, request
+from flask import current_app, make_response, render_template, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from itsdangerous import URLSafeTimedSerializer
+from itsdangerous import TimestampSigner
 
 from referral_service.domain import codes, health, program
-from referral_service.domain.qr import check_size
+from referral_service.domain.qr import MAX_SIZE, MIN_SIZE, check_size
 from referral_service.errors import ErrorEnvelope, InvalidCode, NotFound, RevokedCode
 from referral_service.links import base_url, share_url
 from referral_service.models import utcnow
@@ -20,54 +21,100 @@ CLICK_COOKIE = "rs_click"
 CLICK_COOKIE_SALT = "referral-service.click-cookie"
 
 
-def click_cookie_serializer() -> URLSafeTimedSerializer:
-    """Signs the cookie that remembers a visitor's click for the attribution window."""
-    return URLSafeTimedSerializer(current_app.secret_key, salt=CLICK_COOKIE_SALT)
+def click_cookie_signer() -> TimestampSigner:
+    """Signs the cookie that remembers a visitor's click id for the attribution window."""
+    signer = current_app.extensions.get("click_cookie")
+    if signer is None:
+        signer = current_app.extensions["click_cookie"] = TimestampSigner(
+            [
+                *reversed(current_app.config.get("SECRET_KEY_FALLBACKS") or []),
+                current_app.secret_key,
+            ],
+            salt=CLICK_COOKIE_SALT,
+        )
+    return signer
 
 
-def _landing(params: dict) -> str:
-    landing = program.settings()["landing_url"] or f"{base_url()}/landing"
+@lru_cache(maxsize=16)
+def _landing_prefix(landing: str) -> tuple[str, str]:
+    """The landing URL without any `ref`/`click_id` of its own, and the separator to append."""
     parts = urlsplit(landing)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
-    return urlunsplit(parts._replace(query=urlencode(query + list(params.items()))))
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k not in ("ref", "click_id")
+    ]
+    url = urlunsplit(parts._replace(query=urlencode(query), fragment=""))
+    return url, ("&" if query else "?")
+
+
+def _landing(code: str | None = None, click_id: str | None = None) -> str:
+    """The landing page's address, with `ref` and `click_id` when there is an attribution."""
+    landing = program.settings()["landing_url"] or f"{base_url()}/landing"
+    if code is None:
+        return _landing_prefix(landing)[0]
+    url, separator = _landing_prefix(landing)
+    return f"{url}{separator}ref={code}&click_id={click_id}"  # both URL-safe by construction
+
+
+def _redirect(location: str):
+    response = current_app.response_class(status=302)
+    response.headers["Location"] = location
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+VIA = {
+    "in": "query",
+    "name": "via",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The channel: link, qr, email, whatsapp, sms, facebook, x, copy, ... "
+    "(absent: `link`; anything malformed is counted as `other`).",
+}
+SIZE = {
+    "in": "query",
+    "name": "size",
+    "required": False,
+    "schema": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "default": 512},
+    "description": "Pixels square.",
+}
 
 
 @blp.route("/r/<code>")
 class ShareLink(MethodView):
     """A visit of a share link."""
 
-    @blp.arguments(schemas.VisitQuery, location="query")
+    @blp.doc(parameters=[VIA])
     @blp.response(
         302,
         description="To the landing page, with `ref` and `click_id` when the "
         "code is valid; without them when it is forged or revoked.",
     )
-    def get(self, query, code):
+    def get(self, code):
         """Record a click and redirect to the landing page.
 
         A forged, mistyped or revoked code still lands the visitor on the landing page, without
-        attribution: a friend never meets a broken link.
+        attribution: a friend never meets a broken link. The click id is also kept in a signed
+        cookie for the attribution window.
         """
         try:
             active = codes.lookup(code)
         except (InvalidCode, NotFound):
-            response = redirect(_landing({}), 302)
-        else:
-            click_id = current_app.extensions["clicks"].record(
-                active.code_id, active.referrer_id, query.get("via"), utcnow()
-            )
-            response = redirect(_landing({"ref": active.code, "click_id": click_id}), 302)
-            days = program.settings()["attribution_window_days"]
-            response.set_cookie(
-                CLICK_COOKIE,
-                click_cookie_serializer().dumps({"click_id": click_id}),
-                max_age=days * 86400,
-                httponly=True,
-                samesite="Lax",
-                secure=request.is_secure,
-            )
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
+            return _redirect(_landing())
+        click_id = current_app.extensions["clicks"].record(
+            active.code_id, active.referrer_id, request.args.get("via"), utcnow()
+        )
+        response = _redirect(_landing(active.code, click_id))
+        response.set_cookie(
+            CLICK_COOKIE,
+            click_cookie_signer().sign(click_id).decode(),
+            max_age=program.settings()["attribution_window_days"] * 86400,
+            httponly=True,
+            samesite="Lax",
+            secure=request.is_secure,
+        )
         return response
 
 
@@ -91,26 +138,26 @@ def _qr(code: str, fmt: str, size) -> object:
 class QrPng(MethodView):
     """The QR code of a share link as PNG."""
 
-    @blp.arguments(schemas.QrQuery, location="query")
+    @blp.doc(parameters=[SIZE])
     @blp.response(200, description="A PNG image (`image/png`).")
     @blp.alt_response(304, description="Not modified (`If-None-Match`).")
     @blp.alt_response(404, schema=ErrorEnvelope, description="A forged or revoked code.")
-    def get(self, query, code):
+    def get(self, code):
         """A QR code of the share link with `via=qr`, `size` pixels square (64-2048, 512)."""
-        return _qr(code, "png", query.get("size"))
+        return _qr(code, "png", request.args.get("size"))
 
 
 @blp.route("/r/<code>/qr.svg")
 class QrSvg(MethodView):
     """The QR code of a share link as SVG."""
 
-    @blp.arguments(schemas.QrQuery, location="query")
+    @blp.doc(parameters=[SIZE])
     @blp.response(200, description="An SVG image (`image/svg+xml`).")
     @blp.alt_response(304, description="Not modified (`If-None-Match`).")
     @blp.alt_response(404, schema=ErrorEnvelope, description="A forged or revoked code.")
-    def get(self, query, code):
+    def get(self, code):
         """A QR code of the share link with `via=qr`, drawn `size` pixels square."""
-        return _qr(code, "svg", query.get("size"))
+        return _qr(code, "svg", request.args.get("size"))
 
 
 @blp.route("/landing")

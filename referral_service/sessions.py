@@ -1,0 +1,16 @@
+"""Flask's signed-cookie sessions, opened only when the request carries a cookie at all.
+
+Share links and the API never use a session; skipping the serializer set-up for requests without
+cookies keeps those hot paths lean.
+"""
+
+from flask.sessions import SecureCookieSessionInterface
+
+
+class CookieSessions(SecureCookieSessionInterface):
+    """A session interface that does no work for requests without a Cookie header."""
+
+    def open_session(self, app, request):
+        if "HTTP_COOKIE" not in request.environ:
+            return self.session_class()
+        return super().open_session(app, request)
