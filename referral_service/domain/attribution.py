@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from referral_service.domain import customers, program
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.clock import check_time
-from referral_service.domain.codes import normalize, signer
-from referral_service.errors import InvalidCode
+from referral_service.domain.codes import lookup, normalize
+from referral_service.errors import InvalidCode, NotFound, RevokedCode
 from referral_service.extensions import db
 from referral_service.models import (
     Click,
@@ -184,21 +184,14 @@ def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
     """The code (preferred) or click that names a referrer; raises _Refused with the reason."""
     if settings["paused"]:
         raise _Refused("program_paused")
-    if typed_code:
+    if typed_code:  # attribution trusts only the database about revocations: fresh=True
         try:
-            code = signer().verify(typed_code)
-        except InvalidCode:
+            active = lookup(typed_code, fresh=True)
+        except RevokedCode:
+            raise _Refused("revoked_code") from None
+        except (InvalidCode, NotFound):
             raise _Refused("invalid_code") from None
-        row = db.session.execute(
-            select(ReferralCode.id, ReferralCode.customer_id, ReferralCode.revoked_at).where(
-                ReferralCode.code == code
-            )
-        ).first()
-        if row is None:
-            raise _Refused("invalid_code")
-        if row.revoked_at is not None:
-            raise _Refused("revoked_code")
-        return _Source(code_id=row.id, referrer_id=row.customer_id, channel=CODE_CHANNEL)
+        return _Source(code_id=active.code_id, referrer_id=active.referrer_id, channel=CODE_CHANNEL)
     if click_id:
         click = db.session.get(Click, click_id)
         if click is None:

@@ -139,15 +139,15 @@ def signer() -> CodeSigner:
     return current_app.extensions["referral_codes"]
 
 
-def lookup(text: str) -> ActiveCode:
-    """The active code that `text` names.
+def lookup(text: str, fresh: bool = False) -> ActiveCode:
+    """The active code that `text` names; with `fresh`, read from the database, not the cache.
 
     Raises InvalidCode (forged or mistyped; no database lookup is made), RevokedCode (replaced by a
     newer code) or NotFound (a well-signed code this database never issued).
     """
     code = signer().verify(text)
     cache: CodeCache = current_app.extensions["code_cache"]
-    found = cache.get(code)
+    found = _MISSING if fresh else cache.get(code)
     if found is _MISSING:
         row = db.session.execute(
             select(ReferralCode.id, ReferralCode.customer_id, ReferralCode.revoked_at).where(
