@@ -52,6 +52,7 @@ class _Source:
     referrer_id: int
     channel: str
     click_id: str | None = None
+    referrer_external_id: str | None = None  # filled in by _check_people
 
 
 class _Refused(Exception):
@@ -164,7 +165,19 @@ def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -
     record.occurred_at = occurred_at
     db.session.add(record)
     db.session.flush()
-    answer = _answer(record, settings, created=True)
+    answer = SignupAnswer(
+        attributed=referral is not None,
+        reason=reason,
+        referral=None
+        if referral is None
+        else {
+            "id": referral.id,
+            "referrer_external_id": source.referrer_external_id,
+            "status": referral.status,
+        },
+        friend_offer=settings["friend_offer"] if referral is not None else None,
+        created=True,
+    )
     db.session.commit()
     return answer
 
@@ -215,6 +228,7 @@ def _check_people(source: _Source, customer, external_id: str, email_key: str, p
     attributed by a later call until their first purchase: the code is often typed at checkout.
     """
     referrer = db.session.get(Customer, source.referrer_id)
+    source.referrer_external_id = referrer.external_id
     if referrer.external_id == external_id or referrer.email_key == email_key:
         raise _Refused("self_referral")
     if prior is not None and prior.attributed:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from babel import Locale, UnknownLocaleError
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain.codes import forget_code, signer
@@ -107,17 +107,17 @@ def check_locale(value: str | None) -> str | None:
 
 
 def add_code(customer_id: int) -> str:
-    """Issue a fresh code for a customer inside the current transaction (retries collisions)."""
+    """Issue a fresh code for a customer inside the current transaction.
+
+    A code already taken is drawn again (with 33 million payloads, rarely). Should another
+    transaction take the same code between the check and the insert, the unique key fails this
+    one as a whole, and the caller's retry draws anew.
+    """
     for _ in range(ISSUE_ATTEMPTS):
         code = signer().issue()
-        try:
-            with db.session.begin_nested():
-                db.session.add(
-                    ReferralCode(customer_id=customer_id, code=code, created_at=utcnow())
-                )
+        if not db.session.scalar(select(exists().where(ReferralCode.code == code))):
+            db.session.add(ReferralCode(customer_id=customer_id, code=code, created_at=utcnow()))
             return code
-        except IntegrityError:
-            continue
     raise RuntimeError("could not issue a unique referral code")
 
 
