@@ -5,9 +5,12 @@ this process's buffer and a background thread writes the buffer every `CLICK_FLU
 seconds (or sooner when `CLICK_FLUSH_SIZE` clicks wait). A clean shutdown (SIGTERM to gunicorn,
 Ctrl-C on the development server) writes what is left; a crash (SIGKILL, power loss) loses at
 most the clicks of the last interval. Readers of clicks flush this process's buffer first.
+While the database fails, the writer backs off (up to 30 s) and keeps at most `max_pending`
+clicks, counting the ones it sheds in `dropped`; a row the database refuses is dropped alone.
 """
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -18,6 +21,7 @@ from datetime import datetime
 from flask import current_app
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from referral_service.models import Click
 
@@ -44,10 +48,15 @@ def new_click_id() -> str:
 class ClickRecorder:
     """A per-process buffer of clicks with a writer thread; see the module docstring."""
 
-    def __init__(self, engine_factory, interval: float, flush_size: int):
+    def __init__(
+        self, engine_factory, interval: float, flush_size: int, max_pending: int = 100_000
+    ):
         self._engine_factory = engine_factory
         self.interval = interval
         self.flush_size = flush_size
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._failures = 0
         self._rows: list[dict] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -67,8 +76,12 @@ class ClickRecorder:
             "occurred_at": at,
         }
         with self._lock:
-            self._rows.append(row)
             pending = len(self._rows)
+            if pending >= self.max_pending:  # the database has been away too long: shed load
+                self.dropped += 1
+                return click_id
+            self._rows.append(row)
+            pending += 1
         self._ensure_thread()
         if pending >= self.flush_size:
             self._wake.set()
@@ -84,17 +97,30 @@ class ClickRecorder:
                 rows, self._rows = self._rows, []
             if not rows:
                 return 0
-            engine: Engine = self._engine_factory()
             try:
-                with engine.connect() as connection:
-                    connection = connection.execution_options(sqlite_begin="IMMEDIATE")
-                    with connection.begin():
-                        connection.execute(insert(Click), rows)
+                engine: Engine = self._engine_factory()
+                self._insert(engine, rows)
+            except IntegrityError:  # a bad row (its code deleted, say): keep the good ones
+                kept = 0
+                for row in rows:
+                    with contextlib.suppress(IntegrityError):
+                        self._insert(engine, [row])
+                        kept += 1
+                log.warning("dropped %d clicks that the database refused", len(rows) - kept)
             except Exception:
-                with self._lock:  # keep them for the next try
-                    self._rows[:0] = rows
+                with self._lock:  # keep them for the next try, within the cap
+                    room = max(self.max_pending - len(self._rows), 0)
+                    self.dropped += max(len(rows) - room, 0)
+                    self._rows[:0] = rows[:room]
                 raise
             return len(rows)
+
+    @staticmethod
+    def _insert(engine: Engine, rows: list[dict]) -> None:
+        with engine.connect() as connection:
+            connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+            with connection.begin():
+                connection.execute(insert(Click), rows)
 
     def close(self) -> None:
         """Write what is left (called at exit and by gunicorn's worker_exit hook)."""
@@ -115,12 +141,15 @@ class ClickRecorder:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.interval)
+            # back off while the database fails: 0.5 s, 1 s, 2 s, ... at most 30 s
+            self._wake.wait(min(self.interval * 2**self._failures, 30.0))
             self._wake.clear()
             try:
                 self.flush()
+                self._failures = 0
             except Exception:
-                log.exception("could not write buffered clicks; will retry")
+                self._failures = min(self._failures + 1, 10)
+                log.exception("could not write %d buffered clicks; will retry", self.pending())
 
 
 def flush_pending() -> None:

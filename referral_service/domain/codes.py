@@ -71,7 +71,7 @@ class CodeSigner:
 
     def issue(self) -> str:
         """A new code with a random payload, signed with the current key."""
-        payload = "".join(secrets.choice(ALPHABET) for _ in range(PAYLOAD_LENGTH))
+        payload = _encode(secrets.randbits(5 * PAYLOAD_LENGTH), PAYLOAD_LENGTH)
         return payload + self._mac(self._keys[0], payload)
 
     def verify(self, text: str) -> str:

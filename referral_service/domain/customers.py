@@ -303,7 +303,7 @@ def _import_batch(batch: list[dict], report: ImportReport) -> None:
         else:
             report.unchanged += 1
     if new_rows:
-        db.session.execute(db.insert(Customer), new_rows)
+        db.session.execute(db.insert(Customer).execution_options(render_nulls=True), new_rows)
         ids = (
             db.session.execute(
                 select(Customer.id).where(

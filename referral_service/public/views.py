@@ -3,7 +3,7 @@
 from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from flask import current_app, make_response, render_template, request
+from flask import current_app, render_template, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from itsdangerous import TimestampSigner
@@ -127,11 +127,10 @@ def _qr(code: str, fmt: str, size) -> object:
         raise NotFound("This referral code is not valid.") from None
     url = share_url(active.code, via="qr")
     image = current_app.extensions["qr_cache"].get(url, fmt, check_size(size))
-    response = make_response(image.body)
-    response.mimetype = image.mimetype
-    response.set_etag(image.etag)
-    response.headers["Cache-Control"] = "public, max-age=86400"
-    return response.make_conditional(request)
+    headers = {"ETag": f'"{image.etag}"', "Cache-Control": "public, max-age=86400"}
+    if image.etag in request.if_none_match:
+        return current_app.response_class(status=304, headers=headers)
+    return current_app.response_class(image.body, mimetype=image.mimetype, headers=headers)
 
 
 @blp.route("/r/<code>/qr.png")
