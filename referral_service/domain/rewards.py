@@ -160,8 +160,9 @@ def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at,
         "referral": referral_block(referral),
         "rewards": [_jsonable(reward_dict(reward)) for reward in rewards],
     }
+    body = purchase.response
     db.session.commit()
-    return PurchaseAnswer(purchase.response, created=True)
+    return PurchaseAnswer(body, created=True)  # not re-read from the expired row
 
 
 def _jsonable(body: dict) -> dict:
