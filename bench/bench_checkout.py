@@ -57,11 +57,9 @@ import os
 import platform
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -85,6 +83,7 @@ from bench_public import (
     measure,
     request,
     run_cli,
+    run_main,
     run_process,
     wrk,
 )
@@ -973,41 +972,8 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
     return all_met
 
 
-def _interrupt(signum, frame):
-    """A SIGTERM to this script cleans up like Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if shutil.which(args.wrk) is None:
-        print(
-            f"{args.wrk} is not installed: this benchmark needs the HTTP load generator wrk.\n"
-            "Install it with `apt-get install wrk` (Debian/Ubuntu) and run again.",
-            file=sys.stderr,
-        )
-        return 2
-    signal.signal(signal.SIGTERM, _interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="referral-bench-checkout-"))
-    servers: list[Server] = []
-    try:
-        ok = run(args, tmp, servers)
-        return 0 if ok or not args.check else 1
-    except BenchError as error:
-        print(f"\nbenchmark failed: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping the servers", file=sys.stderr)
-        return 130
-    finally:
-        for server in servers:
-            if server.running:
-                server.stop(timeout=10)
-        sys.stdout.flush()
-        if args.keep_tmp:
-            print(f"kept the databases and server logs in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_main(run, parse_args(argv), "checkout")
 
 
 if __name__ == "__main__":

@@ -634,8 +634,8 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_main(run, args, name: str) -> int:
+    """Run a benchmark `run(args, tmp, servers)` with wrk checked, cleanup and exit statuses."""
     if shutil.which(args.wrk) is None:
         print(
             f"{args.wrk} is not installed: this benchmark needs the HTTP load generator wrk.\n"
@@ -644,7 +644,7 @@ def main(argv=None) -> int:
         )
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="referral-bench-public-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"referral-bench-{name}-"))
     servers: list[Server] = []
     try:
         ok = run(args, tmp, servers)
@@ -661,9 +661,13 @@ def main(argv=None) -> int:
                 server.stop(timeout=10)
         sys.stdout.flush()
         if args.keep_tmp:
-            print(f"kept the database and server logs in {tmp}", file=sys.stderr)
+            print(f"kept the databases and server logs in {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    return run_main(run, parse_args(argv), "public")
 
 
 if __name__ == "__main__":
