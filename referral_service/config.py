@@ -12,6 +12,7 @@ def database_url(instance_path: str) -> str:
     """The SQLAlchemy URL from `DATABASE_URL`, or SQLite in the instance folder."""
     url = os.environ.get("DATABASE_URL", "").strip()
     if not url:
+        Path(instance_path).mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{Path(instance_path) / SQLITE_FILE}"
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):

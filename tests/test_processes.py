@@ -178,3 +178,21 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
         server.terminate()
         server.wait(timeout=10)
     shutil.rmtree(wheels)
+
+
+def test_zero_configuration_uses_the_instance_folder(tmp_path, monkeypatch):
+    """Without DATABASE_URL the database lives in the instance folder, created if missing."""
+    from referral_service import config
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("SECRET_KEY", "k")
+    instance = tmp_path / "not" / "yet"
+    settings = config.from_environment(str(instance))
+    assert instance.is_dir()
+    assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{instance / config.SQLITE_FILE}"
+    assert settings["SECRET_KEY"] == "k"
+    monkeypatch.delenv("SECRET_KEY")
+    generated = config.from_environment(str(instance))["SECRET_KEY"]
+    assert len(generated) > 40
+    assert config.from_environment(str(instance))["SECRET_KEY"] == generated  # kept
+    assert (instance / config.SECRET_KEY_FILE).stat().st_mode & 0o777 == 0o600
