@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_public import BenchError, console_script, interrupt, run_process
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_ROWS = 100_000
 TARGET_SECONDS = 60.0
@@ -98,10 +100,6 @@ BAD_EMAILS = [
 ]
 
 
-class BenchError(Exception):
-    """A step of the benchmark failed; the message says which and why."""
-
-
 @dataclass
 class ImportRun:
     """One run of the import command: its time and the counts it reported."""
@@ -133,27 +131,6 @@ def generate(path: Path, rows: int, bad_fraction: float, seed: int) -> int:
             )
             writer.writerow([f"cust-{number:07d}", email, name, rng.choice(LOCALES)])
     return rows - bad
-
-
-def run_process(argv: list, timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """Like subprocess.run, but the child is killed and reaped whatever stops the wait."""
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except BaseException:  # a timeout, Ctrl-C, SIGTERM
-            proc.kill()
-            proc.wait()
-            raise
-    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
-
-
-def console_script(name: str) -> str:
-    """A console script installed next to the running Python, else one on the PATH."""
-    beside = Path(sys.executable).with_name(name)
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise BenchError(f"`{name}` is not installed: run `pip install -e .` first")
-    return found
 
 
 def run_cli(argv: list[str], env: dict, timeout: float, tmp: Path, log: str):
@@ -319,14 +296,9 @@ def run(args, tmp: Path) -> bool:
     return target_met and all_passed
 
 
-def _interrupt(signum, frame):
-    """A SIGTERM to this script cleans up like Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="referral-bench-import-"))
     try:
         ok = run(args, tmp)

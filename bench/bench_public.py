@@ -629,7 +629,7 @@ def print_table(bare_loads: list[Load], endpoints: list) -> bool:
     return all_met
 
 
-def _interrupt(signum, frame):
+def interrupt(signum, frame):
     """A SIGTERM to this script cleans up like Ctrl-C does."""
     raise KeyboardInterrupt
 
@@ -643,7 +643,7 @@ def run_main(run, args, name: str) -> int:
             file=sys.stderr,
         )
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     tmp = Path(tempfile.mkdtemp(prefix=f"referral-bench-{name}-"))
     servers: list[Server] = []
     try:

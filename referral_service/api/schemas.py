@@ -6,6 +6,7 @@ from referral_service.domain import customers, program
 from referral_service.domain.money import CURRENCIES
 from referral_service.domain.pages import MAX_ID
 from referral_service.errors import ValidationFailed
+from referral_service.models.referral import REFERRAL_STATUSES, REWARD_STATUSES
 
 
 class StrictSchema(Schema):
@@ -321,7 +322,7 @@ class ReferralsQuery(PageQuery):
     """Filters of the referrals list."""
 
     referrer = text(128)
-    status = fields.String(validate=validate.OneOf(["attributed", "converted", "rejected"]))
+    status = fields.String(validate=validate.OneOf(REFERRAL_STATUSES))
 
 
 class Risk(Schema):
@@ -355,11 +356,7 @@ class ReferralPage(Schema):
 class RewardsQuery(PageQuery):
     """Filters of the rewards list."""
 
-    status = fields.String(
-        validate=validate.OneOf(
-            ["pending", "awaiting_approval", "approved", "paid", "rejected", "reversed"]
-        )
-    )
+    status = fields.String(validate=validate.OneOf(REWARD_STATUSES))
     referrer = text(
         128,
         metadata={

@@ -12,8 +12,8 @@ from referral_service.domain.pages import page
 from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Click, Customer, Referral, Reward, utcnow
+from referral_service.models.referral import REWARD_STATUSES
 
-REWARD_STATUSES = ("pending", "awaiting_approval", "approved", "paid", "rejected", "reversed")
 DEFAULT_RANGE = timedelta(days=30)
 
 
