@@ -25,8 +25,26 @@ BASE_URL = "http://shop.test"
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: the test is about SQLite; not run on others")
     if IN_CI and not PG_URL:
         raise pytest.UsageError("CI=true but TEST_DATABASE_URL is not set: PostgreSQL is required")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `sqlite_only` run on the SQLite backend alone (deselected, not skipped)."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (
+            item.get_closest_marker("sqlite_only")
+            and params.get("database_url", "sqlite") != "sqlite"
+        ):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_report_header(config):

@@ -33,7 +33,7 @@ class Referrals(MethodView):
     """Referrals."""
 
     @requires(blp, "shop")
-    @blp.arguments(schemas.ReferralsQuery, location="query", unknown=RAISE)
+    @blp.arguments(schemas.ReferralsQuery(), location="query", unknown=RAISE)
     @blp.response(200, schemas.ReferralPage)
     def get(self, query):
         """A page of referrals, newest first."""
@@ -46,7 +46,7 @@ class Rewards(MethodView):
     """Rewards."""
 
     @requires(blp, "admin")
-    @blp.arguments(schemas.RewardsQuery, location="query", unknown=RAISE)
+    @blp.arguments(schemas.RewardsQuery(), location="query", unknown=RAISE)
     @blp.response(200, schemas.RewardPage)
     def get(self, query):
         """A page of rewards, newest first, each with its referral and risk."""
@@ -59,7 +59,7 @@ class Approve(MethodView):
     """Approval."""
 
     @requires(blp, "admin")
-    @blp.arguments(schemas.ApproveIn)
+    @blp.arguments(schemas.ApproveIn())
     @blp.response(200, schemas.RewardOut)
     @blp.alt_response(409, schema=ErrorEnvelope, description="Not awaiting approval.")
     def post(self, body, reward_id):
@@ -72,7 +72,7 @@ class Reject(MethodView):
     """Rejection."""
 
     @requires(blp, "admin")
-    @blp.arguments(schemas.RejectIn)
+    @blp.arguments(schemas.RejectIn())
     @blp.response(200, schemas.RewardOut)
     @blp.alt_response(409, schema=ErrorEnvelope, description="Already paid, rejected, reversed.")
     def post(self, body, reward_id):
@@ -86,7 +86,7 @@ class Payouts(MethodView):
 
     @requires(blp, "admin")
     @idempotent(blp)
-    @blp.arguments(schemas.PayoutIn)
+    @blp.arguments(schemas.PayoutIn())
     @blp.response(201, schemas.PayoutOut)
     @blp.alt_response(
         409,
@@ -133,7 +133,7 @@ class MarkPaid(MethodView):
     """Payment of a batch."""
 
     @requires(blp, "admin")
-    @blp.arguments(schemas.MarkPaidIn)
+    @blp.arguments(schemas.MarkPaidIn())
     @blp.response(200, schemas.PayoutOut)
     @blp.alt_response(409, schema=ErrorEnvelope, description="Already paid.")
     def post(self, body, payout_id):
@@ -146,7 +146,7 @@ class Stats(MethodView):
     """The funnel."""
 
     @requires(blp, "admin")
-    @blp.arguments(schemas.StatsQuery, location="query", unknown=RAISE)
+    @blp.arguments(schemas.StatsQuery(), location="query", unknown=RAISE)
     @blp.response(200, schemas.StatsOut)
     def get(self, query):
         """Clicks, sign-ups, conversions and rewards, by channel, over `[from, to)`."""

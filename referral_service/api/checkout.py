@@ -26,7 +26,7 @@ class Signups(MethodView):
 
     @requires(blp, "shop")
     @idempotent(blp)
-    @blp.arguments(schemas.SignupIn)
+    @blp.arguments(schemas.SignupIn())
     @blp.response(201, schemas.SignupOut, description="Recorded.")
     @blp.alt_response(200, schema=schemas.SignupOut, description="A replay, or a later call.")
     def post(self, body):
@@ -55,7 +55,7 @@ class Purchases(MethodView):
 
     @requires(blp, "shop")
     @idempotent(blp)
-    @blp.arguments(schemas.PurchaseIn)
+    @blp.arguments(schemas.PurchaseIn())
     @blp.response(201, schemas.PurchaseOut, description="Recorded.")
     @blp.alt_response(
         200,
@@ -86,7 +86,7 @@ class Refunds(MethodView):
 
     @requires(blp, "shop")
     @idempotent(blp)
-    @blp.arguments(schemas.RefundIn)
+    @blp.arguments(schemas.RefundIn())
     @blp.response(200, schemas.RefundOut)
     @blp.alt_response(404, schema=ErrorEnvelope, description="Unknown order.")
     def post(self, body):

@@ -28,7 +28,7 @@ class Customer(MethodView):
     """One customer, named by the shop's own id."""
 
     @requires(blp, "shop")
-    @blp.arguments(schemas.CustomerIn)
+    @blp.arguments(schemas.CustomerIn())
     @blp.response(200, schemas.CustomerOut, description="Updated.")
     @blp.alt_response(201, schema=schemas.CustomerOut, description="Enrolled.")
     def put(self, body, external_id):

@@ -27,7 +27,7 @@ class Program(MethodView):
         return program.settings()
 
     @requires(blp, "admin")
-    @blp.arguments(schemas.ProgramPatch)
+    @blp.arguments(schemas.ProgramPatch())
     @blp.response(200, schemas.ProgramSettings)
     def patch(self, changes):
         """Change some settings; the whole result is validated, then saved at once (audited)."""

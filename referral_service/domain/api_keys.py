@@ -72,15 +72,23 @@ def revoke(ident: str) -> list[ApiKey]:
     return keys
 
 
-def authenticate(secret: str | None, needed: str) -> ApiKey:
-    """The active key for a bearer secret, if its scope covers `needed` (`admin` covers all).
+def authenticate(secret: str | None, needed: str):
+    """The active key (a row of `id`, `name`, `scope`) for a bearer secret, if its scope covers
+    `needed` (`admin` covers all).
 
     Raises Unauthorized for a missing, unknown or revoked key and Forbidden for a narrower scope.
     """
     if not secret:
         raise Unauthorized()
-    key = db.session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == digest(secret), ApiKey.revoked_at.is_(None))
+    keys = ApiKey.__table__.c
+    key = (
+        db.session.connection()
+        .execute(
+            select(keys.id, keys.name, keys.scope).where(
+                keys.key_hash == digest(secret), keys.revoked_at.is_(None)
+            )
+        )
+        .first()
     )
     if key is None:
         raise Unauthorized("This API key is unknown or has been revoked.")

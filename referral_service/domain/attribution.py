@@ -9,14 +9,14 @@ the same normalized email); `existing_customer` (enrolled before); `already_refe
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import customers, program
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.clock import check_time
-from referral_service.domain.codes import lookup, normalize
-from referral_service.errors import InvalidCode, NotFound, RevokedCode
+from referral_service.domain.codes import normalize, signer
+from referral_service.errors import InvalidCode
 from referral_service.extensions import db
 from referral_service.models import (
     Click,
@@ -51,8 +51,9 @@ class _Source:
     code_id: int
     referrer_id: int
     channel: str
-    click_id: str | None = None
-    referrer_external_id: str | None = None  # filled in by _check_people
+    click_id: str | None
+    referrer_external_id: str
+    referrer_email_key: str
 
 
 class _Refused(Exception):
@@ -114,13 +115,17 @@ def signup(
 
 def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -> SignupAnswer:
     settings = program.settings()
+    connection = db.session.connection()
+    if connection.execute(_KNOWN, {"external_id": external_id}).first() is None:
+        return _new_friend(external_id, values, typed_code, code, click_id, occurred_at, now)
     begin_write(db.session)
     customer = db.session.scalar(
         select(Customer).where(Customer.external_id == external_id).with_for_update()
     )
-    prior = None
-    if customer is not None:
-        prior = db.session.scalar(select(Signup).where(Signup.customer_id == customer.id))
+    if customer is None:  # gone since: start again as a friend never seen
+        db.session.rollback()
+        return _new_friend(external_id, values, typed_code, code, click_id, occurred_at, now)
+    prior = db.session.scalar(select(Signup).where(Signup.customer_id == customer.id))
     if prior is not None and prior.code == code and prior.click_id == (click_id or None):
         answer = _answer(prior, settings, created=False)
         db.session.rollback()
@@ -134,13 +139,6 @@ def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -
     if prior is not None and source is None:  # a later call that attributes nothing
         db.session.rollback()
         return SignupAnswer(False, reason, None, None, created=False)
-    if customer is None:
-        customer = Customer(
-            external_id=external_id, created_at=now, updated_at=now, origin="signup", **values
-        )
-        db.session.add(customer)
-        db.session.flush()
-        customers.add_code(customer.id)
     referral = None
     if source is not None:
         referral = Referral(
@@ -165,21 +163,78 @@ def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -
     record.occurred_at = occurred_at
     db.session.add(record)
     db.session.flush()
-    answer = SignupAnswer(
-        attributed=referral is not None,
-        reason=reason,
-        referral=None
-        if referral is None
-        else {
-            "id": referral.id,
-            "referrer_external_id": source.referrer_external_id,
-            "status": referral.status,
-        },
-        friend_offer=settings["friend_offer"] if referral is not None else None,
-        created=True,
-    )
+    answer = _fresh_answer(source, referral.id if referral else None, reason, settings)
     db.session.commit()
     return answer
+
+
+def _new_friend(external_id, values, typed_code, code, click_id, occurred_at, now) -> SignupAnswer:
+    """The common case, kept short: someone never seen before signs up.
+
+    Everything is read and decided first; the write transaction then only inserts (the customer,
+    their code, the referral, the sign-up). Should someone with this `external_id` be written in
+    between, the customer's unique key fails the insert and the caller answers as a replay.
+    """
+    settings = program.settings()
+    try:
+        source = _source(settings, typed_code, code, click_id, occurred_at)
+        _check_people(source, None, external_id, values["email_key"], None)
+        reason = None
+    except _Refused as refused:
+        source, reason = None, refused.reason
+    own_code = customers.unused_code()
+    begin_write(db.session)
+    connection = db.session.connection()
+    customer_id = connection.execute(
+        _INSERT_CUSTOMER,
+        {"external_id": external_id, "created_at": now, "updated_at": now, **values},
+    ).inserted_primary_key[0]
+    connection.execute(
+        _INSERT_CODE, {"customer_id": customer_id, "code": own_code, "created_at": now}
+    )
+    referral_id = None
+    if source is not None:
+        referral_id = connection.execute(
+            _INSERT_REFERRAL,
+            {
+                "referrer_id": source.referrer_id,
+                "friend_id": customer_id,
+                "code_id": source.code_id,
+                "click_id": source.click_id,
+                "channel": source.channel,
+                "attributed_at": occurred_at,
+            },
+        ).inserted_primary_key[0]
+    connection.execute(
+        _INSERT_SIGNUP,
+        {
+            "customer_id": customer_id,
+            "attributed": source is not None,
+            "reason": reason,
+            "referral_id": referral_id,
+            "code": code,
+            "click_id": click_id or None,
+            "occurred_at": occurred_at,
+        },
+    )
+    db.session.commit()
+    return _fresh_answer(source, referral_id, reason, settings)
+
+
+def _fresh_answer(source: "_Source | None", referral_id, reason, settings) -> SignupAnswer:
+    return SignupAnswer(
+        attributed=source is not None,
+        reason=reason,
+        referral=None
+        if source is None
+        else {
+            "id": referral_id,
+            "referrer_external_id": source.referrer_external_id,
+            "status": "attributed",
+        },
+        friend_offer=settings["friend_offer"] if source is not None else None,
+        created=True,
+    )
 
 
 def _answer(record: Signup, settings: dict, created: bool) -> SignupAnswer:
@@ -194,30 +249,34 @@ def _answer(record: Signup, settings: dict, created: bool) -> SignupAnswer:
 
 
 def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
-    """The code (preferred) or click that names a referrer; raises _Refused with the reason."""
+    """The code (preferred) or click that names a referrer; raises _Refused with the reason.
+
+    Attribution trusts only the database about revocations, never the share link's cache.
+    """
     if settings["paused"]:
         raise _Refused("program_paused")
-    if typed_code:  # attribution trusts only the database about revocations: fresh=True
+    connection = db.session.connection()
+    if typed_code:
         try:
-            active = lookup(typed_code, fresh=True)
-        except RevokedCode:
-            raise _Refused("revoked_code") from None
-        except (InvalidCode, NotFound):
+            verified = signer().verify(typed_code)
+        except InvalidCode:
             raise _Refused("invalid_code") from None
-        return _Source(code_id=active.code_id, referrer_id=active.referrer_id, channel=CODE_CHANNEL)
+        found = connection.execute(_BY_CODE, {"code": verified}).first()
+        if found is None:
+            raise _Refused("invalid_code")
+        if found.revoked_at is not None:
+            raise _Refused("revoked_code")
+        return _Source(found.code_id, found.referrer_id, CODE_CHANNEL, None, *found[-2:])
     if click_id:
-        click = db.session.get(Click, click_id)
-        if click is None:
+        found = connection.execute(_BY_CLICK, {"click_id": click_id}).first()
+        if found is None:
             raise _Refused("unknown_click")
         window = timedelta(days=settings["attribution_window_days"])
-        if occurred_at - click.occurred_at > window:
+        if occurred_at - found.occurred_at > window:
             raise _Refused("window_expired")
-        revoked = db.session.scalar(
-            select(ReferralCode.revoked_at).where(ReferralCode.id == click.code_id)
-        )
-        if revoked is not None:
+        if found.revoked_at is not None:
             raise _Refused("revoked_code")
-        return _Source(click.code_id, click.referrer_id, click.channel, click.id)
+        return _Source(found.code_id, found.referrer_id, found.channel, click_id, *found[-2:])
     raise _Refused("no_referral")
 
 
@@ -227,9 +286,7 @@ def _check_people(source: _Source, customer, external_id: str, email_key: str, p
     A friend whose own sign-up was not attributed (no code yet, or a mistyped one) may still be
     attributed by a later call until their first purchase: the code is often typed at checkout.
     """
-    referrer = db.session.get(Customer, source.referrer_id)
-    source.referrer_external_id = referrer.external_id
-    if referrer.external_id == external_id or referrer.email_key == email_key:
+    if source.referrer_external_id == external_id or source.referrer_email_key == email_key:
         raise _Refused("self_referral")
     if prior is not None and prior.attributed:
         raise _Refused("already_referred")
@@ -239,3 +296,41 @@ def _check_people(source: _Source, customer, external_id: str, email_key: str, p
         or db.session.scalar(select(exists().where(Purchase.customer_id == customer.id)))
     ):
         raise _Refused("existing_customer")
+
+
+# Statements of the sign-up path, built once (their compiled form is cached by SQLAlchemy).
+_customers = Customer.__table__
+_codes = ReferralCode.__table__
+_clicks = Click.__table__
+_KNOWN = select(_customers.c.id).where(_customers.c.external_id == bindparam("external_id"))
+_BY_CODE = (
+    select(
+        _codes.c.id.label("code_id"),
+        _codes.c.customer_id.label("referrer_id"),
+        _codes.c.revoked_at,
+        _customers.c.external_id,
+        _customers.c.email_key,
+    )
+    .join_from(_codes, _customers, _codes.c.customer_id == _customers.c.id)
+    .where(_codes.c.code == bindparam("code"))
+)
+_BY_CLICK = (
+    select(
+        _clicks.c.code_id,
+        _clicks.c.referrer_id,
+        _clicks.c.channel,
+        _clicks.c.occurred_at,
+        _codes.c.revoked_at,
+        _customers.c.external_id,
+        _customers.c.email_key,
+    )
+    .join_from(_clicks, _codes, _clicks.c.code_id == _codes.c.id)
+    .join(_customers, _clicks.c.referrer_id == _customers.c.id)
+    .where(_clicks.c.id == bindparam("click_id"))
+)
+_INSERT_CUSTOMER = insert(_customers).values(origin="signup")
+_INSERT_CODE = insert(_codes)
+_INSERT_REFERRAL = insert(Referral.__table__).values(
+    status="attributed", risk_score=0, risk_reasons=[]
+)
+_INSERT_SIGNUP = insert(Signup.__table__)

@@ -23,7 +23,9 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from referral_service.extensions import db
 from referral_service.models import Click
+from referral_service.models.base import writer_queue
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,8 @@ class ClickRecorder:
 
     @staticmethod
     def _insert(engine: Engine, rows: list[dict]) -> None:
-        with engine.connect() as connection:
+        queue = writer_queue(engine)
+        with queue.turn() if queue else contextlib.nullcontext(), engine.connect() as connection:
             connection = connection.execution_options(sqlite_begin="IMMEDIATE")
             with connection.begin():
                 connection.execute(insert(Click), rows)
@@ -153,5 +156,14 @@ class ClickRecorder:
 
 
 def flush_pending() -> None:
-    """Write this process's buffered clicks now, so that a read that follows sees them."""
-    current_app.extensions["clicks"].flush()
+    """Write this process's buffered clicks now, so that a read that follows sees them.
+
+    Called before a step's own reads: a read transaction the request already holds (from
+    authentication) is ended, as its snapshot would predate the clicks just written.
+    """
+    current_app.extensions["clicks"].flush()  # or wait for the flush under way
+    session = db.session()
+    if session.in_transaction():
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("flush_pending() called with unsaved changes in the session")
+        session.rollback()

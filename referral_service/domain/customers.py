@@ -6,7 +6,7 @@ from datetime import datetime
 
 from babel import Locale, UnknownLocaleError
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import exists, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain.codes import forget_code, signer
@@ -106,19 +106,31 @@ def check_locale(value: str | None) -> str | None:
 # --- codes ---------------------------------------------------------------------------------------
 
 
-def add_code(customer_id: int) -> str:
-    """Issue a fresh code for a customer inside the current transaction.
+_CODE_TAKEN = select(ReferralCode.__table__.c.id).where(
+    ReferralCode.__table__.c.code == bindparam("code")
+)
+
+
+def unused_code() -> str:
+    """A newly issued code that no customer holds yet.
 
     A code already taken is drawn again (with 33 million payloads, rarely). Should another
-    transaction take the same code between the check and the insert, the unique key fails this
-    one as a whole, and the caller's retry draws anew.
+    transaction take the same code between this check and the insert, the unique key fails that
+    insert's transaction as a whole, and the caller's retry draws anew.
     """
+    connection = db.session.connection()
     for _ in range(ISSUE_ATTEMPTS):
         code = signer().issue()
-        if not db.session.scalar(select(exists().where(ReferralCode.code == code))):
-            db.session.add(ReferralCode(customer_id=customer_id, code=code, created_at=utcnow()))
+        if connection.execute(_CODE_TAKEN, {"code": code}).first() is None:
             return code
     raise RuntimeError("could not issue a unique referral code")
+
+
+def add_code(customer_id: int) -> str:
+    """Issue a fresh code for a customer inside the current transaction."""
+    code = unused_code()
+    db.session.add(ReferralCode(customer_id=customer_id, code=code, created_at=utcnow()))
+    return code
 
 
 def _active_code(customer_id: int) -> str | None:

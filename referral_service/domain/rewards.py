@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import audit, customers, payouts, program
@@ -116,68 +116,82 @@ def record_purchase(
 
 def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at, now):
     settings = program.settings()
-    begin_write(db.session)
-    saved = db.session.scalar(select(Purchase.response).where(Purchase.order_id == order_id))
+    saved = db.session.connection().execute(_SAVED, {"order_id": order_id}).scalar()
     if saved is not None:
         db.session.rollback()
         return PurchaseAnswer(saved, created=False)
-    customer = db.session.scalar(
-        select(Customer).where(Customer.external_id == external_id).with_for_update()
-    )
-    if customer is None:
+    begin_write(db.session)
+    connection = db.session.connection()
+    friend = connection.execute(
+        _FRIEND_FOR_UPDATE if connection.dialect.name != "sqlite" else _FRIEND,
+        {"external_id": external_id},
+    ).first()
+    if friend is None:
         db.session.rollback()
         raise NotFound(
             f"No customer with external_id {external_id!r}: enrol them or record "
             "their sign-up first."
         )
-    first_purchase = not db.session.scalar(
-        select(exists().where(Purchase.customer_id == customer.id))
-    )
-    purchase = Purchase(
-        order_id=order_id,
-        customer_id=customer.id,
-        amount_minor=amount_minor,
-        refunded_minor=0,
-        currency=currency,
-        occurred_at=occurred_at,
-        created_at=now,
-        response={},
-    )
-    db.session.add(purchase)
-    db.session.flush()
-    referral = db.session.scalar(
-        select(Referral).where(Referral.friend_id == customer.id).with_for_update()
-    )
+    first_purchase = connection.execute(_HAS_PURCHASED, {"customer_id": friend.id}).first() is None
+    purchase = {
+        "order_id": order_id,
+        "customer_id": friend.id,
+        "amount_minor": amount_minor,
+        "refunded_minor": 0,
+        "currency": currency,
+        "occurred_at": occurred_at,
+        "created_at": now,
+        "response": {},
+    }
+    purchase["id"] = connection.execute(_INSERT_PURCHASE, purchase).inserted_primary_key[0]
+    referral = None
     rewards = []
-    if referral is not None and _qualifies(referral, purchase, settings):
-        referral.status = "converted"
-        referral.converted_at = occurred_at
-        referral.order_id = order_id
-        rewards = _grant(referral, purchase, settings, now)
-    purchase.response = {
+    if friend.referral_id is not None:
+        referral = {
+            "id": friend.referral_id,
+            "referrer_external_id": friend.referrer_external_id,
+            "status": friend.status,
+        }
+        if _qualifies(friend, purchase, settings):
+            converted = connection.execute(
+                _CONVERT,
+                {
+                    "referral_id": friend.referral_id,
+                    "converted_at": occurred_at,
+                    "order_id": order_id,
+                },
+            ).rowcount
+            if converted:
+                referral["status"] = "converted"
+                rewards = _grant(connection, friend, purchase, settings, now)
+            else:  # converted meanwhile by another order (a PostgreSQL join can read it late)
+                referral["status"] = connection.execute(
+                    _REFERRAL_STATUS, {"id": friend.referral_id}
+                ).scalar()
+    body = {
         "order_id": order_id,
         "first_purchase": first_purchase,
-        "referral": referral_block(referral),
-        "rewards": [_jsonable(reward_dict(reward)) for reward in rewards],
+        "referral": referral,
+        "rewards": [_jsonable(reward) for reward in rewards],
     }
-    body = purchase.response
+    connection.execute(_SAVE_RESPONSE, {"purchase_id": purchase["id"], "response": body})
     db.session.commit()
-    return PurchaseAnswer(body, created=True)  # not re-read from the expired row
+    return PurchaseAnswer(body, created=True)
 
 
 def _jsonable(body: dict) -> dict:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in body.items()}
 
 
-def _qualifies(referral: Referral, purchase: Purchase, settings: dict) -> bool:
+def _qualifies(friend, purchase: dict, settings: dict) -> bool:
     """A paid order (more than zero, at least the minimum, in the program currency) placed
     within the conversion window after the sign-up (allowing for clocks a little apart)."""
-    if referral.status != "attributed" or purchase.currency != settings["currency"]:
+    if friend.status != "attributed" or purchase["currency"] != settings["currency"]:
         return False
-    minimum = to_minor(Decimal(settings["min_order_amount"]), purchase.currency)
-    age = purchase.occurred_at - referral.attributed_at
+    minimum = to_minor(Decimal(settings["min_order_amount"]), purchase["currency"])
+    age = purchase["occurred_at"] - friend.attributed_at
     window = timedelta(days=settings["conversion_window_days"])
-    return purchase.amount_minor >= max(minimum, 1) and -CLOCK_SKEW <= age <= window
+    return purchase["amount_minor"] >= max(minimum, 1) and -CLOCK_SKEW <= age <= window
 
 
 def _rule_amount(rule: dict, order_minor: int, currency: str) -> int:
@@ -186,74 +200,128 @@ def _rule_amount(rule: dict, order_minor: int, currency: str) -> int:
     return percent_of(order_minor, Decimal(rule["value"]))
 
 
-def _grant(referral: Referral, purchase: Purchase, settings: dict, now: datetime) -> list:
-    """The rewards of a conversion, within the referrer's monthly cap."""
-    available_at = purchase.occurred_at + timedelta(days=settings["hold_days"])
+def _grant(connection, friend, purchase: dict, settings: dict, now: datetime) -> list:
+    """The rewards of a conversion, within the referrer's monthly cap, as the API shows them."""
+    available_at = purchase["occurred_at"] + timedelta(days=settings["hold_days"])
+    currency = purchase["currency"]
     cap = settings["max_rewards_per_referrer_per_month"]
     rewards = []
-    for beneficiary, customer_id in (
-        ("referrer", referral.referrer_id),
-        ("friend", referral.friend_id),
-    ):
+    for beneficiary, customer_id in (("referrer", friend.referrer_id), ("friend", friend.id)):
         rule = settings[f"{beneficiary}_reward"]
         if rule["type"] == "none":
             continue
         if (
             beneficiary == "referrer"
             and cap is not None
-            and _earned_this_month(referral.referrer_id, now) >= cap
+            and _earned_this_month(connection, friend.referrer_id, now) >= cap
         ):
             continue
-        amount = _rule_amount(rule, purchase.amount_minor, purchase.currency)
+        amount = _rule_amount(rule, purchase["amount_minor"], currency)
         if amount <= 0:
             continue
-        reward = Reward(
-            referral_id=referral.id,
-            purchase_id=purchase.id,
-            customer_id=customer_id,
-            beneficiary=beneficiary,
-            rule_type=rule["type"],
-            rule_value=rule["value"],
-            amount_minor=amount,
-            currency=purchase.currency,
-            status="pending",
-            available_at=available_at,
-            created_at=now,
-            updated_at=now,
-        )
+        status = "pending"
         if available_at <= now:
-            reward.status = _matured_status(reward, referral, settings)
-        db.session.add(reward)
-        rewards.append(reward)
-    db.session.flush()
+            status = _matured_status(amount, currency, friend.risk_score, settings)
+        reward_id = connection.execute(
+            _INSERT_REWARD,
+            {
+                "referral_id": friend.referral_id,
+                "purchase_id": purchase["id"],
+                "customer_id": customer_id,
+                "beneficiary": beneficiary,
+                "rule_type": rule["type"],
+                "rule_value": rule["value"],
+                "amount_minor": amount,
+                "currency": currency,
+                "status": status,
+                "available_at": available_at,
+                "created_at": now,
+                "updated_at": now,
+            },
+        ).inserted_primary_key[0]
+        rewards.append(
+            {
+                "id": reward_id,
+                "beneficiary": beneficiary,
+                "amount": from_minor(amount, currency),
+                "currency": currency,
+                "status": status,
+                "available_at": available_at,
+            }
+        )
     return rewards
 
 
-def _earned_this_month(referrer_id: int, now: datetime) -> int:
-    """The referrer's rewards created this calendar month (UTC), reversed or rejected ones aside."""
-    db.session.execute(select(Customer.id).where(Customer.id == referrer_id).with_for_update())
+def _earned_this_month(connection, referrer_id: int, now: datetime) -> int:
+    """The referrer's rewards created this calendar month (UTC), reversed or rejected ones aside.
+
+    On PostgreSQL the referrer's row is locked first, so that two of their friends converting at
+    once count one after the other (SQLite's write lock already orders them).
+    """
+    if connection.dialect.name != "sqlite":
+        connection.execute(_LOCK_CUSTOMER, {"id": referrer_id})
     month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return db.session.scalar(
-        select(func.count())
-        .select_from(Reward)
-        .where(
-            Reward.customer_id == referrer_id,
-            Reward.beneficiary == "referrer",
-            Reward.created_at >= month,
-            Reward.status.not_in(("rejected", "reversed")),
-        )
-    )
+    return connection.execute(_EARNED, {"customer_id": referrer_id, "since": month}).scalar()
 
 
-def _matured_status(reward: Reward, referral: Referral, settings: dict) -> str:
+def _matured_status(amount_minor: int, currency: str, risk_score: int, settings: dict) -> str:
     limit = settings["auto_approve_max_amount"]
-    if (
-        limit is not None
-        and referral.risk_score == 0
-        and reward.amount_minor <= to_minor(Decimal(limit), reward.currency)
-    ):
+    if limit is not None and risk_score == 0 and amount_minor <= to_minor(Decimal(limit), currency):
         return "approved"
     return "awaiting_approval"
+
+
+# Statements of the purchase path, built once (their compiled form is cached by SQLAlchemy).
+_purchases = Purchase.__table__
+_customers = Customer.__table__
+_referrals = Referral.__table__
+_rewards = Reward.__table__
+_referrers = _customers.alias("referrers")
+_SAVED = select(_purchases.c.response).where(_purchases.c.order_id == bindparam("order_id"))
+_FRIEND = (
+    select(
+        _customers.c.id,
+        _referrals.c.id.label("referral_id"),
+        _referrals.c.referrer_id,
+        _referrals.c.status,
+        _referrals.c.attributed_at,
+        _referrals.c.risk_score,
+        _referrers.c.external_id.label("referrer_external_id"),
+    )
+    .select_from(_customers)
+    .outerjoin(_referrals, _referrals.c.friend_id == _customers.c.id)
+    .outerjoin(_referrers, _referrers.c.id == _referrals.c.referrer_id)
+    .where(_customers.c.external_id == bindparam("external_id"))
+)
+# purchases of one customer are serialized by a lock on that customer (PostgreSQL)
+_FRIEND_FOR_UPDATE = _FRIEND.with_for_update(of=_customers)
+_HAS_PURCHASED = (
+    select(_purchases.c.id).where(_purchases.c.customer_id == bindparam("customer_id")).limit(1)
+)
+_INSERT_PURCHASE = insert(_purchases)
+_CONVERT = (
+    update(_referrals)
+    .where(_referrals.c.id == bindparam("referral_id"), _referrals.c.status == "attributed")
+    .values(
+        status="converted",
+        converted_at=bindparam("converted_at"),
+        order_id=bindparam("order_id"),
+    )
+)
+_REFERRAL_STATUS = select(_referrals.c.status).where(_referrals.c.id == bindparam("id"))
+_INSERT_REWARD = insert(_rewards)
+_SAVE_RESPONSE = (
+    update(_purchases)
+    .where(_purchases.c.id == bindparam("purchase_id"))
+    .values(response=bindparam("response"))
+)
+_LOCK_CUSTOMER = select(_customers.c.id).where(_customers.c.id == bindparam("id")).with_for_update()
+_EARNED = select(func.count()).where(
+    _rewards.c.customer_id == bindparam("customer_id"),
+    _rewards.c.beneficiary == "referrer",
+    _rewards.c.created_at >= bindparam("since"),
+    _rewards.c.status.not_in(("rejected", "reversed")),
+)
 
 
 # --- the hold ------------------------------------------------------------------------------------

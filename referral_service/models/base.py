@@ -1,11 +1,15 @@
 """The declarative base, column types for exact money and UTC time, and the SQLite settings."""
 
+import contextlib
+import fcntl
+import os
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import DateTime, MetaData, String, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -91,11 +95,81 @@ def _sqlite_begin(connection):
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+class WriterQueue:
+    """Writers to one SQLite file take turns on an OS file lock, not on SQLite's busy timeout.
+
+    SQLite lets one writer in at a time; the others poll with growing sleeps (1, 2, 5, 10 ms and
+    up) until the lock is free, so under load most of a writer's time goes to sleeping after the
+    lock was already released. Queued on `flock` instead, the next writer is woken the moment the
+    last one commits. The lock file sits beside the database (`<file>-writer.lock`); it is held
+    from `BEGIN IMMEDIATE` to the end of the transaction, is per process and thread (a thread of
+    this process waits on a thread lock first), and the kernel drops it when a process dies.
+    SQLite's own lock and busy timeout stay in force behind it for writers that do not queue
+    (another program, say).
+    """
+
+    def __init__(self, database: str):
+        self.path = f"{database}-writer.lock"
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._file = None
+        self._pid = None
+
+    def _fd(self) -> int:
+        if self._pid != os.getpid():  # opened after a fork: each process has its own lock
+            self._file = open(self.path, "a+b")  # noqa: SIM115 (kept open for the process)
+            self._pid = os.getpid()
+        return self._file.fileno()
+
+    def acquire(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._depth == 0:
+                fcntl.flock(self._fd(), fcntl.LOCK_EX)
+            self._depth += 1
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0:
+                fcntl.flock(self._fd(), fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    @contextlib.contextmanager
+    def turn(self):
+        """Hold the queue's lock for the block."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+_queues: dict[str, WriterQueue] = {}
+_queues_lock = threading.Lock()
+
+
+def writer_queue(bind) -> WriterQueue | None:
+    """The writer queue of an engine's SQLite file; None for other databases and for `:memory:`."""
+    url = bind.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    path = os.path.abspath(url.database)
+    with _queues_lock:
+        return _queues.setdefault(path, WriterQueue(path))
+
+
 def begin_write(session) -> None:
     """Start the session's transaction as a writer (`BEGIN IMMEDIATE` on SQLite).
 
     Called first by every domain step that writes. A read-only transaction still open (from
     authentication, say) is ended first; pending changes at this point are a bug, so they raise.
+    On a SQLite file the writer first waits its turn in the `WriterQueue`, until the transaction
+    ends.
     """
     if hasattr(session, "registry"):  # a scoped_session: work on the session it holds
         session = session()
@@ -103,4 +177,23 @@ def begin_write(session) -> None:
         if session.new or session.dirty or session.deleted:
             raise RuntimeError("begin_write() called with unsaved changes in the session")
         session.rollback()
-    session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    queue = writer_queue(session.get_bind())
+    if queue is not None:
+        queue.acquire()
+        session.info["writer_queue"] = queue
+    try:
+        session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    except BaseException:
+        session.info.pop("writer_queue", None)
+        if queue is not None:
+            queue.release()
+        raise
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _end_of_turn(session, transaction) -> None:
+    """A writer's transaction ended (committed, rolled back or closed): the next one may go."""
+    if transaction.parent is None:
+        queue = session.info.pop("writer_queue", None)
+        if queue is not None:
+            queue.release()
