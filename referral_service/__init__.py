@@ -4,26 +4,34 @@ from flask import Flask, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from referral_service import config as settings
+from referral_service import logs, rate_limits
 from referral_service.api import BLUEPRINTS
 from referral_service.api.auth import SECURITY_SCHEME
+from referral_service.api.spec import SpecRules
 from referral_service.domain.clicks import ClickRecorder
 from referral_service.domain.codes import CodeCache, CodeSigner
+from referral_service.domain.fraud import DisposableDomains, EvidenceKeys
 from referral_service.domain.health import MIGRATIONS
 from referral_service.domain.qr import QrCache
 from referral_service.errors import register_error_handlers
 from referral_service.extensions import api, db, migrate
 from referral_service.public.views import blp as public_blp
+from referral_service.security import register_body_limit, register_security_headers
 from referral_service.sessions import CookieSessions
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """Build the application: settings, extensions, services, blueprints, error handlers."""
+    """Build the application: settings, extensions, services, blueprints, error handlers,
+    security headers and the body size limit."""
     app = Flask(__name__)
     register_settings(app, config)
     register_extensions(app)
     register_services(app)
     register_blueprints(app)
     register_error_handlers(app)
+    register_security_headers(app)
+    register_body_limit(app)
+    logs.install()
     return app
 
 
@@ -34,7 +42,7 @@ def register_settings(app: Flask, config: dict | None) -> None:
         app.config.update(settings.from_environment(app.instance_path))
     app.config.update(overrides)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {}
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"hide_parameters": True}
     app.json.sort_keys = False
     app.session_interface = CookieSessions()
 
@@ -42,12 +50,17 @@ def register_settings(app: Flask, config: dict | None) -> None:
 def register_extensions(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS), render_as_batch=True)
-    api.init_app(app, spec_kwargs={"info": {"description": API_DESCRIPTION}})
+    api.init_app(
+        app,
+        spec_kwargs={"info": {"description": API_DESCRIPTION}, "extra_plugins": [SpecRules()]},
+    )
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME["bearerAuth"])
+    rate_limits.init_app(app)
 
 
 def register_services(app: Flask) -> None:
-    """Per-process helpers: the code signer and caches, the click buffer, the QR image cache."""
+    """Per-process helpers: the code signer and caches, the click buffer, the QR image cache,
+    the keys of risk evidence and the list of disposable-mail domains."""
     with app.app_context():
         engine = db.engine
     app.extensions["referral_codes"] = CodeSigner(
@@ -59,9 +72,14 @@ def register_services(app: Flask) -> None:
         lambda: engine, app.config["CLICK_FLUSH_INTERVAL"], app.config["CLICK_FLUSH_SIZE"]
     )
     app.extensions["qr_cache"] = QrCache(app.config["QR_CACHE_ITEMS"])
+    app.extensions["risk_evidence"] = EvidenceKeys(app.config["SECRET_KEY"])
+    app.extensions["disposable_domains"] = DisposableDomains(
+        app.config.get("DISPOSABLE_DOMAINS_FILE")
+    )
 
 
 def register_blueprints(app: Flask) -> None:
+    app.url_map.merge_slashes = False  # `//` in a path is a 404, not a redirect an API would follow
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     api.register_blueprint(public_blp)
@@ -78,4 +96,8 @@ Authenticate with `Authorization: Bearer <api key>` (create keys with
 `referral-service api-keys create NAME --scope shop|admin`). Every error is
 `{"error": {"code", "message", "fields"?}}`. Money travels as decimal strings in
 major units with an ISO 4217 currency; times are ISO 8601 with a zone.
+
+String formats of our own: `identifier` (printable characters as Python's `str.isprintable`
+has them, no space at either end), `printable` (printable characters), `locale` (a locale
+Babel knows, such as `pl`, `pl-PL` or `en_GB`).
 """

@@ -8,8 +8,9 @@ import click
 from flask.cli import FlaskGroup, with_appcontext
 
 from referral_service import create_app
-from referral_service.domain import api_keys, customers, rewards
+from referral_service.domain import api_keys, customers, fraud, program, rewards
 from referral_service.errors import ReferralError
+from referral_service.models import utcnow
 from referral_service.models.api_key import SCOPES
 
 
@@ -80,6 +81,23 @@ def mature_rewards():
     moved = rewards.mature()
     click.echo(
         f"{moved['awaiting_approval']} now awaiting approval, {moved['approved']} auto-approved."
+    )
+
+
+@main.group("risk")
+def risk_group():
+    """Risk evidence: keyed hashes of IP addresses, user agents and device ids."""
+
+
+@risk_group.command("purge")
+@with_appcontext
+def purge_risk_evidence():
+    """Empty the hashes older than the program's `risk_retention_days` (run it daily from cron)."""
+    days = program.settings()["risk_retention_days"]
+    emptied = fraud.purge(days, utcnow())
+    click.echo(
+        f"Emptied the evidence of {emptied['signups']} sign-ups and {emptied['clicks']} clicks "
+        f"older than {days} days."
     )
 
 

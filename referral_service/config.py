@@ -39,6 +39,27 @@ def secret_key(instance_path: str) -> str:
     return key
 
 
+RATE_LIMITS = ("RATELIMIT_API", "RATELIMIT_PUBLIC", "RATELIMIT_SIGNUPS_PER_REFERRER")
+FALSE = ("0", "false", "no", "off")
+
+
+def rate_limit_settings() -> dict:
+    """The rate-limit settings given in the environment; the others keep their defaults.
+
+    Raises ValueError for a `TRUSTED_PROXIES` that is not a whole number from 0 to 10.
+    """
+    found = {name: value for name in RATE_LIMITS if (value := os.environ.get(name, "").strip())}
+    enabled = os.environ.get("RATELIMIT_ENABLED", "").strip().lower()
+    if enabled:
+        found["RATELIMIT_ENABLED"] = enabled not in FALSE
+    proxies = os.environ.get("TRUSTED_PROXIES", "").strip()
+    if proxies:
+        if not (proxies.isdecimal() and int(proxies) <= 10):
+            raise ValueError(f"TRUSTED_PROXIES must be a number of proxies, 0 to 10: {proxies!r}")
+        found["TRUSTED_PROXIES"] = int(proxies)
+    return found
+
+
 def from_environment(instance_path: str) -> dict:
     """All settings of the service, read from the environment."""
     fallbacks = [k.strip() for k in os.environ.get("SECRET_KEY_FALLBACKS", "").split(",")]
@@ -49,11 +70,15 @@ def from_environment(instance_path: str) -> dict:
         "SQLALCHEMY_DATABASE_URI": database_url(instance_path),
         "PUBLIC_BASE_URL": public_base_url,
         "REDIS_URL": os.environ.get("REDIS_URL", "").strip() or None,
+        **rate_limit_settings(),
+        "DISPOSABLE_DOMAINS_FILE": os.environ.get("DISPOSABLE_DOMAINS_FILE", "").strip()
+        or os.path.join(instance_path, "disposable_domains.txt"),
     }
 
 
 DEFAULTS = {
-    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    # hide_parameters: a database error in the log never shows the values (emails, say)
+    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "hide_parameters": True},
     "JSON_SORT_KEYS": False,
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     # clicks are buffered in memory and written in batches (see domain/clicks.py)
@@ -62,6 +87,16 @@ DEFAULTS = {
     # how long a process trusts what it cached of a code or of the program settings
     "CACHE_SECONDS": 10.0,
     "QR_CACHE_ITEMS": 2048,
+    # rate limits (Flask-Limiter, see rate_limits.py); counters in Redis when REDIS_URL is set
+    "RATELIMIT_ENABLED": True,
+    "RATELIMIT_API": "1200/minute",  # per API key, all API calls together
+    "RATELIMIT_PUBLIC": "300/minute",  # per client address, share links and QR images together
+    "RATELIMIT_SIGNUPS_PER_REFERRER": "30/hour",  # new sign-ups naming the same code or click
+    "RATELIMIT_HEADERS_ENABLED": True,  # X-RateLimit-*, and Retry-After on a 429
+    "RATELIMIT_SWALLOW_ERRORS": True,  # a storage failure never fails a request...
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,  # ...: counting goes on in memory meanwhile
+    "RATELIMIT_STORAGE_OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    "TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-For/-Proto are believed
     # OpenAPI (flask-smorest)
     "API_TITLE": "Referral service",
     "API_VERSION": "v1",

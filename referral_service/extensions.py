@@ -1,5 +1,7 @@
 """Unbound extension singletons; `create_app` binds them to an application."""
 
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
@@ -9,11 +11,17 @@ from referral_service.models.base import Base
 
 
 class ReferralApi(Api):
-    """flask-smorest's Api, documenting our error envelope as the default error."""
+    """flask-smorest's Api, with our error envelope; each operation lists the errors it can give.
+
+    (No catch-all `default` response: a status an operation does not document is a spec bug.)
+    """
 
     ERROR_SCHEMA = ErrorEnvelope
+    DEFAULT_ERROR_RESPONSE_NAME = None
 
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 api = ReferralApi()
+# limits are declared in rate_limits.py; each one names its own key (API key, address, referrer)
+limiter = Limiter(key_func=get_remote_address)

@@ -103,6 +103,7 @@ def app_config(database_url: str, **extra) -> dict:
         "SQLALCHEMY_DATABASE_URI": database_url,
         "PUBLIC_BASE_URL": BASE_URL,
         "CLICK_FLUSH_INTERVAL": 0.05,
+        "RATELIMIT_ENABLED": False,  # tests/test_rate_limits.py turns them on
         **extra,
     }
 

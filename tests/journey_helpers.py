@@ -170,3 +170,23 @@ def together(n: int, work) -> list:
         thread.join(timeout=120)
     assert not errors, errors
     return results
+
+
+def rewards_in_every_state(app, client, admin, shop) -> dict:
+    """Two converted friends of `ref-1` and their four rewards: the first two batched in a
+    payout, the third approved, the fourth awaiting approval.
+
+    Returns `{code, approved, pending, payout}`: the referrer's code and those ids.
+    """
+    set_program(client, admin, friend_reward={"type": "fixed", "value": "5.00"})
+    bodies = [converted_friend(client, shop, f"friend-{n}", "ref-1") for n in (1, 2)]
+    ids = ready_for_payout(app, client, admin, bodies[0])
+    ids += ready_for_payout(app, client, admin, {"rewards": bodies[1]["rewards"][:1]})
+    payout = client.post("/api/v1/payouts", json={"reward_ids": ids[:2]}, headers=admin)
+    assert payout.status_code == 201, payout.json
+    return {
+        "code": client.get("/api/v1/customers/ref-1", headers=shop).json["referral"]["code"],
+        "approved": ids[2],
+        "pending": bodies[1]["rewards"][1]["id"],
+        "payout": payout.json["id"],
+    }

@@ -15,6 +15,10 @@ DEFAULTS = {
     "auto_approve_max_amount": None,
     "max_rewards_per_referrer_per_month": None,
     "paused": False,
+    "velocity_max_signups": 10,
+    "velocity_window_hours": 24,
+    "coupon_sites": [],
+    "risk_retention_days": 90,
 }
 
 
@@ -119,3 +123,18 @@ def test_landing_url_is_used_by_share_links(client, admin, shop):
     ]["code"]
     location = client.get(f"/r/{code}").headers["Location"]
     assert location.startswith(f"https://shop.example/hi?src=a&ref={code}&click_id=")
+
+
+def test_a_fixed_friend_offer_does_not_block_later_changes(client, admin):
+    """The stored offer carries its `currency`; changing another setting must still work."""
+    offer = {"type": "fixed", "value": "5.00"}
+    assert client.patch("/api/v1/program", json={"friend_offer": offer}, headers=admin).json[
+        "friend_offer"
+    ] == {**offer, "currency": "EUR"}
+    response = client.patch("/api/v1/program", json={"paused": True}, headers=admin)
+    assert response.status_code == 200, response.json
+    assert response.json["friend_offer"] == {**offer, "currency": "EUR"}
+    sent = client.patch(
+        "/api/v1/program", json={"friend_offer": {**offer, "currency": "EUR"}}, headers=admin
+    )
+    assert sent.status_code == 422  # a client does not send it: it follows the program's

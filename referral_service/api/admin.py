@@ -2,11 +2,11 @@
 
 from flask import Response, g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from referral_service.api import schemas
 from referral_service.api.auth import requires
+from referral_service.api.blueprint import Blueprint
 from referral_service.api.idempotency import idempotent
 from referral_service.domain import payouts, rewards, stats
 from referral_service.domain.pages import MAX_ID

@@ -4,10 +4,10 @@ from dataclasses import asdict
 
 from flask import jsonify, make_response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from referral_service.api import schemas
 from referral_service.api.auth import requires
+from referral_service.api.blueprint import Blueprint
 from referral_service.api.idempotency import idempotent
 from referral_service.domain import attribution, rewards
 from referral_service.errors import ErrorEnvelope
@@ -43,6 +43,9 @@ class Signups(MethodView):
             occurred_at=body.get("occurred_at"),
             name=body.get("name"),
             locale=body.get("locale"),
+            ip=body.get("ip"),
+            user_agent=body.get("user_agent"),
+            device_id=body.get("device_id"),
         )
         data = asdict(answer)
         created = data.pop("created")

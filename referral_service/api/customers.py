@@ -3,11 +3,12 @@
 from dataclasses import asdict
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from referral_service.api import schemas
 from referral_service.api.auth import requires
+from referral_service.api.blueprint import Blueprint
 from referral_service.domain import customers
+from referral_service.errors import ErrorEnvelope
 from referral_service.links import referral_block
 
 blp = Blueprint(
@@ -23,7 +24,11 @@ def present(card: customers.CustomerCard) -> dict:
     return {**asdict(card), "referral": referral_block(card.code)}
 
 
-@blp.route("/<external_id>")
+BAD_ID = {"schema": ErrorEnvelope, "description": "A malformed `external_id`."}
+UNKNOWN = {"schema": ErrorEnvelope, "description": "No customer with this `external_id`."}
+
+
+@blp.route("/<external_id>", parameters=[schemas.customer_id_parameter("external_id")])
 class Customer(MethodView):
     """One customer, named by the shop's own id."""
 
@@ -38,17 +43,24 @@ class Customer(MethodView):
 
     @requires(blp, "shop")
     @blp.response(200, schemas.CustomerWithStats)
+    @blp.alt_response(404, **UNKNOWN)
+    @blp.alt_response(422, **BAD_ID)
     def get(self, external_id):
         """A customer, their referral block and their stats."""
         return present(customers.get(external_id))
 
 
-@blp.route("/<external_id>/referral-code/rotate")
+@blp.route(
+    "/<external_id>/referral-code/rotate",
+    parameters=[schemas.customer_id_parameter("external_id")],
+)
 class RotateCode(MethodView):
     """A customer's code rotation."""
 
     @requires(blp, "shop")
     @blp.response(200, schemas.ReferralBlock)
+    @blp.alt_response(404, **UNKNOWN)
+    @blp.alt_response(422, **BAD_ID)
     def post(self, external_id):
         """Revoke the customer's code and issue a new one; the old code no longer attributes."""
         return referral_block(customers.rotate_code(external_id).code)

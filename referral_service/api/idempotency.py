@@ -55,7 +55,12 @@ def idempotent(blp):
                     "in": "header",
                     "name": HEADER,
                     "required": False,
-                    "schema": {"type": "string", "maxLength": 255},
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": "^[\\x20-\\x7e]+$",  # printable ASCII
+                    },
                     "description": "Retry-safe requests: the same key and body get the saved "
                     "answer (kept 24 hours); the same key with another body is a 422; while the "
                     "first request runs, a retry is a 409.",

@@ -1,11 +1,11 @@
 """`/api/v1/program`: the program settings."""
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from referral_service.api import schemas
 from referral_service.api.admin import actor
 from referral_service.api.auth import requires
+from referral_service.api.blueprint import Blueprint
 from referral_service.domain import program
 
 blp = Blueprint(

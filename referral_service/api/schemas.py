@@ -1,12 +1,46 @@
-"""Request and response schemas of the API; field rules come from the domain."""
+"""Request and response schemas of the API; field rules come from the domain.
+
+Every string a client sends has a maximum length and no NUL or other control characters (lone
+UTF-16 surrogates, which JSON can smuggle in as `\\ud800`, are refused too). Three kinds of
+string carry a custom OpenAPI `format` that says what JSON Schema cannot:
+
+* `identifier` (ids of customers and orders): printable characters only, as Python's
+  `str.isprintable` (no control, formatting or separator characters but the plain space), and no
+  space at either end; a customer's id has no `/` either (it is a segment of their address);
+* `printable` (names): printable characters only;
+* `locale`: a locale Babel knows, such as `pl`, `pl-PL` or `en_GB`.
+"""
+
+import re
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from referral_service.domain import customers, program
-from referral_service.domain.money import CURRENCIES
-from referral_service.domain.pages import MAX_ID
+from referral_service.domain import customers, fraud, program
+from referral_service.domain.money import AMOUNT_PATTERN, CURRENCIES
+from referral_service.domain.pages import MAX_ID, MAX_LIMIT
+from referral_service.domain.rewards import MAX_ORDER_ID
 from referral_service.errors import ValidationFailed
 from referral_service.models.referral import REFERRAL_STATUSES, REWARD_STATUSES
+
+# C0 controls but tab, newline and carriage return; DEL
+_CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+TEXT_PATTERN = rf"^[^{_CONTROL}]*$"
+NOT_BLANK_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}\s][^{_CONTROL}]*$"
+# what JSON Schema can say of `identifier` and `printable`: no C0/C1 control, DEL or end spaces
+IDENTIFIER_PATTERN = r"^[^\x00-\x20\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f])?$"
+EXTERNAL_ID_PATTERN = r"^[^\x00-\x20\x7f-\x9f/]([^\x00-\x1f\x7f-\x9f/]*[^\x00-\x20\x7f-\x9f/])?$"
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+LOCALE_PATTERN = r"^([A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*)?$"
+EMAIL_PATTERN = (  # what email-validator adds to `format: email`: no quotes, no IP, no test TLDs
+    r"^(?!.*\.(arpa|invalid|local|localhost|onion|test)$)"
+    r'[^"\s@\[\]\x00-\x1f\x7f]+@[^"\s@\[\]\x00-\x1f\x7f]+\.[^"\s@\[\].\x00-\x1f\x7f]+$'
+)
+RULE_VALUE_PATTERN = r"^([0-9]{1,12}(\.[0-9]{1,12})?)?$"
+HOST_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\.?$"
+URL_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%!$&'()*+,;=:@-]+([/?#][^\x00-\x20\x7f-\x9f]*)?$"
+)
+SORTED_CURRENCIES = sorted(CURRENCIES)
 
 
 class StrictSchema(Schema):
@@ -14,6 +48,24 @@ class StrictSchema(Schema):
 
     class Meta:
         unknown = RAISE
+
+
+class StrictBoolean(fields.Boolean):
+    """`true` or `false` only: not `"true"`, `1` or `"yes"`."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class QueryInteger(fields.Integer):
+    """A whole number in a query string: ASCII digits only (not `1_000`, ` 5` or `+5`)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) < 16):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 def domain_rule(check):
@@ -28,15 +80,169 @@ def domain_rule(check):
     return validator
 
 
+def no_surrogates(value: str) -> None:
+    """Refuse lone UTF-16 surrogates (`"\\ud800"` in JSON): no database or hash can hold them."""
+    if any("\ud800" <= char <= "\udfff" for char in value):
+        raise ValidationError("Must be valid Unicode text (a lone surrogate is not).")
+
+
+def printable(value: str) -> None:
+    """Refuse control, formatting and separator characters other than the plain space."""
+    if not value.isprintable():
+        raise ValidationError("Must hold printable characters only.")
+
+
+def no_end_spaces(value: str) -> None:
+    if value != value.strip():
+        raise ValidationError("Must not start or end with a space.")
+
+
 def text(max_length: int, validate_also=None, **kwargs):
     """A string with no NUL or other control characters, of at most `max_length` characters."""
     rules = [
         validate.Length(max=max_length),
-        validate.Regexp(
-            r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$", error="Must not contain control characters."
-        ),
+        validate.Regexp(TEXT_PATTERN, error="Must not contain control characters."),
+        no_surrogates,
     ]
     return fields.String(validate=[*rules, *([validate_also] if validate_also else [])], **kwargs)
+
+
+def not_blank_value(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be blank.")
+
+
+def not_blank(max_length: int, **kwargs):
+    """Free text with at least one character that is not a space."""
+    metadata = {"pattern": NOT_BLANK_PATTERN, **kwargs.pop("metadata", {})}
+    return text(max_length, validate_also=not_blank_value, metadata=metadata, **kwargs)
+
+
+def identifier(max_length: int, pattern: str = IDENTIFIER_PATTERN, **kwargs):
+    """An id the shop chose: 1 to `max_length` printable characters, no space at either end."""
+    metadata = {"format": "identifier", **kwargs.pop("metadata", {})}
+    return fields.String(
+        validate=[
+            validate.Length(min=1, max=max_length),
+            validate.Regexp(pattern, error="Must not contain control characters or '/'."),
+            printable,
+            no_end_spaces,
+        ],
+        metadata=metadata,
+        **kwargs,
+    )
+
+
+def customer_id(**kwargs):
+    """A customer's id: an identifier without `/` (it is a segment of the customer's address)."""
+    return identifier(customers.MAX_EXTERNAL_ID, pattern=EXTERNAL_ID_PATTERN, **kwargs)
+
+
+def customer_id_parameter(name: str) -> dict:
+    """The OpenAPI path parameter of a customer's id (flask routes cannot say its rules)."""
+    return {
+        "in": "path",
+        "name": name,
+        "required": True,
+        "schema": {
+            "type": "string",
+            "format": "identifier",
+            "minLength": 1,
+            "maxLength": customers.MAX_EXTERNAL_ID,
+            "pattern": EXTERNAL_ID_PATTERN,
+        },
+    }
+
+
+def email_address(**kwargs):
+    """An email address, checked as the domain checks it (at most 254 characters)."""
+    return fields.String(
+        validate=[
+            validate.Length(max=254),
+            validate.Regexp(EMAIL_PATTERN, error="Not a valid email address."),
+            no_surrogates,
+            domain_rule(customers.check_email),
+        ],
+        metadata={"format": "email", "example": "ada@example.com"},
+        **kwargs,
+    )
+
+
+def display_name(**kwargs):
+    """A display name: printable characters (spaces at either end are dropped)."""
+    return fields.String(
+        validate=[
+            validate.Length(max=customers.MAX_NAME),
+            validate.Regexp(PRINTABLE_PATTERN, error="Must not contain control characters."),
+            printable,
+        ],
+        metadata={"format": "printable", "example": "Ada Kowalska"},
+        **kwargs,
+    )
+
+
+def locale_code(**kwargs):
+    """A locale Babel knows (`pl`, `pl-PL`, `en_GB`); empty means none."""
+    return fields.String(
+        validate=[
+            validate.Length(max=35),
+            validate.Regexp(LOCALE_PATTERN, error="Not a locale code such as 'pl' or 'en-GB'."),
+            domain_rule(customers.check_locale),
+        ],
+        metadata={"format": "locale", "example": "pl"},
+        **kwargs,
+    )
+
+
+def money_amount(description: str, **kwargs):
+    """Money in major units as a plain decimal string; its currency decides how many decimals."""
+    return fields.String(
+        validate=validate.Regexp(
+            AMOUNT_PATTERN, error='A plain decimal string in major units, e.g. "12.50".'
+        ),
+        metadata={"example": "49.90", "description": description},
+        **kwargs,
+    )
+
+
+def host_names(values: list[str]) -> None:
+    """Every item a host name such as `deals.example` (HOST_PATTERN)."""
+    for value in values:
+        if not re.fullmatch(HOST_PATTERN, value):
+            raise ValidationError(f"Not a host name: {value!r}.")
+
+
+def rule_value(description: str, **kwargs):
+    """The value of a reward or offer rule: a decimal string whose meaning its `type` decides."""
+    return fields.String(
+        allow_none=True,
+        validate=validate.Regexp(RULE_VALUE_PATTERN, error='A plain decimal string, e.g. "10.00".'),
+        metadata={"description": description, **kwargs.pop("metadata", {})},
+        **kwargs,
+    )
+
+
+def currency_code(**kwargs):
+    """An ISO 4217 currency code, upper case."""
+    return fields.String(
+        validate=validate.OneOf(SORTED_CURRENCIES, error="Unknown currency: use ISO 4217."),
+        metadata={"example": "EUR"},
+        **kwargs,
+    )
+
+
+def client_time(description: str, **kwargs):
+    """A time the client saw, ISO 8601 with a zone."""
+    return fields.AwareDateTime(metadata={"description": description}, **kwargs)
+
+
+def ip_address(value: str) -> None:
+    """An IPv4 or IPv6 address as written, or empty (none)."""
+    no_end_spaces(value)
+    domain_rule(fraud.normalize_ip)(value)
+
+
+IP_SPEC = {"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, {"enum": [""]}]}
 
 
 # --- customers -----------------------------------------------------------------------------------
@@ -45,19 +251,9 @@ def text(max_length: int, validate_also=None, **kwargs):
 class CustomerIn(StrictSchema):
     """`PUT /customers/<external_id>`: the whole customer (fields left out are cleared)."""
 
-    email = text(
-        320,
-        required=True,
-        validate_also=domain_rule(customers.check_email),
-        metadata={"example": "ada@example.com"},
-    )
-    name = text(customers.MAX_NAME, allow_none=True, metadata={"example": "Ada Kowalska"})
-    locale = text(
-        35,
-        allow_none=True,
-        validate_also=domain_rule(customers.check_locale),
-        metadata={"example": "pl"},
-    )
+    email = email_address(required=True)
+    name = display_name(allow_none=True)
+    locale = locale_code(allow_none=True)
 
 
 class ReferralBlock(Schema):
@@ -119,8 +315,10 @@ class RewardRule(StrictSchema):
     """A reward: a fixed amount in the program currency, a percent of the order, or none."""
 
     type = fields.String(required=True, validate=validate.OneOf(["fixed", "percent", "none"]))
-    value = fields.String(
-        allow_none=True, validate=validate.Length(max=32), metadata={"example": "10.00"}
+    value = rule_value(
+        "fixed: an amount in the program currency; percent: above 0, at most 100, 2 decimals; "
+        "none: null.",
+        metadata={"example": "10.00"},
     )
 
 
@@ -130,7 +328,7 @@ class FriendOffer(StrictSchema):
     type = fields.String(
         required=True, validate=validate.OneOf(["fixed", "percent", "free_shipping"])
     )
-    value = fields.String(allow_none=True, validate=validate.Length(max=32))
+    value = rule_value("fixed: an amount in the program currency; percent: above 0, at most 100.")
     description = text(500, allow_none=True)
     currency = fields.String(dump_only=True)
 
@@ -153,19 +351,45 @@ class ProgramSettings(Schema):
     auto_approve_max_amount = fields.String(allow_none=True)
     max_rewards_per_referrer_per_month = fields.Integer(allow_none=True)
     paused = fields.Boolean()
+    velocity_max_signups = fields.Integer(
+        metadata={
+            "description": "More sign-ups than this through one referrer within "
+            "`velocity_window_hours` flag the referral (`velocity`)."
+        }
+    )
+    velocity_window_hours = fields.Integer()
+    coupon_sites = fields.List(
+        fields.String(),
+        metadata={
+            "description": "Host names of coupon or deal sites, beside the built-in list: "
+            "a share-link visit coming from one flags the referral (`coupon_site`)."
+        },
+    )
+    risk_retention_days = fields.Integer(
+        metadata={
+            "description": "Days that IP address and device hashes are kept "
+            "(`referral-service risk purge` empties older ones)."
+        }
+    )
 
 
 class ProgramPatch(StrictSchema):
     """`PATCH /program`: any subset of the settings; the result is validated as a whole."""
 
-    landing_url = text(2048, allow_none=True)
-    currency = fields.String(
-        validate=validate.OneOf(sorted(CURRENCIES), error="Unknown currency: use ISO 4217.")
+    landing_url = fields.String(
+        allow_none=True,
+        validate=[
+            validate.Length(max=2048),
+            validate.Regexp(URL_PATTERN, error="Must be an http(s) URL."),
+            no_surrogates,
+        ],
+        metadata={"description": "Where share links land (an http(s) URL); null: /landing."},
     )
+    currency = currency_code()
     referrer_reward = fields.Nested(RewardRule)
     friend_reward = fields.Nested(RewardRule)
     friend_offer = fields.Nested(FriendOffer, allow_none=True)
-    min_order_amount = fields.String(validate=validate.Length(max=32))
+    min_order_amount = money_amount("In the program currency, with at most its decimals.")
     attribution_window_days = fields.Integer(
         strict=True, validate=validate.Range(0, program.MAX_DAYS)
     )
@@ -173,11 +397,24 @@ class ProgramPatch(StrictSchema):
         strict=True, validate=validate.Range(0, program.MAX_DAYS)
     )
     hold_days = fields.Integer(strict=True, validate=validate.Range(0, program.MAX_DAYS))
-    auto_approve_max_amount = fields.String(allow_none=True, validate=validate.Length(max=32))
+    auto_approve_max_amount = money_amount(
+        "In the program currency, with at most its decimals; null: every reward waits for an "
+        "admin.",
+        allow_none=True,
+    )
     max_rewards_per_referrer_per_month = fields.Integer(
         strict=True, allow_none=True, validate=validate.Range(0, 1_000_000)
     )
-    paused = fields.Boolean()
+    paused = StrictBoolean()
+    velocity_max_signups = fields.Integer(strict=True, validate=validate.Range(1, 100_000))
+    velocity_window_hours = fields.Integer(strict=True, validate=validate.Range(1, 24 * 90))
+    coupon_sites = fields.List(
+        fields.String(validate=validate.Length(max=253), metadata={"pattern": HOST_PATTERN}),
+        validate=[validate.Length(max=program.MAX_COUPON_SITES), host_names],
+    )
+    risk_retention_days = fields.Integer(strict=True, validate=validate.Range(1, program.MAX_DAYS))
+
+    OPENAPI = {"minProperties": 1}
 
     @validates_schema
     def not_empty(self, data, **kwargs):
@@ -191,10 +428,10 @@ class ProgramPatch(StrictSchema):
 class SignupIn(StrictSchema):
     """`POST /signups`: a new customer of the shop, maybe a referred friend."""
 
-    external_id = text(128, required=True)
-    email = text(320, required=True)
-    name = text(200, allow_none=True)
-    locale = text(35, allow_none=True)
+    external_id = customer_id(required=True)
+    email = email_address(required=True)
+    name = display_name(allow_none=True)
+    locale = locale_code(allow_none=True)
     referral_code = text(
         64,
         allow_none=True,
@@ -205,10 +442,18 @@ class SignupIn(StrictSchema):
         allow_none=True,
         metadata={"description": "`click_id` from the share link's landing URL or cookie."},
     )
-    ip = text(64, allow_none=True)
+    ip = text(
+        64,
+        allow_none=True,
+        validate_also=ip_address,
+        metadata={"description": "The friend's IPv4 or IPv6 address.", **IP_SPEC},
+    )
     user_agent = text(512, allow_none=True)
     device_id = text(128, allow_none=True)
-    occurred_at = fields.AwareDateTime(allow_none=True)
+    occurred_at = client_time(
+        "When the friend signed up (default: now): from 2000 to at most a day from now.",
+        allow_none=True,
+    )
 
 
 class ReferralRef(Schema):
@@ -246,20 +491,18 @@ class SignupOut(Schema):
 class PurchaseIn(StrictSchema):
     """`POST /purchases`: an order of a customer."""
 
-    order_id = text(128, required=True, validate_also=validate.Length(min=1))
-    customer_external_id = text(128, required=True)
-    amount = fields.Raw(
+    order_id = identifier(MAX_ORDER_ID, required=True)
+    customer_external_id = customer_id(required=True)
+    amount = money_amount(
+        "Decimal string in major units, with at most the currency's decimals "
+        "(EUR 2, JPY 0, KWD 3).",
         required=True,
-        metadata={
-            "type": "string",
-            "example": "49.90",
-            "description": "Decimal string, major units.",
-        },
     )
-    currency = fields.String(
-        required=True, validate=validate.Length(equal=3), metadata={"example": "EUR"}
+    currency = currency_code(required=True)
+    occurred_at = client_time(
+        "When the order was placed (default: now): from 2000 to at most a day from now.",
+        allow_none=True,
     )
-    occurred_at = fields.AwareDateTime(allow_none=True)
 
 
 class RewardBrief(Schema):
@@ -285,8 +528,12 @@ class PurchaseOut(Schema):
 class RefundIn(StrictSchema):
     """`POST /refunds`: all of an order (no amount) or part of it."""
 
-    order_id = text(128, required=True)
-    amount = fields.Raw(allow_none=True, metadata={"type": "string", "example": "10.00"})
+    order_id = identifier(MAX_ORDER_ID, required=True)
+    amount = money_amount(
+        "What is refunded (default: all that is left), at most what is left of the order, "
+        "with at most its currency's decimals.",
+        allow_none=True,
+    )
 
 
 class Clawback(Schema):
@@ -314,14 +561,16 @@ class RefundOut(Schema):
 class PageQuery(StrictSchema):
     """Cursor pagination."""
 
-    cursor = text(64)
-    limit = fields.Integer(validate=validate.Range(1, 200), metadata={"default": 50})
+    cursor = text(
+        64, metadata={"description": "`next_cursor` of the previous page (an opaque token)."}
+    )
+    limit = QueryInteger(validate=validate.Range(1, MAX_LIMIT), metadata={"default": 50})
 
 
 class ReferralsQuery(PageQuery):
     """Filters of the referrals list."""
 
-    referrer = text(128)
+    referrer = customer_id()
     status = fields.String(validate=validate.OneOf(REFERRAL_STATUSES))
 
 
@@ -357,8 +606,7 @@ class RewardsQuery(PageQuery):
     """Filters of the rewards list."""
 
     status = fields.String(validate=validate.OneOf(REWARD_STATUSES))
-    referrer = text(
-        128,
+    referrer = customer_id(
         metadata={
             "description": "The referrer's external id: the rewards of "
             "their referrals, theirs and their friends'."
@@ -404,7 +652,7 @@ class ApproveIn(StrictSchema):
 class RejectIn(StrictSchema):
     """The reason of a rejection."""
 
-    reason = text(500, required=True, validate_also=validate.Length(min=1))
+    reason = not_blank(500, required=True)
 
 
 class PayoutIn(StrictSchema):
@@ -414,7 +662,18 @@ class PayoutIn(StrictSchema):
         fields.Integer(strict=True, validate=validate.Range(1, MAX_ID)),
         validate=validate.Length(min=1, max=10000),
     )
-    all_approved = fields.Boolean()
+    all_approved = StrictBoolean()
+
+    OPENAPI = {  # either `reward_ids`, or `all_approved: true` alone
+        "anyOf": [
+            {"required": ["reward_ids"], "properties": {"all_approved": {"enum": [False]}}},
+            {
+                "required": ["all_approved"],
+                "properties": {"all_approved": {"enum": [True]}},
+                "not": {"required": ["reward_ids"]},
+            },
+        ]
+    }
 
 
 class PayoutLine(Schema):
@@ -455,14 +714,16 @@ class PayoutOut(Schema):
 class MarkPaidIn(StrictSchema):
     """The payment's reference."""
 
-    reference = text(200, required=True, validate_also=validate.Length(min=1))
+    reference = not_blank(200, required=True)
 
 
 class StatsQuery(StrictSchema):
     """The range of the funnel (default: the last 30 days)."""
 
-    from_ = fields.AwareDateTime(data_key="from")
-    to = fields.AwareDateTime()
+    from_ = client_time(
+        "Start of the range (default: 30 days before `to`), before `to`.", data_key="from"
+    )
+    to = client_time("End of the range, excluded (default: now).")
 
 
 class ChannelCounts(Schema):

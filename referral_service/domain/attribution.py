@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain import customers, program
+from referral_service.domain import customers, fraud, program
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.clock import check_time
 from referral_service.domain.codes import normalize, signer
@@ -54,6 +54,8 @@ class _Source:
     click_id: str | None
     referrer_external_id: str
     referrer_email_key: str
+    referrer_name: str | None
+    visit_host: str | None = None  # where the share-link visit came from (`Referer`)
 
 
 class _Refused(Exception):
@@ -80,13 +82,17 @@ def signup(
     occurred_at: datetime | None = None,
     name: str | None = None,
     locale: str | None = None,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    device_id: str | None = None,
     now: datetime | None = None,
 ) -> SignupAnswer:
     """Record a sign-up and attribute it when a code or click allows it.
 
     The friend becomes a customer (with a code of their own) whatever the outcome. A replay with
-    the same `external_id` gets the same answer; the first attribution wins. Raises
-    ValidationFailed for bad fields.
+    the same `external_id` gets the same answer; the first attribution wins. What the shop saw
+    (`ip`, `user_agent`, `device_id`) is kept as keyed hashes and feeds the risk signals
+    (domain/fraud.py). Raises ValidationFailed for bad fields.
     """
     now = now or utcnow()
     external_id = customers.check_external_id(external_id)
@@ -106,25 +112,26 @@ def signup(
         "name": customers.check_name(name),
         "locale": customers.check_locale(locale),
     }
+    seen = fraud.evidence(ip, user_agent, device_id)
     try:
-        return _signup(external_id, values, referral_code, code, click_id, occurred_at, now)
+        return _signup(external_id, values, seen, referral_code, code, click_id, occurred_at, now)
     except IntegrityError:  # a concurrent sign-up of the same friend won: answer as a replay
         db.session.rollback()
-        return _signup(external_id, values, referral_code, code, click_id, occurred_at, now)
+        return _signup(external_id, values, seen, referral_code, code, click_id, occurred_at, now)
 
 
-def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -> SignupAnswer:
+def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, now):
     settings = program.settings()
     connection = db.session.connection()
     if connection.execute(_KNOWN, {"external_id": external_id}).first() is None:
-        return _new_friend(external_id, values, typed_code, code, click_id, occurred_at, now)
+        return _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now)
     begin_write(db.session)
     customer = db.session.scalar(
         select(Customer).where(Customer.external_id == external_id).with_for_update()
     )
     if customer is None:  # gone since: start again as a friend never seen
         db.session.rollback()
-        return _new_friend(external_id, values, typed_code, code, click_id, occurred_at, now)
+        return _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now)
     prior = db.session.scalar(select(Signup).where(Signup.customer_id == customer.id))
     if prior is not None and prior.code == code and prior.click_id == (click_id or None):
         answer = _answer(prior, settings, created=False)
@@ -141,6 +148,7 @@ def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -
         return SignupAnswer(False, reason, None, None, created=False)
     referral = None
     if source is not None:
+        reasons = _risk(db.session.connection(), source, values, seen, settings, occurred_at)
         referral = Referral(
             referrer_id=source.referrer_id,
             friend_id=customer.id,
@@ -149,12 +157,15 @@ def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -
             channel=source.channel,
             status="attributed",
             attributed_at=occurred_at,
-            risk_score=0,
-            risk_reasons=[],
+            risk_score=fraud.score(reasons),
+            risk_reasons=reasons,
         )
         db.session.add(referral)
         db.session.flush()
     record = prior or Signup(customer_id=customer.id)
+    for key, value in seen.items():
+        if value is not None:
+            setattr(record, key, value)
     record.attributed = referral is not None
     record.reason = reason
     record.referral_id = referral.id if referral else None
@@ -168,7 +179,7 @@ def _signup(external_id, values, typed_code, code, click_id, occurred_at, now) -
     return answer
 
 
-def _new_friend(external_id, values, typed_code, code, click_id, occurred_at, now) -> SignupAnswer:
+def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now):
     """The common case, kept short: someone never seen before signs up.
 
     Everything is read and decided first; the write transaction then only inserts (the customer,
@@ -182,6 +193,9 @@ def _new_friend(external_id, values, typed_code, code, click_id, occurred_at, no
         reason = None
     except _Refused as refused:
         source, reason = None, refused.reason
+    reasons = []
+    if source is not None:
+        reasons = _risk(db.session.connection(), source, values, seen, settings, occurred_at)
     own_code = customers.unused_code()
     begin_write(db.session)
     connection = db.session.connection()
@@ -203,6 +217,8 @@ def _new_friend(external_id, values, typed_code, code, click_id, occurred_at, no
                 "click_id": source.click_id,
                 "channel": source.channel,
                 "attributed_at": occurred_at,
+                "risk_score": fraud.score(reasons),
+                "risk_reasons": reasons,
             },
         ).inserted_primary_key[0]
     connection.execute(
@@ -215,10 +231,23 @@ def _new_friend(external_id, values, typed_code, code, click_id, occurred_at, no
             "code": code,
             "click_id": click_id or None,
             "occurred_at": occurred_at,
+            **seen,
         },
     )
     db.session.commit()
     return _fresh_answer(source, referral_id, reason, settings)
+
+
+def _risk(connection, source: _Source, values: dict, seen: dict, settings, occurred_at) -> list:
+    return fraud.signup_signals(
+        connection,
+        {"id": source.referrer_id, "name": source.referrer_name},
+        {"email": values["email"], "name": values["name"]},
+        seen,
+        source.visit_host,
+        settings,
+        occurred_at,
+    )
 
 
 def _fresh_answer(source: "_Source | None", referral_id, reason, settings) -> SignupAnswer:
@@ -266,7 +295,7 @@ def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
             raise _Refused("invalid_code")
         if found.revoked_at is not None:
             raise _Refused("revoked_code")
-        return _Source(found.code_id, found.referrer_id, CODE_CHANNEL, None, *found[-2:])
+        return _Source(found.code_id, found.referrer_id, CODE_CHANNEL, None, *found[-3:])
     if click_id:
         found = connection.execute(_BY_CLICK, {"click_id": click_id}).first()
         if found is None:
@@ -276,7 +305,14 @@ def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
             raise _Refused("window_expired")
         if found.revoked_at is not None:
             raise _Refused("revoked_code")
-        return _Source(found.code_id, found.referrer_id, found.channel, click_id, *found[-2:])
+        return _Source(
+            found.code_id,
+            found.referrer_id,
+            found.channel,
+            click_id,
+            *found[-3:],
+            found.referer_host,
+        )
     raise _Refused("no_referral")
 
 
@@ -310,6 +346,7 @@ _BY_CODE = (
         _codes.c.revoked_at,
         _customers.c.external_id,
         _customers.c.email_key,
+        _customers.c.name,
     )
     .join_from(_codes, _customers, _codes.c.customer_id == _customers.c.id)
     .where(_codes.c.code == bindparam("code"))
@@ -320,9 +357,11 @@ _BY_CLICK = (
         _clicks.c.referrer_id,
         _clicks.c.channel,
         _clicks.c.occurred_at,
+        _clicks.c.referer_host,
         _codes.c.revoked_at,
         _customers.c.external_id,
         _customers.c.email_key,
+        _customers.c.name,
     )
     .join_from(_clicks, _codes, _clicks.c.code_id == _codes.c.id)
     .join(_customers, _clicks.c.referrer_id == _customers.c.id)
@@ -330,7 +369,5 @@ _BY_CLICK = (
 )
 _INSERT_CUSTOMER = insert(_customers).values(origin="signup")
 _INSERT_CODE = insert(_codes)
-_INSERT_REFERRAL = insert(Referral.__table__).values(
-    status="attributed", risk_score=0, risk_reasons=[]
-)
+_INSERT_REFERRAL = insert(Referral.__table__).values(status="attributed")
 _INSERT_SIGNUP = insert(Signup.__table__)

@@ -67,8 +67,18 @@ class ClickRecorder:
         self._pid: int | None = None
         atexit.register(self.close)
 
-    def record(self, code_id: int, referrer_id: int, via: str | None, at: datetime) -> str:
-        """Buffer one click and return its id; it reaches the database within `interval`."""
+    def record(
+        self,
+        code_id: int,
+        referrer_id: int,
+        via: str | None,
+        at: datetime,
+        evidence: dict | None = None,
+    ) -> str:
+        """Buffer one click and return its id; it reaches the database within `interval`.
+
+        `evidence` is `{referer_host, ip_hash, ua_hash}` of the visit (domain/fraud.py).
+        """
         click_id = new_click_id()
         row = {
             "id": click_id,
@@ -76,6 +86,10 @@ class ClickRecorder:
             "referrer_id": referrer_id,
             "channel": channel(via),
             "occurred_at": at,
+            "referer_host": None,
+            "ip_hash": None,
+            "ua_hash": None,
+            **(evidence or {}),
         }
         with self._lock:
             pending = len(self._rows)

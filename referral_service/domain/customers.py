@@ -50,12 +50,15 @@ class ImportReport:
 
 
 def check_external_id(value: str) -> str:
-    """The external id if it is 1-128 printable characters; raises ValidationFailed."""
+    """The external id if it is 1-128 printable characters; raises ValidationFailed.
+
+    No `/`: the id is a segment of the customer's address (`/api/v1/customers/<external_id>`).
+    """
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_EXTERNAL_ID:
         raise ValidationFailed(fields={"external_id": ["Must be 1 to 128 characters."]})
-    if not value.isprintable() or value != value.strip():
+    if not value.isprintable() or value != value.strip() or "/" in value:
         raise ValidationFailed(
-            fields={"external_id": ["Must not hold control characters or surrounding spaces."]}
+            fields={"external_id": ["Must not hold control characters, '/' or surrounding spaces."]}
         )
     return value
 

@@ -1,5 +1,6 @@
 """Money: ISO 4217 currencies and exact decimal amounts in their minor units."""
 
+import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from babel.numbers import get_currency_precision, list_currencies
@@ -23,6 +24,9 @@ _NOT_MONEY = {
     "XXX",
 }
 CURRENCIES = frozenset(code for code in list_currencies() if code not in _NOT_MONEY)
+# an amount as the API takes it: digits, maybe a point and more digits; no sign, exponent or space
+AMOUNT_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,12})?$"
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,12})?")  # the sign only for a clear message
 
 
 def check_currency(value: str, field: str = "currency") -> str:
@@ -43,13 +47,16 @@ def minor_digits(currency: str) -> int:
 def parse_amount(value, currency: str, field: str, allow_zero: bool = True) -> Decimal:
     """An exact, non-negative amount in major units with at most the currency's decimals.
 
-    Accepts a decimal string ("12.50") or an int; raises ValidationFailed for floats, non-finite
-    or negative numbers, too many decimals, or absurd sizes.
+    Accepts a plain decimal string ("12.50", matching AMOUNT_PATTERN but for a sign) or an int;
+    raises ValidationFailed for floats, exponents ("1e3"), spaces, non-finite or negative
+    numbers, too many decimals, or absurd sizes.
     """
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise ValidationFailed(fields={field: ['Send money as a decimal string, e.g. "12.50".']})
+    if isinstance(value, str) and not _PLAIN_DECIMAL.fullmatch(value):
+        raise ValidationFailed(fields={field: [f"Not a plain decimal amount: {value!r}."]})
     try:
-        amount = Decimal(value.strip() if isinstance(value, str) else value)
+        amount = Decimal(value)
     except InvalidOperation:
         raise ValidationFailed(fields={field: [f"Not a decimal amount: {value!r}."]}) from None
     if not amount.is_finite():

@@ -1,5 +1,6 @@
 """The program settings: read (cached briefly per process) and changed as one validated whole."""
 
+import re
 import time
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
@@ -16,6 +17,8 @@ from referral_service.models.program import REWARD_TYPES
 
 OFFER_TYPES = ("fixed", "percent", "free_shipping")
 MAX_DAYS = 3650
+MAX_COUPON_SITES = 500
+_HOST = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 _PERCENT_MAX = Decimal(100)
 
 
@@ -67,6 +70,10 @@ def as_dict(program: Program) -> dict:
         else format_amount(program.auto_approve_max_amount, currency),
         "max_rewards_per_referrer_per_month": program.max_rewards_per_referrer_per_month,
         "paused": program.paused,
+        "velocity_max_signups": program.velocity_max_signups,
+        "velocity_window_hours": program.velocity_window_hours,
+        "coupon_sites": list(program.coupon_sites or []),
+        "risk_retention_days": program.risk_retention_days,
     }
 
 
@@ -76,7 +83,10 @@ def as_dict(program: Program) -> dict:
 def _check_url(value, field: str) -> str | None:
     if value is None:
         return None
-    parts = urlsplit(value) if isinstance(value, str) else None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:  # "http://[" : an unclosed IPv6 host
+        parts = None
     if (
         parts is None
         or parts.scheme not in ("http", "https")
@@ -146,7 +156,8 @@ def _check_offer(value, currency: str) -> dict | None:
     field = "friend_offer"
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) - {"type", "value", "description"}:
+    # `currency` is what a stored fixed offer carries (set anew below), never what a client sends
+    if not isinstance(value, dict) or set(value) - {"type", "value", "description", "currency"}:
         raise ValidationFailed(fields={field: ["Must be null or {type, value, description}."]})
     kind = value.get("type")
     if kind not in OFFER_TYPES:
@@ -176,6 +187,30 @@ def _check_cap(value) -> int | None:
             fields={"max_rewards_per_referrer_per_month": ["Must be null or a whole number >= 0."]}
         )
     return value
+
+
+def _check_whole(value, field: str, low: int, high: int, unit: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationFailed(
+            fields={field: [f"Must be a whole number of {unit}, {low} to {high}."]}
+        )
+    return value
+
+
+def _check_sites(value) -> list[str]:
+    """Host names such as `deals.example` (a site's subdomains count too), lower case."""
+    field = "coupon_sites"
+    if not isinstance(value, list) or len(value) > MAX_COUPON_SITES:
+        raise ValidationFailed(
+            fields={field: [f"Must be a list of at most {MAX_COUPON_SITES} host names."]}
+        )
+    sites = []
+    for site in value:
+        host = site.strip().lower().rstrip(".") if isinstance(site, str) else ""
+        if not _HOST.fullmatch(host):
+            raise ValidationFailed(fields={field: [f"Not a host name: {site!r}."]})
+        sites.append(host)
+    return sorted(set(sites))
 
 
 def update(changes: dict, actor: str | None = None) -> dict:
@@ -221,6 +256,16 @@ def update(changes: dict, actor: str | None = None) -> dict:
         checked = check(_check_reward, merged[f"{who}_reward"], currency, f"{who}_reward")
         if checked:
             values[f"{who}_reward_type"], values[f"{who}_reward_value"] = checked
+    values["velocity_max_signups"] = check(
+        _check_whole, merged["velocity_max_signups"], "velocity_max_signups", 1, 100_000, "sign-ups"
+    )
+    values["velocity_window_hours"] = check(
+        _check_whole, merged["velocity_window_hours"], "velocity_window_hours", 1, 24 * 90, "hours"
+    )
+    values["risk_retention_days"] = check(
+        _check_whole, merged["risk_retention_days"], "risk_retention_days", 1, MAX_DAYS, "days"
+    )
+    values["coupon_sites"] = check(_check_sites, merged["coupon_sites"])
     if not isinstance(merged["paused"], bool):
         problems["paused"] = ["Must be true or false."]
     values["paused"] = merged["paused"]

@@ -32,10 +32,9 @@ def check_size(value) -> int:
     """The size in pixels, 64 to 2048 (default 512); raises ValidationFailed."""
     if value is None or value == "":
         return DEFAULT_SIZE
-    try:
-        size = int(value)
-    except (TypeError, ValueError):
-        size = None
+    # ASCII digits only: int() would also take " 512", "+512", "5_12" and full-width digits
+    digits = str(value)
+    size = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 6 else None
     if size is None or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValidationFailed(
             fields={"size": [f"Must be a whole number of pixels from {MIN_SIZE} to {MAX_SIZE}."]}

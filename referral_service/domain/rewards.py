@@ -15,7 +15,7 @@ from decimal import Decimal
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain import audit, customers, payouts, program
+from referral_service.domain import audit, customers, fraud, payouts, program
 from referral_service.domain.attribution import referral_block
 from referral_service.domain.clock import check_time
 from referral_service.domain.money import (
@@ -153,17 +153,25 @@ def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at,
             "status": friend.status,
         }
         if _qualifies(friend, purchase, settings):
+            reasons = fraud.merged(
+                friend.risk_reasons or [],
+                fraud.purchase_signals(
+                    connection, friend.referrer_id, friend.email, settings, occurred_at
+                ),
+            )
             converted = connection.execute(
                 _CONVERT,
                 {
                     "referral_id": friend.referral_id,
                     "converted_at": occurred_at,
                     "order_id": order_id,
+                    "risk_score": fraud.score(reasons),
+                    "risk_reasons": reasons,
                 },
             ).rowcount
             if converted:
                 referral["status"] = "converted"
-                rewards = _grant(connection, friend, purchase, settings, now)
+                rewards = _grant(connection, friend, purchase, settings, now, fraud.score(reasons))
             else:  # converted meanwhile by another order (a PostgreSQL join can read it late)
                 referral["status"] = connection.execute(
                     _REFERRAL_STATUS, {"id": friend.referral_id}
@@ -200,7 +208,7 @@ def _rule_amount(rule: dict, order_minor: int, currency: str) -> int:
     return percent_of(order_minor, Decimal(rule["value"]))
 
 
-def _grant(connection, friend, purchase: dict, settings: dict, now: datetime) -> list:
+def _grant(connection, friend, purchase: dict, settings: dict, now: datetime, risk: int) -> list:
     """The rewards of a conversion, within the referrer's monthly cap, as the API shows them."""
     available_at = purchase["occurred_at"] + timedelta(days=settings["hold_days"])
     currency = purchase["currency"]
@@ -221,7 +229,7 @@ def _grant(connection, friend, purchase: dict, settings: dict, now: datetime) ->
             continue
         status = "pending"
         if available_at <= now:
-            status = _matured_status(amount, currency, friend.risk_score, settings)
+            status = _matured_status(amount, currency, risk, settings)
         reward_id = connection.execute(
             _INSERT_REWARD,
             {
@@ -281,11 +289,12 @@ _SAVED = select(_purchases.c.response).where(_purchases.c.order_id == bindparam(
 _FRIEND = (
     select(
         _customers.c.id,
+        _customers.c.email,
         _referrals.c.id.label("referral_id"),
         _referrals.c.referrer_id,
         _referrals.c.status,
         _referrals.c.attributed_at,
-        _referrals.c.risk_score,
+        _referrals.c.risk_reasons,
         _referrers.c.external_id.label("referrer_external_id"),
     )
     .select_from(_customers)
@@ -306,6 +315,8 @@ _CONVERT = (
         status="converted",
         converted_at=bindparam("converted_at"),
         order_id=bindparam("order_id"),
+        risk_score=bindparam("risk_score"),
+        risk_reasons=bindparam("risk_reasons"),
     )
 )
 _REFERRAL_STATUS = select(_referrals.c.status).where(_referrals.c.id == bindparam("id"))

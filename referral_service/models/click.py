@@ -22,3 +22,7 @@ class Click(Base):
     referrer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # the site the visitor came from (its host name only), for spotting coupon sites
+    referer_host: Mapped[str | None] = mapped_column(String(255))
+    ip_hash: Mapped[str | None] = mapped_column(String(64))  # keyed hashes (domain/fraud.py)
+    ua_hash: Mapped[str | None] = mapped_column(String(64))

@@ -44,3 +44,8 @@ class Program(Base):
     auto_approve_max_amount: Mapped[Decimal | None] = mapped_column(DecimalString)
     max_rewards_per_referrer_per_month: Mapped[int | None] = mapped_column(Integer)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # fraud defences (domain/fraud.py)
+    velocity_max_signups: Mapped[int] = mapped_column(Integer, default=10)
+    velocity_window_hours: Mapped[int] = mapped_column(Integer, default=24)
+    coupon_sites: Mapped[list] = mapped_column(JSON, default=list)
+    risk_retention_days: Mapped[int] = mapped_column(Integer, default=90)

@@ -26,6 +26,11 @@ class Signup(Base):
     """The answer given to a customer's sign-up, kept so that a replay gets the same answer."""
 
     __tablename__ = "signups"
+    __table_args__ = (
+        Index("ix_signups_device_hash", "device_hash"),
+        Index("ix_signups_ip_hash", "ip_hash"),
+        Index("ix_signups_occurred_at", "occurred_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     customer_id: Mapped[int] = mapped_column(
@@ -37,6 +42,10 @@ class Signup(Base):
     code: Mapped[str | None] = mapped_column(String(16))
     click_id: Mapped[str | None] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # risk evidence, as keyed hashes only (domain/fraud.py), emptied after the retention period
+    ip_hash: Mapped[str | None] = mapped_column(String(64))
+    ua_hash: Mapped[str | None] = mapped_column(String(64))
+    device_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class Referral(Base):
@@ -47,6 +56,7 @@ class Referral(Base):
         CheckConstraint("status IN ('attributed', 'converted', 'rejected')", name="status"),
         CheckConstraint("referrer_id <> friend_id", name="not_self"),
         Index("ix_referrals_referrer_id", "referrer_id", "id"),
+        Index("ix_referrals_referrer_attributed", "referrer_id", "attributed_at"),
         Index("ix_referrals_status", "status", "id"),
         Index("ix_referrals_attributed_at", "attributed_at"),
         Index("ix_referrals_converted_at", "converted_at"),

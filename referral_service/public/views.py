@@ -8,12 +8,13 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from itsdangerous import TimestampSigner
 
-from referral_service.domain import codes, health, program
+from referral_service.domain import codes, fraud, health, program
 from referral_service.domain.qr import MAX_SIZE, MIN_SIZE, check_size
 from referral_service.errors import ErrorEnvelope, InvalidCode, NotFound, RevokedCode
 from referral_service.links import base_url, share_url
 from referral_service.models import utcnow
 from referral_service.public import schemas
+from referral_service.rate_limits import RATE_LIMITED, per_address
 
 blp = Blueprint("public", __name__, description="Share links, QR codes and health checks.")
 
@@ -73,6 +74,13 @@ VIA = {
     "description": "The channel: link, qr, email, whatsapp, sms, facebook, x, copy, ... "
     "(absent: `link`; anything malformed is counted as `other`).",
 }
+REF = {
+    "in": "query",
+    "name": "ref",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The referral code the share link added (shown, at most 64 characters).",
+}
 SIZE = {
     "in": "query",
     "name": "size",
@@ -92,6 +100,7 @@ class ShareLink(MethodView):
         description="To the landing page, with `ref` and `click_id` when the "
         "code is valid; without them when it is forged or revoked.",
     )
+    @blp.alt_response(429, **RATE_LIMITED)
     def get(self, code):
         """Record a click and redirect to the landing page.
 
@@ -103,8 +112,10 @@ class ShareLink(MethodView):
             active = codes.lookup(code)
         except (InvalidCode, NotFound):
             return _redirect(_landing())
+        seen = fraud.visit_evidence(request.remote_addr, request.user_agent.string)
+        seen["referer_host"] = fraud.referer_host(request.referrer)
         click_id = current_app.extensions["clicks"].record(
-            active.code_id, active.referrer_id, request.args.get("via"), utcnow()
+            active.code_id, active.referrer_id, request.args.get("via"), utcnow(), seen
         )
         response = _redirect(_landing(active.code, click_id))
         response.set_cookie(
@@ -141,6 +152,8 @@ class QrPng(MethodView):
     @blp.response(200, description="A PNG image (`image/png`).")
     @blp.alt_response(304, description="Not modified (`If-None-Match`).")
     @blp.alt_response(404, schema=ErrorEnvelope, description="A forged or revoked code.")
+    @blp.alt_response(422, schema=ErrorEnvelope, description="A `size` out of range.")
+    @blp.alt_response(429, **RATE_LIMITED)
     def get(self, code):
         """A QR code of the share link with `via=qr`, `size` pixels square (64-2048, 512)."""
         return _qr(code, "png", request.args.get("size"))
@@ -154,19 +167,26 @@ class QrSvg(MethodView):
     @blp.response(200, description="An SVG image (`image/svg+xml`).")
     @blp.alt_response(304, description="Not modified (`If-None-Match`).")
     @blp.alt_response(404, schema=ErrorEnvelope, description="A forged or revoked code.")
+    @blp.alt_response(422, schema=ErrorEnvelope, description="A `size` out of range.")
+    @blp.alt_response(429, **RATE_LIMITED)
     def get(self, code):
         """A QR code of the share link with `via=qr`, drawn `size` pixels square."""
         return _qr(code, "svg", request.args.get("size"))
+
+
+per_address(blp, ShareLink, QrPng, QrSvg)
 
 
 @blp.route("/landing")
 class Landing(MethodView):
     """The built-in landing page, used until the program's `landing_url` is set."""
 
-    @blp.response(200, description="An HTML page.")
+    @blp.doc(parameters=[REF])
+    @blp.response(200, description="An HTML page.", content_type="text/html")
     def get(self):
         """A plain page that shows the referral the visitor came with."""
-        return render_template("landing.html", ref=request.args.get("ref", "")[:64])
+        page = render_template("landing.html", ref=request.args.get("ref", "")[:64])
+        return current_app.response_class(page, mimetype="text/html")  # not flask-smorest's JSON
 
 
 @blp.route("/healthz")

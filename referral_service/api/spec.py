@@ -1,0 +1,57 @@
+"""What the OpenAPI spec says beyond the fields: object-level rules, and answers any body can get.
+
+A request schema may carry an `OPENAPI` dict of JSON Schema keywords about the object as a whole
+(`anyOf`, `minProperties`, ...), which marshmallow cannot express field by field; a nullable
+nested object admits null alone (see `_null_means_null`). Every operation that reads a JSON body
+may also answer 400 (the body is not JSON) and 413 (the body is too large), and every one with a
+path parameter 404 (a path that names nothing); those come from the app, not from a view, so
+they are documented here once for all.
+"""
+
+from apispec import BasePlugin
+
+NOT_FOUND = "Nothing there (`not_found`): no such resource, or a path that names none."
+BODY_ERRORS = {
+    "400": "The body is not readable JSON (`invalid_json`).",
+    "413": "The body is larger than the service accepts (`payload_too_large`).",
+}
+
+
+def _error(description: str) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": "ErrorEnvelope"}},
+    }
+
+
+def _null_means_null(node) -> None:
+    """Make apispec's OpenAPI 3.0 "null" branch of a nullable nested object admit null alone.
+
+    For `Nested(..., allow_none=True)` apispec writes `anyOf: [{type: object, nullable: true},
+    {$ref: ...}]`, whose first branch admits any object at all; `enum: [null]` narrows it.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "anyOf" and {"type": "object", "nullable": True} in value:
+                value[value.index({"type": "object", "nullable": True})]["enum"] = [None]
+            _null_means_null(value)
+    elif isinstance(node, list):
+        for item in node:
+            _null_means_null(item)
+
+
+class SpecRules(BasePlugin):
+    """An apispec plugin adding the object-level rules and the body errors."""
+
+    def schema_helper(self, name, definition, **kwargs):
+        _null_means_null(definition)
+        return getattr(kwargs.get("schema"), "OPENAPI", None)
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for operation in (operations or {}).values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                for status, description in BODY_ERRORS.items():
+                    responses.setdefault(status, _error(description))
+            if "{" in (path or ""):
+                responses.setdefault("404", _error(NOT_FOUND))

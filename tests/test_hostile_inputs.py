@@ -1,0 +1,285 @@
+"""A table of hostile requests across the endpoints: each is a 4xx in the envelope, writing nothing.
+
+The database holds a small journey first (a referrer, two converted friends, rewards in several
+states and payout 1), so that the hostile requests name things that exist. Every table is read
+whole before and after each request, and must not change.
+"""
+
+import json
+from collections import Counter
+from typing import NamedTuple
+
+import pytest
+
+from referral_service.extensions import db
+from referral_service.models import Base, Click
+from tests.journey_helpers import rewards_in_every_state
+
+
+class Hostile(NamedTuple):
+    """A request and what it must get: a status and, for validation, the field named."""
+
+    method: str
+    path: str
+    body: object = None  # sent as JSON (surrogates escaped as `\\ud800`, as JSON allows)
+    status: int = 422
+    field: str | None = None
+    raw: bytes | None = None  # sent as it is, as application/json
+    headers: dict | None = None
+    key: str = "admin"  # which key: admin, shop or none
+
+
+SIGNUP = {"external_id": "new-friend", "email": "new@example.com"}
+PURCHASE = {
+    "order_id": "o-new",
+    "customer_external_id": "friend-1",
+    "amount": "10.00",
+    "currency": "EUR",
+}
+DEEP = b"[" * 100_000 + b"]" * 100_000
+LONG_INT = b'{"reward_ids": [' + b"9" * 5000 + b"]}"
+# the referrer's code and ids of the journey, filled in by the test (ids differ by database)
+CODE = "{code}"
+
+
+def signup(field: str, value, expected_field: str | None = None, status: int = 422) -> Hostile:
+    return Hostile("post", "/api/v1/signups", {**SIGNUP, field: value}, status, expected_field)
+
+
+def purchase(field: str, value, expected_field: str | None = None) -> Hostile:
+    return Hostile("post", "/api/v1/purchases", {**PURCHASE, field: value}, 422, expected_field)
+
+
+def program(change: dict, field: str | None) -> Hostile:
+    return Hostile("patch", "/api/v1/program", change, 422, field)
+
+
+def query(path: str, field: str | None, key: str = "admin") -> Hostile:
+    return Hostile("get", path, status=422, field=field, key=key)
+
+
+TABLE = {
+    # --- sign-ups: identifiers, text, types, times, the body as a whole
+    "signup NUL in external_id": signup("external_id", "a\x00b", "external_id"),
+    "signup external_id of 129": signup("external_id", "x" * 129, "external_id"),
+    "signup external_id padded": signup("external_id", " friend ", "external_id"),
+    "signup slash in external_id": signup("external_id", "a/b", "external_id"),
+    "signup RTL override in id": signup("external_id", "ab\u202ecd", "external_id"),
+    "signup email as a list": signup("email", ["a@example.com"], "email"),
+    "signup email on .test": signup("email", "a@example.test", "email"),
+    "signup email of 300": signup("email", "a" * 290 + "@example.com", "email"),
+    "signup lone surrogate name": signup("name", "Ada\ud800", "name"),
+    "signup lone surrogate agent": signup("user_agent", "\udfff", "user_agent"),
+    "signup lone surrogate code": signup("referral_code", "\ud800", "referral_code"),
+    "signup not an IP": signup("ip", "999.1.1.1", "ip"),
+    "signup locale nonsense": signup("locale", "xx-QQ-nonsense", "locale"),
+    "signup unknown field": signup("is_admin", True, "is_admin"),
+    "signup naive time": signup("occurred_at", "2026-01-01T10:00:00", "occurred_at"),
+    "signup time before 2000": signup("occurred_at", "1999-12-31T23:59:59Z", "occurred_at"),
+    "signup time past year 9999": signup("occurred_at", "9999-12-31T23:59:59-05:00", "occurred_at"),
+    "signup time far ahead": signup("occurred_at", "2099-01-01T00:00:00Z", "occurred_at"),
+    "signup body is an array": Hostile("post", "/api/v1/signups", [SIGNUP], 422, "_schema"),
+    "signup body is a string": Hostile("post", "/api/v1/signups", "hello", 422, "_schema"),
+    "signup nested 100000 deep": Hostile("post", "/api/v1/signups", status=400, raw=DEEP),
+    "signup not JSON": Hostile("post", "/api/v1/signups", status=400, raw=b'{"email": '),
+    "signup invalid UTF-8": Hostile(
+        "post", "/api/v1/signups", status=400, raw=b'{"external_id": "\xff\xfe"}'
+    ),
+    "signup 2 MB body": Hostile(
+        "post", "/api/v1/signups", status=413, raw=json.dumps({"x": "y" * 2_100_000}).encode()
+    ),
+    # --- purchases: money and currencies
+    "purchase amount NaN": purchase("amount", "NaN", "amount"),
+    "purchase amount Infinity": purchase("amount", "Infinity", "amount"),
+    "purchase amount exponent": purchase("amount", "1e3", "amount"),
+    "purchase amount float": purchase("amount", 10.5, "amount"),
+    "purchase amount over-precise": purchase("amount", "10.001", "amount"),
+    "purchase amount negative": purchase("amount", "-1.00", "amount"),
+    "purchase amount 10^12": purchase("amount", "1000000000000", "amount"),
+    "purchase amount full-width": purchase("amount", "\uff11\uff10", "amount"),
+    "purchase amount with spaces": purchase("amount", " 10.00 ", "amount"),
+    "purchase currency unknown": purchase("currency", "XXX", "currency"),
+    "purchase currency lower case": purchase("currency", "eur", "currency"),
+    "purchase empty order_id": purchase("order_id", "", "order_id"),
+    "purchase customer id NUL": purchase(
+        "customer_external_id", "friend-1\x00", "customer_external_id"
+    ),
+    "purchase non-ASCII idempotency key": Hostile(
+        "post",
+        "/api/v1/purchases",
+        PURCHASE,
+        422,
+        "Idempotency-Key",
+        None,
+        {"Idempotency-Key": "k\xe9y"},
+    ),
+    "purchase huge integer": Hostile("post", "/api/v1/purchases", status=400, raw=LONG_INT),
+    # --- refunds
+    "refund over-precise": Hostile(
+        "post", "/api/v1/refunds", {"order_id": "o-friend-1", "amount": "0.001"}, 422, "amount"
+    ),
+    "refund more than paid": Hostile(
+        "post", "/api/v1/refunds", {"order_id": "o-friend-1", "amount": "999.00"}, 422, "amount"
+    ),
+    "refund order_id object": Hostile(
+        "post", "/api/v1/refunds", {"order_id": {"$ne": None}}, 422, "order_id"
+    ),
+    # --- customers
+    "customer control char in path": Hostile(
+        "put", "/api/v1/customers/ref%01", {"email": "a@example.com"}, 422, "external_id"
+    ),
+    "customer name as boolean": Hostile(
+        "put", "/api/v1/customers/ref-9", {"email": "a@example.com", "name": True}, 422, "name"
+    ),
+    "customer zero-width name": Hostile(
+        "put", "/api/v1/customers/ref-9", {"email": "a@e.com", "name": "A\u200bda"}, 422, "name"
+    ),
+    # --- program settings
+    "program paused as string": program({"paused": "true"}, "paused"),
+    "program paused as 1": program({"paused": 1}, "paused"),
+    "program hold_days as string": program({"hold_days": "3"}, "hold_days"),
+    "program hold_days infinite": program({"hold_days": 1e400}, "hold_days"),
+    "program javascript landing": program({"landing_url": "javascript:alert(1)"}, "landing_url"),
+    "program unclosed IPv6 landing": program({"landing_url": "http://[::1"}, "landing_url"),
+    "program percent exponent": program(
+        {"referrer_reward": {"type": "percent", "value": "1e1"}}, "referrer_reward.value"
+    ),
+    "program nothing to change": program({}, "_schema"),
+    "program coupon site not a host": program({"coupon_sites": ["not a host"]}, "coupon_sites"),
+    "program shop key": Hostile("patch", "/api/v1/program", {"paused": True}, 403, key="shop"),
+    # --- rewards and payouts
+    "approve note as number": Hostile(
+        "post", "/api/v1/rewards/{pending}/approve", {"note": 5}, 422, "note"
+    ),
+    "approve already approved": Hostile("post", "/api/v1/rewards/{approved}/approve", {}, 409),
+    "reject blank reason": Hostile(
+        "post", "/api/v1/rewards/{pending}/reject", {"reason": "  "}, 422, "reason"
+    ),
+    "reject id past MAX_ID": Hostile(
+        "post", "/api/v1/rewards/2147483648/reject", {"reason": "x"}, 404
+    ),
+    "payout all_approved as string": Hostile(
+        "post", "/api/v1/payouts", {"all_approved": "true"}, 422, "all_approved"
+    ),
+    "payout ids as booleans": Hostile(
+        "post", "/api/v1/payouts", {"reward_ids": [True]}, 422, "reward_ids.0"
+    ),
+    "payout both ways": Hostile(
+        "post", "/api/v1/payouts", {"reward_ids": [1], "all_approved": True}, 422, "reward_ids"
+    ),
+    "payout no ids": Hostile("post", "/api/v1/payouts", {"reward_ids": []}, 422, "reward_ids"),
+    "payout id past MAX_ID": Hostile(
+        "post", "/api/v1/payouts", {"reward_ids": [2**31]}, 422, "reward_ids.0"
+    ),
+    "mark paid empty reference": Hostile(
+        "post", "/api/v1/payouts/{payout}/mark-paid", {"reference": ""}, 422, "reference"
+    ),
+    "payout csv of no number": Hostile("get", "/api/v1/payouts/abc.csv", status=404),
+    "no key at all": Hostile("get", "/api/v1/payouts/{payout}", status=401, key="none"),
+    # --- query strings
+    "referrals limit 0": query("/api/v1/referrals?limit=0", "limit"),
+    "referrals limit 201": query("/api/v1/referrals?limit=201", "limit"),
+    "referrals limit exponent": query("/api/v1/referrals?limit=1e3", "limit"),
+    "referrals limit true": query("/api/v1/referrals?limit=true", "limit"),
+    "referrals limit full-width": query("/api/v1/referrals?limit=%EF%BC%95", "limit"),
+    "referrals limit with underscore": query("/api/v1/referrals?limit=1_0", "limit"),
+    "referrals cursor garbage": query("/api/v1/referrals?cursor=bm90LWFuLWlk", "cursor"),
+    "referrals cursor NUL": query("/api/v1/referrals?cursor=%00", "cursor", key="shop"),
+    "referrals status of rewards": query("/api/v1/referrals?status=paid", "status"),
+    "referrals unknown parameter": query("/api/v1/referrals?admin=1", "admin"),
+    "rewards referrer control": query("/api/v1/rewards?referrer=%1B%5B2J", "referrer"),
+    "rewards limit huge": query("/api/v1/rewards?limit=" + "9" * 5000, "limit"),
+    "stats from yesterday": query("/api/v1/stats?from=yesterday", "from"),
+    "stats naive date": query("/api/v1/stats?from=2026-01-01", "from"),
+    "stats from after to": query(
+        "/api/v1/stats?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"
+    ),
+    "stats before year 1": query("/api/v1/stats?from=0001-01-01T00:00:00%2B01:00", "from"),
+    # --- public links
+    "qr size too small": Hostile("get", f"/r/{CODE}/qr.png?size=63", status=422, field="size"),
+    "qr size too big": Hostile("get", f"/r/{CODE}/qr.svg?size=2049", status=422, field="size"),
+    "qr size exponent": Hostile("get", f"/r/{CODE}/qr.png?size=1e3", status=422, field="size"),
+    "qr size full-width": Hostile(
+        "get", f"/r/{CODE}/qr.png?size=%EF%BC%95%EF%BC%91%EF%BC%92", status=422, field="size"
+    ),
+    "qr size with plus": Hostile("get", f"/r/{CODE}/qr.png?size=%2B512", status=422, field="size"),
+    "qr of a forged code": Hostile("get", "/r/AAAA-AAAA-AAAA-AAAA/qr.svg", status=404),
+    "share link posted to": Hostile("post", f"/r/{CODE}", status=405),
+}
+
+
+@pytest.fixture
+def journey(app, client, admin, shop) -> dict:
+    return rewards_in_every_state(app, client, admin, shop)
+
+
+def snapshot(app) -> dict:
+    """Every row of every table."""
+    with app.app_context():
+        app.extensions["clicks"].flush()
+        return {
+            table.name: sorted((tuple(row) for row in db.session.execute(table.select())), key=repr)
+            for table in Base.metadata.sorted_tables
+        }
+
+
+def send(client, hostile: Hostile, journey: dict, keys: dict):
+    headers = {**keys[hostile.key], **(hostile.headers or {})}
+    path = hostile.path.format(**journey) if "{" in hostile.path else hostile.path
+    call = getattr(client, hostile.method)
+    if hostile.raw is not None:
+        return call(path, data=hostile.raw, content_type="application/json", headers=headers)
+    if hostile.body is not None:
+        return call(path, json=hostile.body, headers=headers)
+    return call(path, headers=headers)
+
+
+TRIED: Counter[str] = Counter()  # hostile requests sent, by database
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hostile_summary(request):
+    """Print how many hostile inputs the table tried."""
+    yield
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown with or without `-s`
+        tried = ", ".join(f"{count} on {backend}" for backend, count in sorted(TRIED.items()))
+        print(f"\nHOSTILE: {len(TABLE)} hostile inputs in the table, tried {tried}")
+
+
+def test_the_table_is_large_enough():
+    assert len(TABLE) >= 40
+
+
+@pytest.mark.parametrize("hostile", TABLE.values(), ids=TABLE.keys())
+def test_hostile_input_is_refused_and_writes_nothing(
+    app, client, admin, shop, backend, journey, hostile
+):
+    keys = {"admin": admin, "shop": shop, "none": {}}
+    before = snapshot(app)
+    response = send(client, hostile, journey, keys)
+    TRIED[backend] += 1
+    assert response.status_code == hostile.status, response.get_data(as_text=True)[:500]
+    assert response.is_json
+    error = response.json["error"]
+    assert set(error) <= {"code", "message", "fields"}
+    assert isinstance(error["code"], str) and isinstance(error["message"], str)
+    if hostile.field is not None:
+        assert error["code"] == "validation_error"
+        assert hostile.field in error["fields"], error
+        assert all(isinstance(m, str) for ms in error["fields"].values() for m in ms)
+    assert snapshot(app) == before
+
+
+@pytest.mark.parametrize(
+    "via", ["%00", "x" * 5000, "%3Cscript%3E", "%ED%A0%80", "WhatsApp%0D%0ASet-Cookie:%20a=b"]
+)
+def test_hostile_channel_still_lands_and_counts_as_other(app, client, journey, via):
+    """A share link never breaks for a friend: a malformed `via` is a click of channel `other`."""
+    response = client.get(f"/r/{journey['code']}?via={via}")
+    assert response.status_code == 302
+    assert "ref=" in response.headers["Location"] and "\n" not in response.headers["Location"]
+    with app.app_context():
+        app.extensions["clicks"].flush()
+        channels = db.session.scalars(Click.__table__.select().with_only_columns(Click.channel))
+        assert list(channels) == ["other"]
