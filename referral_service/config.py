@@ -89,9 +89,9 @@ DEFAULTS = {
     "QR_CACHE_ITEMS": 2048,
     # rate limits (Flask-Limiter, see rate_limits.py); counters in Redis when REDIS_URL is set
     "RATELIMIT_ENABLED": True,
-    "RATELIMIT_API": "1200/minute",  # per API key, all API calls together
-    "RATELIMIT_PUBLIC": "300/minute",  # per client address, share links and QR images together
-    "RATELIMIT_SIGNUPS_PER_REFERRER": "30/hour",  # new sign-ups naming the same code or click
+    "RATELIMIT_API": "6000/minute",  # per API key, all API calls together
+    "RATELIMIT_PUBLIC": "600/minute",  # per client address, share links and QR images together
+    "RATELIMIT_SIGNUPS_PER_REFERRER": "60/hour",  # new sign-ups naming the same code or click
     "RATELIMIT_HEADERS_ENABLED": True,  # X-RateLimit-*, and Retry-After on a 429
     "RATELIMIT_SWALLOW_ERRORS": True,  # a storage failure never fails a request...
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,  # ...: counting goes on in memory meanwhile
