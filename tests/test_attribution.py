@@ -218,6 +218,8 @@ def test_self_referral_by_click(client, shop):
         ("ab@gmail.com", "A.B+x@googlemail.com"),
         ("a.b@googlemail.com", "ab+promo@gmail.com"),
         ("ada@example.com", "Ada+friend@EXAMPLE.com"),
+        ("anna.k@gmail.com", "A.n.n.a.K+promo@Gmail.com"),
+        ("anna@shop.example", "ANNA@SHOP.EXAMPLE"),
     ],
 )
 def test_self_referral_by_the_same_normalized_email(

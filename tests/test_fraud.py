@@ -176,24 +176,6 @@ def test_similar_name(app, client, shop, referrer_name, friend_name, flagged):
     assert risk_of(app, "f-1")["reasons"] == (["similar_name"] if flagged else [])
 
 
-@pytest.mark.parametrize(
-    "referrer_email, friend_email",
-    [
-        ("anna.k@gmail.com", "annak@googlemail.com"),
-        ("anna.k@gmail.com", "A.n.n.a.K+promo@Gmail.com"),
-        ("anna@shop.example", "anna+second@shop.example"),
-        ("anna@shop.example", "ANNA@SHOP.EXAMPLE"),
-    ],
-)
-def test_same_normalized_email_is_refused_as_self_referral(
-    app, client, shop, referrer_email, friend_email
-):
-    code = enrol(client, shop, "ref-1", email=referrer_email)
-    response = sign_up(client, shop, "f-1", email=friend_email, referral_code=code)
-    assert response.status_code == 201
-    assert (response.json["attributed"], response.json["reason"]) == (False, "self_referral")
-
-
 def test_signals_add_up_and_show_on_the_rewards(app, client, shop, admin, auto):
     code = referrer(client, shop, name="Jan Kowal", device_id="phone-1")
     friend(

@@ -137,12 +137,9 @@ def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, 
         answer = _answer(prior, settings, created=False)
         db.session.rollback()
         return answer
-    try:
-        source = _source(settings, typed_code, code, click_id, occurred_at)
-        _check_people(source, customer, external_id, values["email_key"], prior)
-        reason = None
-    except _Refused as refused:
-        source, reason = None, refused.reason
+    source, reason = _decide(
+        settings, typed_code, code, click_id, occurred_at, customer, external_id, values, prior
+    )
     if prior is not None and source is None:  # a later call that attributes nothing
         db.session.rollback()
         return SignupAnswer(False, reason, None, None, created=False)
@@ -187,12 +184,9 @@ def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_
     between, the customer's unique key fails the insert and the caller answers as a replay.
     """
     settings = program.settings()
-    try:
-        source = _source(settings, typed_code, code, click_id, occurred_at)
-        _check_people(source, None, external_id, values["email_key"], None)
-        reason = None
-    except _Refused as refused:
-        source, reason = None, refused.reason
+    source, reason = _decide(
+        settings, typed_code, code, click_id, occurred_at, None, external_id, values, None
+    )
     reasons = []
     if source is not None:
         reasons = _risk(db.session.connection(), source, values, seen, settings, occurred_at)
@@ -275,6 +269,18 @@ def _answer(record: Signup, settings: dict, created: bool) -> SignupAnswer:
         friend_offer=settings["friend_offer"] if record.attributed else None,
         created=created,
     )
+
+
+def _decide(
+    settings, typed_code, code, click_id, occurred_at, customer, external_id, values, prior
+):
+    """`(source, None)` when the sign-up can be attributed, else `(None, reason)`."""
+    try:
+        source = _source(settings, typed_code, code, click_id, occurred_at)
+        _check_people(source, customer, external_id, values["email_key"], prior)
+    except _Refused as refused:
+        return None, refused.reason
+    return source, None
 
 
 def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
