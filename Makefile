@@ -32,6 +32,8 @@ run: install
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs"
 	@echo "  Create a key:   $(BIN)/referral-service api-keys create my-shop --scope shop"
 	@echo "  An admin key:   $(BIN)/referral-service api-keys create ops --scope admin"
+	@echo "  First admin:    $(BIN)/referral-service admins create you@example.com  (asks for a password),"
+	@echo "                  then sign in at http://$(HOST):$(PORT)/admin"
 	@echo
 	$(BIN)/referral-service run --host $(HOST) --port $(PORT)
 

@@ -5,6 +5,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from referral_service import config as settings
 from referral_service import logs, rate_limits
+from referral_service.admin import blp as admin_blp
 from referral_service.api import BLUEPRINTS
 from referral_service.api.auth import SECURITY_SCHEME
 from referral_service.api.spec import SpecRules
@@ -14,7 +15,7 @@ from referral_service.domain.fraud import DisposableDomains, EvidenceKeys
 from referral_service.domain.health import MIGRATIONS
 from referral_service.domain.qr import QrCache
 from referral_service.errors import register_error_handlers
-from referral_service.extensions import api, db, migrate
+from referral_service.extensions import api, csrf, db, migrate
 from referral_service.public.views import blp as public_blp
 from referral_service.security import register_body_limit, register_security_headers
 from referral_service.sessions import CookieSessions
@@ -56,6 +57,7 @@ def register_extensions(app: Flask) -> None:
     )
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME["bearerAuth"])
     rate_limits.init_app(app)
+    csrf.init_app(app)
 
 
 def register_services(app: Flask) -> None:
@@ -83,6 +85,7 @@ def register_blueprints(app: Flask) -> None:
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     api.register_blueprint(public_blp)
+    app.register_blueprint(admin_blp)
 
     @app.get("/api/docs/assets/<path:filename>")
     def swagger_assets(filename):

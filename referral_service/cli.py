@@ -8,15 +8,16 @@ import click
 from flask.cli import FlaskGroup, with_appcontext
 
 from referral_service import create_app
-from referral_service.domain import api_keys, customers, fraud, program, rewards
+from referral_service.domain import admins, api_keys, customers, fraud, program, rewards
 from referral_service.errors import ReferralError
 from referral_service.models import utcnow
+from referral_service.models.admin import ROLES
 from referral_service.models.api_key import SCOPES
 
 
 @click.group(cls=FlaskGroup, create_app=create_app, add_version_option=False, set_debug_flag=False)
 def main():
-    """Referral service: run it, migrate its database, manage keys and import customers."""
+    """Referral service: run it, migrate its database, manage keys and admins, import customers."""
 
 
 @main.group("api-keys")
@@ -64,6 +65,58 @@ def revoke_key(key):
     """Revoke a key, named by its id, its name, the prefix shown by `list`, or the key itself."""
     for revoked in _or_fail(api_keys.revoke, key):
         click.echo(f"Revoked API key {revoked.id} {revoked.name!r}.")
+
+
+@main.group("admins")
+def admins_group():
+    """Create, list and disable the admins who sign in to /admin."""
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+@admins_group.command("create")
+@click.argument("email")
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="owner",
+    show_default=True,
+    help="viewer: reads; approver: also approves, rejects and pays; owner: also settings and keys.",
+)
+@with_appcontext
+def create_admin(email, role):
+    """Create an admin; the password is asked for (twice), or read as one line from standard
+    input when it is not a terminal."""
+    if _interactive():
+        password = click.prompt(
+            "Password (12 characters or more)", hide_input=True, confirmation_prompt=True
+        )
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    admin = _or_fail(admins.create, email, password, role)
+    click.echo(f"Created admin {admin.id} {admin.email} with role {admin.role}.")
+
+
+@admins_group.command("list")
+@with_appcontext
+def list_admins():
+    """List admins with their roles and last sign-in."""
+    click.echo(f"{'ID':>4}  {'EMAIL':<32} {'ROLE':<9} {'LAST SIGN-IN':<18} STATUS")
+    for admin in admins.all_admins():
+        last = f"{admin.last_sign_in_at:%Y-%m-%d %H:%M}Z" if admin.last_sign_in_at else "never"
+        status = f"disabled {admin.disabled_at:%Y-%m-%d %H:%M}" if admin.disabled_at else "active"
+        click.echo(f"{admin.id:>4}  {admin.email:<32} {admin.role:<9} {last:<18} {status}")
+
+
+@admins_group.command("disable")
+@click.argument("email")
+@with_appcontext
+def disable_admin(email):
+    """Disable an admin: they can no longer sign in, and their open sessions end."""
+    admin = _or_fail(admins.disable, email)
+    click.echo(f"Disabled admin {admin.id} {admin.email}.")
 
 
 @main.group("rewards")

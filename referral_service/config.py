@@ -97,6 +97,11 @@ DEFAULTS = {
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,  # ...: counting goes on in memory meanwhile
     "RATELIMIT_STORAGE_OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
     "TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-For/-Proto are believed
+    # the admin console: its session cookie (Secure too over HTTPS, see sessions.py) and CSRF
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "ADMIN_SESSION_HOURS": 12,  # a sign-in lasts this long at most
+    "WTF_CSRF_CHECK_DEFAULT": False,  # only the admin console's forms are checked (not the API)
     # OpenAPI (flask-smorest)
     "API_TITLE": "Referral service",
     "API_VERSION": "v1",

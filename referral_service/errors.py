@@ -80,6 +80,18 @@ class Forbidden(ReferralError):
     message = "This API key's scope does not allow this request."
 
 
+class Throttled(ReferralError):
+    """Too many attempts in a short time; `retry_after` says in how many seconds to try again."""
+
+    status = 429
+    code = "rate_limited"
+    message = "Too many attempts; try again later."
+
+    def __init__(self, message: str | None = None, retry_after: int = 60):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ErrorBody(Schema):
     """The inside of the error envelope."""
 
@@ -140,7 +152,9 @@ def flatten_messages(messages, prefix: str = "") -> dict[str, list[str]]:
 
 
 def _handle_referral_error(error: ReferralError):
-    return error_response(error.status, error.code, error.message, error.fields)
+    retry_after = getattr(error, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return error_response(error.status, error.code, error.message, error.fields, headers)
 
 
 def _handle_http_exception(error: HTTPException):

@@ -5,6 +5,7 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 
 from referral_service.errors import ErrorEnvelope
 from referral_service.models.base import Base
@@ -25,3 +26,5 @@ migrate = Migrate()
 api = ReferralApi()
 # limits are declared in rate_limits.py; each one names its own key (API key, address, referrer)
 limiter = Limiter(key_func=get_remote_address)
+# CSRF tokens for the admin console's forms; its blueprint checks them (the API uses bearer keys)
+csrf = CSRFProtect()

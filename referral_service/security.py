@@ -1,9 +1,10 @@
 """Security headers on every response, and the body size limit for streamed bodies too.
 
 JSON, images and redirects may load nothing at all. An HTML page (the landing page, the API
-docs) may load its own scripts, styles and images from this origin, plus exactly the inline
-`<script>` and `<style>` blocks it carries, allowed by their SHA-256 hashes. A header a view set
-itself (the share link's `Referrer-Policy: no-referrer`, say) is left as the view set it.
+docs, the admin console and its error pages) may load its own scripts, styles and images from
+this origin, plus exactly the inline `<script>` and `<style>` blocks it carries, allowed by their
+SHA-256 hashes. A header a view set itself (the share link's `Referrer-Policy: no-referrer`,
+say) is left as the view set it.
 
 A body over `MAX_CONTENT_LENGTH` is a 413 whether it declares its length or is sent in chunks.
 """
@@ -57,7 +58,8 @@ def page_policy(html: str) -> str:
 
 def content_policy(response: Response) -> str:
     """What the response may load: nothing, unless it is an HTML page."""
-    if response.status_code != 200 or response.mimetype != "text/html" or response.is_streamed:
+    page = response.status_code == 200 or 400 <= response.status_code < 500  # not a redirect
+    if not page or response.mimetype != "text/html" or response.is_streamed:
         return NOTHING
     return page_policy(response.get_data(as_text=True))
 

@@ -212,6 +212,17 @@ def get(external_id: str) -> CustomerCard:
     return _card(customer, _active_code(customer.id), stats=customer_stats(customer.id))
 
 
+def names_of(external_ids) -> dict[str, str | None]:
+    """The names of these customers, by external id (the unknown ones are left out)."""
+    wanted = set(external_ids)
+    if not wanted:
+        return {}
+    rows = db.session.execute(
+        select(Customer.external_id, Customer.name).where(Customer.external_id.in_(wanted))
+    )
+    return {external_id: name for external_id, name in rows}
+
+
 def rotate_code(external_id: str) -> CustomerCard:
     """Revoke the customer's active code and issue a new one; raises NotFound."""
     check_external_id(external_id)

@@ -30,6 +30,7 @@ from referral_service.errors import Conflict, NotFound, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Clawback, Customer, Purchase, Referral, Reward, utcnow
 from referral_service.models.base import begin_write
+from referral_service.models.referral import REWARD_STATUSES
 
 OPEN = ("pending", "awaiting_approval", "approved")
 CLOCK_SKEW = timedelta(minutes=5)  # a shop's clock and ours may disagree by this much
@@ -444,6 +445,19 @@ def list_rewards(status=None, referrer=None, cursor=None, limit=None) -> tuple[l
         )
     items, next_cursor = page(query, Reward.id, cursor, limit)
     return [reward_dict(r, with_referral=True) for r in items], next_cursor
+
+
+def totals_by_status() -> dict:
+    """Every reward counted by status: `{status: {"count", "amounts": {currency: "12.50"}}}`."""
+    totals = {status: {"count": 0, "amounts": {}} for status in REWARD_STATUSES}
+    for status, currency, count, total in db.session.execute(
+        select(Reward.status, Reward.currency, func.count(), func.sum(Reward.amount_minor))
+        .group_by(Reward.status, Reward.currency)
+        .order_by(Reward.currency)
+    ):
+        totals[status]["count"] += count
+        totals[status]["amounts"][currency] = from_minor(int(total), currency)
+    return totals
 
 
 # --- refunds -------------------------------------------------------------------------------------

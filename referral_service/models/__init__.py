@@ -1,5 +1,6 @@
 """SQLAlchemy models of the service; constraints make wrong states impossible."""
 
+from referral_service.models.admin import Admin, SignInFailure
 from referral_service.models.api_key import ApiKey
 from referral_service.models.base import Base, utcnow
 from referral_service.models.click import Click
@@ -17,6 +18,7 @@ from referral_service.models.referral import (
 )
 
 __all__ = [
+    "Admin",
     "ApiKey",
     "AuditRecord",
     "Base",
@@ -30,6 +32,7 @@ __all__ = [
     "Referral",
     "ReferralCode",
     "Reward",
+    "SignInFailure",
     "Signup",
     "utcnow",
 ]
