@@ -1,6 +1,7 @@
 """Settings from the environment, with embedded defaults so that a first run needs none."""
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -60,6 +61,21 @@ def rate_limit_settings() -> dict:
     return found
 
 
+def payout_settings() -> dict:
+    """`PAYOUT_APPROVAL_THRESHOLD` when given: a plain decimal amount such as `500.00`.
+
+    Raises ValueError for anything else (a sign, an exponent, a comma, a word).
+    """
+    threshold = os.environ.get("PAYOUT_APPROVAL_THRESHOLD", "").strip()
+    if not threshold:
+        return {}
+    if not re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,12})?", threshold):
+        raise ValueError(
+            f"PAYOUT_APPROVAL_THRESHOLD must be a decimal amount such as 500.00: {threshold!r}"
+        )
+    return {"PAYOUT_APPROVAL_THRESHOLD": threshold}
+
+
 def from_environment(instance_path: str) -> dict:
     """All settings of the service, read from the environment."""
     fallbacks = [k.strip() for k in os.environ.get("SECRET_KEY_FALLBACKS", "").split(",")]
@@ -71,6 +87,7 @@ def from_environment(instance_path: str) -> dict:
         "PUBLIC_BASE_URL": public_base_url,
         "REDIS_URL": os.environ.get("REDIS_URL", "").strip() or None,
         **rate_limit_settings(),
+        **payout_settings(),
         "DISPOSABLE_DOMAINS_FILE": os.environ.get("DISPOSABLE_DOMAINS_FILE", "").strip()
         or os.path.join(instance_path, "disposable_domains.txt"),
     }
@@ -102,6 +119,8 @@ DEFAULTS = {
     "SESSION_COOKIE_SAMESITE": "Lax",
     "ADMIN_SESSION_HOURS": 12,  # a sign-in lasts this long at most
     "WTF_CSRF_CHECK_DEFAULT": False,  # only the admin console's forms are checked (not the API)
+    # four eyes: a payout batch whose total (program currency) is above this needs a second approver
+    "PAYOUT_APPROVAL_THRESHOLD": "500.00",
     # OpenAPI (flask-smorest)
     "API_TITLE": "Referral service",
     "API_VERSION": "v1",

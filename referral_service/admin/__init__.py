@@ -1,5 +1,8 @@
 """The admin console at /admin: sign-in, the dashboard and the rewards queue (server-rendered)."""
 
+import referral_service.admin.customers  # noqa: F401  (registers its pages)
+from referral_service.admin import payouts as payout_pages  # noqa: F401  (registers its views)
+from referral_service.admin import settings  # noqa: F401  (registers its views)
 from referral_service.admin.views import blp
 
 __all__ = ["blp"]

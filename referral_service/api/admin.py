@@ -128,6 +128,23 @@ class PayoutCsv(MethodView):
         )
 
 
+@blp.route(f"/payouts/<{ID}:payout_id>/approve")
+class ApprovePayout(MethodView):
+    """The second approver of a batch (four eyes)."""
+
+    @requires(blp, "admin")
+    @blp.response(200, schemas.PayoutOut)
+    @blp.alt_response(
+        409,
+        schema=ErrorEnvelope,
+        description="Created with this same key, already approved, or already paid.",
+    )
+    def post(self, payout_id):
+        """Approve a batch created by someone else, so that it may be marked paid when its
+        total is above `PAYOUT_APPROVAL_THRESHOLD` (audited). Its creator cannot approve it."""
+        return payouts.approve(payout_id, actor())
+
+
 @blp.route(f"/payouts/<{ID}:payout_id>/mark-paid")
 class MarkPaid(MethodView):
     """Payment of a batch."""
@@ -135,9 +152,15 @@ class MarkPaid(MethodView):
     @requires(blp, "admin")
     @blp.arguments(schemas.MarkPaidIn())
     @blp.response(200, schemas.PayoutOut)
-    @blp.alt_response(409, schema=ErrorEnvelope, description="Already paid.")
+    @blp.alt_response(
+        409,
+        schema=ErrorEnvelope,
+        description="Already paid, or above the approval threshold and not yet approved by a "
+        "second approver.",
+    )
     def post(self, body, payout_id):
-        """Mark the batch paid with the payment's reference; its rewards become paid."""
+        """Mark the batch paid with the payment's reference; its rewards become paid. A batch
+        whose total is above `PAYOUT_APPROVAL_THRESHOLD` must be approved first."""
         return payouts.mark_paid(payout_id, body["reference"], actor())
 
 

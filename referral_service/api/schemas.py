@@ -702,7 +702,18 @@ class PayoutOut(Schema):
     id = fields.Integer(required=True)
     status = fields.String(required=True, metadata={"enum": ["created", "paid"]})
     created_at = fields.AwareDateTime(required=True)
-    created_by = fields.String(required=True)
+    created_by = fields.String(
+        required=True,
+        metadata={"description": "Who created it: `api-key:<id>:<name>`, `admin:<email>`."},
+    )
+    approved_by = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The second approver (never the creator); a batch above "
+            "`PAYOUT_APPROVAL_THRESHOLD` is paid only once approved."
+        },
+    )
+    approved_at = fields.AwareDateTime(allow_none=True)
     paid_at = fields.AwareDateTime(allow_none=True)
     reference = fields.String(allow_none=True)
     reward_count = fields.Integer(required=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import or_, select
 
+from referral_service.domain import audit
 from referral_service.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import ApiKey, utcnow
@@ -30,8 +31,11 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def create(name: str, scope: str) -> NewKey:
-    """Create a key; raises ValidationFailed for an empty name or an unknown scope."""
+def create(name: str, scope: str, actor: str | None = None) -> NewKey:
+    """Create a key; raises ValidationFailed for an empty name or an unknown scope.
+
+    With an `actor`, the creation is audited (the key's name, scope and prefix: never the key).
+    """
     name = (name or "").strip()
     if not 1 <= len(name) <= 100:
         raise ValidationFailed(fields={"name": ["Must be 1 to 100 characters."]})
@@ -43,6 +47,9 @@ def create(name: str, scope: str) -> NewKey:
         name=name, scope=scope, prefix=secret[:12], key_hash=digest(secret), created_at=utcnow()
     )
     db.session.add(key)
+    if actor is not None:
+        db.session.flush()
+        audit.record(actor, "api_key.create", "api_key", key.id, None, _audited(key))
     db.session.commit()
     return NewKey(id=key.id, name=name, scope=scope, secret=secret)
 
@@ -51,10 +58,15 @@ def all_keys() -> list[ApiKey]:
     return list(db.session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
-def revoke(ident: str) -> list[ApiKey]:
+def _audited(key: ApiKey) -> dict:
+    revoked = key.revoked_at.isoformat() if key.revoked_at else None
+    return {"name": key.name, "scope": key.scope, "prefix": key.prefix, "revoked_at": revoked}
+
+
+def revoke(ident: str, actor: str | None = None) -> list[ApiKey]:
     """Revoke the active key(s) named by id, name or the prefix shown by `list`.
 
-    Raises NotFound when nothing active matches.
+    Raises NotFound when nothing active matches. With an `actor`, each revocation is audited.
     """
     begin_write(db.session)
     conditions = [ApiKey.name == ident, ApiKey.prefix == ident, ApiKey.key_hash == digest(ident)]
@@ -67,9 +79,30 @@ def revoke(ident: str) -> list[ApiKey]:
         db.session.rollback()
         raise NotFound(f"No active API key matches {ident!r}.")
     for key in keys:
+        before = _audited(key)
         key.revoked_at = utcnow()
+        if actor is not None:
+            audit.record(actor, "api_key.revoke", "api_key", key.id, before, _audited(key))
     db.session.commit()
     return keys
+
+
+def revoke_id(key_id: int, actor: str | None = None) -> ApiKey:
+    """Revoke the active key with this id only (not one whose name happens to be that number).
+
+    Raises NotFound when no active key has this id. With an `actor`, it is audited.
+    """
+    begin_write(db.session)
+    key = db.session.get(ApiKey, key_id) if 0 < key_id < 2**31 else None
+    if key is None or key.revoked_at is not None:
+        db.session.rollback()
+        raise NotFound(f"No active API key has the id {key_id}.")
+    before = _audited(key)
+    key.revoked_at = utcnow()
+    if actor is not None:
+        audit.record(actor, "api_key.revoke", "api_key", key.id, before, _audited(key))
+    db.session.commit()
+    return key
 
 
 def authenticate(secret: str | None, needed: str):

@@ -9,6 +9,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
+from referral_service.domain import audit
 from referral_service.domain.codes import forget_code, signer
 from referral_service.domain.stats import customer_stats
 from referral_service.errors import NotFound, ValidationFailed
@@ -223,8 +224,11 @@ def names_of(external_ids) -> dict[str, str | None]:
     return {external_id: name for external_id, name in rows}
 
 
-def rotate_code(external_id: str) -> CustomerCard:
-    """Revoke the customer's active code and issue a new one; raises NotFound."""
+def rotate_code(external_id: str, actor: str | None = None) -> CustomerCard:
+    """Revoke the customer's active code and issue a new one; raises NotFound.
+
+    With an `actor` (an admin of the console, `admin:<email>`), the rotation is audited.
+    """
     check_external_id(external_id)
     begin_write(db.session)
     customer = db.session.scalar(
@@ -233,12 +237,22 @@ def rotate_code(external_id: str) -> CustomerCard:
     if customer is None:
         db.session.rollback()
         raise NotFound(f"No customer with external_id {external_id!r}.")
+    old_code = _active_code(customer.id)
     db.session.execute(
         update(ReferralCode)
         .where(ReferralCode.customer_id == customer.id, ReferralCode.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
     code = add_code(customer.id)
+    if actor is not None:
+        audit.record(
+            actor,
+            "customer.rotate_code",
+            "customer",
+            customer.id,
+            {"external_id": external_id, "code": old_code},
+            {"external_id": external_id, "code": code},
+        )
     db.session.commit()
     forget_code(customer.id)
     return _card(customer, code)

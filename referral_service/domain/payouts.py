@@ -1,13 +1,22 @@
-"""Payout batches: approved rewards grouped per beneficiary, net of open clawbacks, then paid."""
+"""Payout batches: approved rewards grouped per beneficiary, net of open clawbacks, then paid.
+
+Four eyes: a batch whose total is above `PAYOUT_APPROVAL_THRESHOLD` (an amount in the program
+currency, default 500.00) is marked paid only after a second approver, never its creator, has
+approved it. A total in any other currency cannot be compared with the threshold, so such a batch
+always needs the second approver. Actors are the audit log's: `api-key:<id>:<name>` for the API,
+`admin:<email>` for the console.
+"""
 
 import csv
 import io
 from collections import defaultdict
+from decimal import Decimal
 
-from sqlalchemy import select, update
+from flask import current_app
+from sqlalchemy import func, select, update
 
-from referral_service.domain import audit
-from referral_service.domain.money import from_minor
+from referral_service.domain import audit, program
+from referral_service.domain.money import from_minor, to_minor
 from referral_service.errors import Conflict, NotFound, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Clawback, Customer, Payout, Reward, utcnow
@@ -142,6 +151,23 @@ def _lines(payout_id: int) -> list[dict]:
     return list(lines.values())
 
 
+def approval_threshold() -> tuple[str, str]:
+    """`(amount, currency)`: the threshold above which a batch needs a second approver."""
+    currency = program.settings()["currency"]
+    amount = Decimal(str(current_app.config["PAYOUT_APPROVAL_THRESHOLD"]))
+    return from_minor(to_minor(amount, currency), currency), currency
+
+
+def needs_approval(totals_minor: dict[str, int]) -> bool:
+    """Whether a batch with these net totals (`{currency: minor units}`) needs a second approver:
+    its total in the program currency is above the threshold, or it holds another currency."""
+    amount, currency = approval_threshold()
+    limit = to_minor(Decimal(amount), currency)
+    return any(
+        total > limit if code == currency else total > 0 for code, total in totals_minor.items()
+    )
+
+
 def _summary(payout: Payout) -> dict:
     lines = _lines(payout.id)
     totals: dict[str, int] = defaultdict(int)
@@ -152,6 +178,9 @@ def _summary(payout: Payout) -> dict:
         "status": payout.status,
         "created_at": payout.created_at,
         "created_by": payout.created_by,
+        "approved_by": payout.approved_by,
+        "approved_at": payout.approved_at,
+        "needs_approval": needs_approval(totals),
         "paid_at": payout.paid_at,
         "reference": payout.reference,
         "reward_count": sum(line["rewards"] for line in lines),
@@ -231,19 +260,149 @@ def _safe(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def waiting() -> dict:
+    """Approved rewards not yet in a batch: `{"count": n, "amounts": {currency: "12.50"}}`."""
+    body: dict = {"count": 0, "amounts": {}}
+    for currency, count, amount in db.session.execute(
+        select(Reward.currency, func.count(), func.sum(Reward.amount_minor))
+        .where(Reward.status == "approved", Reward.payout_id.is_(None))
+        .group_by(Reward.currency)
+        .order_by(Reward.currency)
+    ):
+        body["count"] += count
+        body["amounts"][currency] = from_minor(int(amount), currency)
+    return body
+
+
+def list_payouts(before: int | None = None, limit: int = 50) -> tuple[list[dict], int | None]:
+    """A page of batches, newest first, with their net totals; and the `before` of the next page.
+
+    Each item has no lines (see `get`): id, status, created/approved/paid, reference, counts.
+    """
+    query = select(Payout).order_by(Payout.id.desc()).limit(limit + 1)
+    if before is not None:
+        query = query.where(Payout.id < before)
+    batches = list(db.session.scalars(query))
+    next_before = batches[limit - 1].id if len(batches) > limit else None
+    batches = batches[:limit]
+    ids = [payout.id for payout in batches]
+    totals: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    counts: dict[int, int] = defaultdict(int)
+    for payout_id, currency, count, amount in db.session.execute(
+        select(Reward.payout_id, Reward.currency, func.count(), func.sum(Reward.amount_minor))
+        .where(Reward.payout_id.in_(ids))
+        .group_by(Reward.payout_id, Reward.currency)
+    ):
+        totals[payout_id][currency] += int(amount)
+        counts[payout_id] += count
+    for payout_id, currency, amount in db.session.execute(
+        select(Clawback.payout_id, Clawback.currency, func.sum(Clawback.amount_minor))
+        .where(Clawback.payout_id.in_(ids))
+        .group_by(Clawback.payout_id, Clawback.currency)
+    ):
+        totals[payout_id][currency] -= int(amount)
+    items = [
+        {
+            "id": payout.id,
+            "status": payout.status,
+            "created_at": payout.created_at,
+            "created_by": payout.created_by,
+            "approved_by": payout.approved_by,
+            "approved_at": payout.approved_at,
+            "paid_at": payout.paid_at,
+            "reference": payout.reference,
+            "reward_count": counts[payout.id],
+            "needs_approval": needs_approval(totals[payout.id]),
+            "totals": [
+                {"currency": c, "amount": from_minor(a, c)}
+                for c, a in sorted(totals[payout.id].items())
+            ],
+        }
+        for payout in batches
+    ]
+    return items, next_before
+
+
+def _locked(payout_id: int) -> Payout:
+    payout = db.session.scalar(select(Payout).where(Payout.id == payout_id).with_for_update())
+    if payout is None:
+        db.session.rollback()
+        raise NotFound(f"No payout {payout_id}.")
+    return payout
+
+
+def approval_refusal(summary: dict, actor: str) -> str | None:
+    """Why `actor` may not approve this batch (as `get` returns it), or None when they may."""
+    if summary["status"] == "paid":
+        return f"Payout {summary['id']} is already paid; there is nothing left to approve."
+    if summary["approved_by"] is not None:
+        return f"Payout {summary['id']} is already approved by {summary['approved_by']}."
+    if summary["created_by"] == actor:
+        return (
+            f"Payout {summary['id']} was created by you ({actor}): a second approver, "
+            "not its creator, must approve it."
+        )
+    return None
+
+
+def approve(payout_id: int, actor: str, now=None) -> dict:
+    """The second pair of eyes: `actor` approves an unpaid batch that someone else created.
+
+    Raises NotFound, and Conflict when the actor created the batch, when it is already
+    approved, or when it is already paid. Whether the actor's role may approve at all is the
+    caller's decision (an admin API key; an approver in the console).
+    """
+    now = now or utcnow()
+    begin_write(db.session)
+    payout = _locked(payout_id)
+    summary = _summary(payout)
+    refusal = approval_refusal(summary, actor)
+    if refusal:
+        db.session.rollback()
+        raise Conflict(refusal)
+    payout.approved_by, payout.approved_at = actor, now
+    audit.record(
+        actor,
+        "payout.approve",
+        "payout",
+        payout_id,
+        {"approved_by": None},
+        {"approved_by": actor, "created_by": payout.created_by, "totals": summary["totals"]},
+        at=now,
+    )
+    db.session.commit()
+    return _summary(payout)
+
+
+def paid_refusal(summary: dict) -> str | None:
+    """Why this batch (as `get` returns it) cannot be marked paid now, or None when it can."""
+    if summary["status"] == "paid":
+        return f"Payout {summary['id']} is already paid."
+    if summary["needs_approval"] and summary["approved_by"] is None:
+        amount, currency = approval_threshold()
+        totals = ", ".join(f"{t['amount']} {t['currency']}" for t in summary["totals"])
+        return (
+            f"Payout {summary['id']} totals {totals}, above the approval threshold of "
+            f"{amount} {currency}: it needs a second approver before it can be marked paid."
+        )
+    return None
+
+
 def mark_paid(payout_id: int, reference: str, actor: str, now=None) -> dict:
     """Mark a batch paid with the bank's reference; its rewards become `paid`.
 
-    Raises ValidationFailed for an empty reference, NotFound, and Conflict when already paid.
+    Raises ValidationFailed for an empty reference, NotFound, and Conflict when already paid or
+    when its total is above the approval threshold and no second approver has approved it.
     """
     now = now or utcnow()
     if not isinstance(reference, str) or not 1 <= len(reference.strip()) <= MAX_REFERENCE:
         raise ValidationFailed(fields={"reference": ["Give the payment's reference (1-200)."]})
     begin_write(db.session)
-    payout = db.session.scalar(select(Payout).where(Payout.id == payout_id).with_for_update())
-    if payout is None:
+    payout = _locked(payout_id)
+    refusal = paid_refusal(_summary(payout))
+    if refusal:
         db.session.rollback()
-        raise NotFound(f"No payout {payout_id}.")
+        raise Conflict(refusal)
     changed = db.session.execute(
         update(Payout)
         .where(Payout.id == payout_id, Payout.status == "created")

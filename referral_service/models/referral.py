@@ -161,15 +161,26 @@ class Clawback(Base):
 
 
 class Payout(Base):
-    """A batch of approved rewards to pay, net of clawbacks; `paid` once marked with a reference."""
+    """A batch of approved rewards to pay, net of clawbacks; `paid` once marked with a reference.
+
+    Four eyes: a batch whose total is above `PAYOUT_APPROVAL_THRESHOLD` is paid only once a
+    second approver (`approved_by`, never its creator) has approved it.
+    """
 
     __tablename__ = "payouts"
-    __table_args__ = (CheckConstraint("status IN ('created', 'paid')", name="status"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('created', 'paid')", name="status"),
+        CheckConstraint(
+            "approved_by IS NULL OR approved_by <> created_by", name="approver_not_creator"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(String(10), default="created")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(String(120))
+    approved_by: Mapped[str | None] = mapped_column(String(120))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reference: Mapped[str | None] = mapped_column(String(200))
 
