@@ -324,7 +324,10 @@ def test_queue_pages_with_the_cursor(app, client, queue, monkeypatch):
     first = client.get("/admin/rewards").get_data(as_text=True)
     link = re.search(r'href="([^"]*cursor=[^"]+)" rel="next"', first).group(1)
     second = client.get(link.replace("&amp;", "&")).get_data(as_text=True)
-    assert f"<td>{queue['f-1']}</td>" in second and f"<td>{queue['f-1']}</td>" not in first
+    assert (
+        f'<td data-label="#">{queue["f-1"]}</td>' in second
+        and f'<td data-label="#">{queue["f-1"]}</td>' not in first
+    )
     bad = client.get("/admin/rewards?cursor=nonsense")
     assert bad.status_code == 302
 
@@ -399,7 +402,7 @@ def test_a_decision_on_a_decided_reward_is_reported(app, client, queue):
 def test_viewer_reads_but_cannot_decide(app, client, queue):
     signed_in_as(app, client, "viewer")
     html = client.get("/admin/rewards").get_data(as_text=True)
-    assert f"<td>{queue['f-1']}</td>" in html
+    assert f'<td data-label="#">{queue["f-1"]}</td>' in html
     assert 'name="approve"' not in html and 'name="bulk"' not in html
     refused = decide(client, approve=str(queue["f-1"]))
     assert refused.status_code == 403

@@ -5,78 +5,24 @@ Data comes in through the live server's HTTP API, as a shop and an admin would s
 test starts from empty tables (the live server's database is shared by the browser tests).
 """
 
-import itertools
-import json
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from tests.browser.console import (
+    PASSWORD,
+    Api,
+    audit,
+    desktop_only,
+    fits_the_width,
+    make_admin,
+    sign_in,
+)
 
-import pytest
-from sqlalchemy import select
-
-from referral_service.domain import admins
-from referral_service.extensions import db
-from referral_service.models import AuditRecord
-
-PASSWORD = "correct horse battery"
 DISPOSABLE_WORDS = "The friend's email is at a throwaway-mail domain."
-desktop_only = pytest.mark.parametrize("viewport", ["desktop"], indirect=True)
-_runs = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def quick_hashes(monkeypatch):
-    """Cheaper scrypt for the admins made here (a stored hash names its own parameters)."""
-    monkeypatch.setattr(admins, "SCRYPT_N", 2**10)
-
-
-@dataclass
-class Api:
-    """The live server's HTTP API with a shop key and an admin key."""
-
-    url: str
-    shop_key: str
-    admin_key: str
-
-    def call(self, method: str, path: str, body: dict | None = None, scope: str = "shop"):
-        """`(status, json body)` of a request to the API."""
-        key = self.admin_key if scope == "admin" else self.shop_key
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-    def ok(self, method: str, path: str, body: dict | None = None, scope: str = "shop"):
-        status, answer = self.call(method, path, body, scope)
-        assert 200 <= status < 300, (method, path, status, answer)
-        return answer
-
-    def rewards(self, referrer: str) -> dict[int, dict]:
-        """The rewards of `referrer`'s referrals by id, as GET /api/v1/rewards shows them."""
-        answer = self.ok("GET", f"/api/v1/rewards?referrer={referrer}&limit=100", scope="admin")
-        return {item["id"]: item for item in answer["items"]}
-
-
-@pytest.fixture
-def api(live_server) -> Api:
-    """Empty tables, the program set with no hold, and keys to the API."""
-    live_server.empty_tables()
-    api = Api(live_server.url, live_server.api_key("shop"), live_server.api_key("admin"))
-    api.ok("PATCH", "/api/v1/program", {"hold_days": 0}, scope="admin")
-    return api
 
 
 def seed_queue(api: Api, referrer: str, friends: dict[str, str]) -> dict[str, int]:
     """Enrol `referrer`, sign up each friend (`{external_id: email}`) with their code and make
     each buy for the first time; returns `{friend: id of the referrer's reward}`, every one of
     them awaiting approval."""
+    api.ok("PATCH", "/api/v1/program", {"hold_days": 0}, scope="admin")
     answer = api.ok("PUT", f"/api/v1/customers/{referrer}", {"email": f"{referrer}@example.com"})
     code = answer["referral"]["code"]
     ids = {}
@@ -94,38 +40,6 @@ def seed_queue(api: Api, referrer: str, friends: dict[str, str]) -> dict[str, in
         assert reward["status"] == "awaiting_approval", bought
         ids[friend] = reward["id"]
     return ids
-
-
-def make_admin(live_server, role: str) -> str:
-    email = f"{role}-{next(_runs)}@example.com"
-    with live_server.app.app_context():
-        admins.create(email, PASSWORD, role)
-    return email
-
-
-def sign_in(page, email: str, next_path: str | None = None) -> None:
-    page.goto("/admin/login" + (f"?next={next_path}" if next_path else ""))
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(lambda url: "/admin/login" not in url)
-
-
-def reward_audit(live_server) -> list[tuple]:
-    """The audit log's records of reward decisions (the program's setting is audited too)."""
-    with live_server.app.app_context():
-        records = db.session.scalars(
-            select(AuditRecord)
-            .where(AuditRecord.action.startswith("reward."))
-            .order_by(AuditRecord.id)
-        )
-        found = [(r.actor, r.action, r.subject_id, r.after) for r in records]
-        db.session.remove()
-    return found
-
-
-def fits_the_width(page) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
 # --- sign-in and the dashboard -------------------------------------------------------------------
@@ -248,7 +162,9 @@ def test_approve_reject_and_bulk_approve_from_the_queue(page, live_server, api, 
     assert statuses == {a: "approved", b: "rejected", c: "approved", d: "approved"}
     assert api.rewards(referrer)[b]["note"] == "Throwaway address, same person"
     actor = f"admin:{email}"
-    assert [(who, what, int(subject)) for who, what, subject, _ in reward_audit(live_server)] == [
+    assert [
+        (who, what, int(subject)) for who, what, subject, _ in audit(live_server, "reward.")
+    ] == [
         (actor, "reward.approve", a),
         (actor, "reward.reject", b),
         (actor, "reward.approve", c),
@@ -289,7 +205,7 @@ def test_approve_without_csrf_token_is_refused(page, page_errors, live_server, a
     assert page.get_by_role("heading", name="Form refused").is_visible()
     assert page.get_by_text("missing its security token").is_visible()
     assert api.rewards("csrf-ref")[reward]["status"] == "awaiting_approval"
-    assert reward_audit(live_server) == []
+    assert audit(live_server, "reward.") == []
 
 
 @desktop_only
@@ -322,7 +238,7 @@ def test_viewer_sees_no_decisions_and_a_forged_post_is_forbidden(
     assert forged[0] == 403
     assert "Not allowed" in forged[1]
     assert api.rewards("viewer-ref")[reward]["status"] == "awaiting_approval"
-    assert reward_audit(live_server) == []
+    assert audit(live_server, "reward.") == []
 
 
 # --- the keyboard --------------------------------------------------------------------------------
