@@ -17,7 +17,7 @@ from referral_service.domain import admins
 from referral_service.errors import Throttled, Unauthorized
 from referral_service.extensions import db
 from referral_service.models import Admin, AuditRecord, Customer, Referral, Reward, utcnow
-from tests.journey_helpers import at, converted_friend
+from tests.journey_helpers import at, buy, converted_friend, enrol, set_program, sign_up
 
 PASSWORD = "correct horse battery"
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -426,3 +426,37 @@ def test_dashboard_shows_waiting_owed_and_the_funnel(app, client, queue):
     assert "Sign-ups: 3." in html and "Conversions: 3." in html
     assert "last 90 days" in html
     assert client.get("/admin?days=12345").status_code == 200  # an unknown period: the default
+
+
+def test_queue_filters_by_risk_and_approval_keeps_a_note(app, client, shop, admin):
+    set_program(client, admin, hold_days=0)
+    code = enrol(client, shop, "risk-ref")
+    for friend, email in (("clean-f", "clean@example.org"), ("flag-f", "flag@mailinator.com")):
+        assert sign_up(client, shop, friend, email=email, referral_code=code).status_code == 201
+        assert buy(client, shop, f"o-{friend}", friend, "50.00").status_code == 201
+    signed_in_as(app, client, "approver")
+    flagged = client.get("/admin/rewards?risk=flagged").get_data(as_text=True)
+    clean = client.get("/admin/rewards?risk=clean").get_data(as_text=True)
+    assert "flag-f" in flagged and "clean-f" not in flagged
+    assert "clean-f" in clean and "flag-f" not in clean
+    page = client.get("/admin/rewards?risk=clean").get_data(as_text=True)
+    reward_id = int(re.search(r'name="approve" value="(\d+)"', page).group(1))
+    answer = decide(client, approve=reward_id, reason="Checked by phone")
+    assert answer.status_code == 302
+    listed = client.get("/api/v1/rewards?status=approved", headers=admin).json["items"]
+    assert [(r["id"], r["note"]) for r in listed] == [(reward_id, "Checked by phone")]
+
+
+def test_dashboard_lists_top_referrers(app, client, shop, admin):
+    set_program(client, admin, hold_days=0)
+    for referrer, friends in (("top-a", 2), ("top-b", 1)):
+        code = enrol(client, shop, referrer)
+        for n in range(friends):
+            friend = f"{referrer}-f{n}"
+            assert sign_up(client, shop, friend, referral_code=code).status_code == 201
+            assert buy(client, shop, f"o-{friend}", friend, "50.00").status_code == 201
+    signed_in_as(app, client, "viewer")
+    html = client.get("/admin").get_data(as_text=True)
+    leaders = html[html.index("Top referrers") :]
+    assert leaders.index("top-a") < leaders.index("top-b")
+    assert "2 conversions" in leaders and "1 conversion<" in leaders

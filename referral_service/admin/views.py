@@ -36,6 +36,7 @@ blp = Blueprint("admin", __name__, url_prefix="/admin")
 OPEN_ENDPOINTS = {"admin.login"}
 SESSION_KEYS = ("admin_id", "admin_check", "admin_since")
 PAGE_SIZE = 50
+RISK_FILTERS = {"flagged": "flagged only", "clean": "no risk signal"}
 PERIODS = (7, 30, 90)
 
 # The risk reasons of domain/fraud.py, in words an admin reads at a glance.
@@ -163,6 +164,7 @@ def dashboard():
     days = days if days in PERIODS else 30
     now = utcnow()
     funnel = stats.funnel(now - timedelta(days=days), now)
+    leaders = stats.top_referrers(now - timedelta(days=days), now)
     totals = rewards.totals_by_status()
     reward_count = sum(s["count"] for s in funnel["rewards"].values())
     steps = [
@@ -181,6 +183,7 @@ def dashboard():
         chart=bar_chart(steps),
         steps=steps,
         by_channel=funnel["by_channel"],
+        leaders=leaders,
     )
 
 
@@ -223,14 +226,19 @@ def reward_queue():
     status = request.args.get("status", "awaiting_approval")
     status = status if status in (*REWARD_STATUSES, "all") else "awaiting_approval"
     referrer = request.args.get("referrer", "").strip()[:128]
+    risk = request.args.get("risk") if request.args.get("risk") in RISK_FILTERS else ""
     cursor = request.args.get("cursor") or None
     try:
         items, next_cursor = rewards.list_rewards(
-            None if status == "all" else status, referrer or None, cursor, PAGE_SIZE
+            None if status == "all" else status, referrer or None, cursor, PAGE_SIZE, risk or None
         )
     except ValidationFailed:
         flash("That page of the queue no longer exists; here is the first one.")
-        return redirect(url_for("admin.reward_queue", status=status, referrer=referrer or None))
+        return redirect(
+            url_for(
+                "admin.reward_queue", status=status, referrer=referrer or None, risk=risk or None
+            )
+        )
     friends = [item["referral"]["friend_external_id"] for item in items]
     names = customers.names_of(friends)
     now = utcnow()
@@ -252,6 +260,8 @@ def reward_queue():
         status=status,
         statuses=("all", *REWARD_STATUSES),
         referrer=referrer,
+        risk=risk,
+        risk_filters=RISK_FILTERS,
         next_cursor=next_cursor,
         here=request.full_path.rstrip("?"),
     )
@@ -284,8 +294,8 @@ def decide():
     done, problems = [], []
     for reward_id in ids:
         try:
-            if action == "approve":
-                rewards.approve(reward_id, actor)
+            if action == "approve":  # the reason field, if filled, is the approval's note
+                rewards.approve(reward_id, actor, reason[:500] or None)
             else:
                 rewards.reject(reward_id, actor, reason[:500])
             done.append(reward_id)

@@ -430,11 +430,19 @@ def reject(reward_id: int, actor: str, reason: str, now=None) -> dict:
     )
 
 
-def list_rewards(status=None, referrer=None, cursor=None, limit=None) -> tuple[list, str | None]:
-    """A page of rewards, newest first, each with its referral and risk."""
+def list_rewards(
+    status=None, referrer=None, cursor=None, limit=None, risk=None
+) -> tuple[list, str | None]:
+    """A page of rewards, newest first, each with its referral and risk; `risk` is `flagged`
+    (a risk signal on the referral) or `clean` (none), or None for both."""
     query = select(Reward)
     if status:
         query = query.where(Reward.status == status)
+    if risk in ("flagged", "clean"):
+        scored = select(Referral.id).where(
+            Referral.risk_score > 0 if risk == "flagged" else Referral.risk_score == 0
+        )
+        query = query.where(Reward.referral_id.in_(scored))
     if referrer:  # the rewards of this referrer's referrals: their own and their friends'
         query = query.where(
             Reward.referral_id.in_(

@@ -17,6 +17,25 @@ from referral_service.models.referral import REWARD_STATUSES
 DEFAULT_RANGE = timedelta(days=30)
 
 
+def top_referrers(start: datetime, end: datetime, limit: int = 5) -> list[dict]:
+    """The referrers with the most conversions in `[start, end)`: `{external_id, name,
+    conversions}`, most first (ties by external id)."""
+    count = func.count(Referral.id)
+    rows = db.session.execute(
+        select(Customer.external_id, Customer.name, count)
+        .join(Referral, Referral.referrer_id == Customer.id)
+        .where(
+            Referral.status == "converted",
+            Referral.converted_at >= start,
+            Referral.converted_at < end,
+        )
+        .group_by(Customer.id, Customer.external_id, Customer.name)
+        .order_by(count.desc(), Customer.external_id)
+        .limit(limit)
+    )
+    return [{"external_id": e, "name": n, "conversions": c} for e, n, c in rows]
+
+
 def funnel(start: datetime | None = None, end: datetime | None = None, now=None) -> dict:
     """Counts in `[start, end)` (default: the last 30 days), in total and by channel.
 
