@@ -189,7 +189,8 @@ def dashboard():
 
 def bar_chart(steps: list[tuple[str, int]]) -> dict:
     """Geometry of a horizontal bar chart: one bar per step, widths relative to the largest."""
-    label_width, bar_space, bar_height, gap = 120, 360, 28, 12
+    # narrow enough that a phone (about 350 px) shows the labels near their real size
+    label_width, bar_space, bar_height, gap = 110, 220, 28, 12
     largest = max((value for _, value in steps), default=0) or 1
     bars = [
         {
