@@ -192,3 +192,12 @@ def shop(shop_key):
 def admin(admin_key):
     """Headers of a request made with an admin key."""
     return {"Authorization": f"Bearer {admin_key}"}
+
+
+@pytest.fixture(autouse=True)
+def quick_hashes(monkeypatch):
+    """Cheaper scrypt for the admins tests make (a stored hash names its own cost);
+    `test_password_hash_uses_owasp_parameters` undoes it and checks the real one."""
+    from referral_service.domain import admins
+
+    monkeypatch.setattr(admins, "SCRYPT_N", 2**10)

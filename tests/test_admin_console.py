@@ -23,19 +23,6 @@ PASSWORD = "correct horse battery"
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-@pytest.fixture(autouse=True)
-def quick_hashes(monkeypatch):
-    """Cheaper scrypt for the tests (stored hashes name their own parameters);
-    `test_password_hash_uses_owasp_parameters` checks the real ones."""
-    monkeypatch.setattr(admins, "SCRYPT_N", 2**10)
-
-
-@pytest.fixture
-def app(app):
-    app.config["WTF_CSRF_ENABLED"] = True
-    return app
-
-
 def make_admin(app, email="owner@example.com", role="owner", password=PASSWORD) -> int:
     with app.app_context():
         return admins.create(email, password, role).id

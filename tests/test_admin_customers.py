@@ -7,41 +7,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from referral_service.domain import admins, codes
+from referral_service.domain import codes
 from referral_service.errors import RevokedCode
 from referral_service.extensions import db
 from referral_service.models import AuditRecord, Referral, Reward, utcnow
 from tests.journey_helpers import buy, click, mature, refund, sign_up
+from tests.test_admin_console import TOKEN, signed_in_as, token
 
-PASSWORD = "correct horse battery"
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 HOSTILE = "<script>alert(1)</script>"
-
-
-@pytest.fixture(autouse=True)
-def quick_hashes(monkeypatch):
-    monkeypatch.setattr(admins, "SCRYPT_N", 2**10)
-
-
-@pytest.fixture
-def app(app):
-    app.config["WTF_CSRF_ENABLED"] = True
-    return app
-
-
-def token(client, path="/admin/login") -> str:
-    response = client.get(path)
-    assert response.status_code == 200, response.status_code
-    return TOKEN.search(response.get_data(as_text=True)).group(1)
-
-
-def signed_in_as(app, client, role="owner") -> str:
-    email = f"{role}@example.com"
-    with app.app_context():
-        admins.create(email, PASSWORD, role)
-    form = {"csrf_token": token(client), "email": email, "password": PASSWORD}
-    assert client.post("/admin/login", data=form).status_code == 302
-    return email
 
 
 def html(client, path) -> str:

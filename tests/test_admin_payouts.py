@@ -24,18 +24,6 @@ PASSWORD = "correct horse battery"
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-@pytest.fixture(autouse=True)
-def quick_hashes(monkeypatch):
-    """Cheaper scrypt for the tests (stored hashes name their own parameters)."""
-    monkeypatch.setattr(admins, "SCRYPT_N", 2**10)
-
-
-@pytest.fixture
-def app(app):
-    app.config["WTF_CSRF_ENABLED"] = True
-    return app
-
-
 def console(app, email: str, role: str = "approver"):
     """A test client of its own, signed in as a new admin."""
     with app.app_context():

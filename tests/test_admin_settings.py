@@ -8,30 +8,12 @@ import re
 import pytest
 from sqlalchemy import select
 
-from referral_service.domain import admins, audit, program
+from referral_service.domain import audit, program
 from referral_service.extensions import db
 from referral_service.models import ApiKey, AuditRecord
-from tests.test_admin_console import TOKEN, make_admin, sign_in, token
+from tests.test_admin_console import TOKEN, signed_in_as, token
 
 SECRET = re.compile(r'id="secret" class="secret" readonly value="([^"]+)"')
-
-
-@pytest.fixture(autouse=True)
-def quick_hashes(monkeypatch):
-    monkeypatch.setattr(admins, "SCRYPT_N", 2**10)
-
-
-@pytest.fixture
-def app(app):
-    app.config["WTF_CSRF_ENABLED"] = True
-    return app
-
-
-def signed_in_as(app, client, role="owner") -> str:
-    email = f"{role}@example.com"
-    make_admin(app, email, role)
-    assert sign_in(client, email).status_code == 302
-    return email
 
 
 def save(client, **fields):

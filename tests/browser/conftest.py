@@ -210,14 +210,6 @@ def screenshot(request, viewport):
     return save
 
 
-@pytest.fixture(autouse=True)
-def quick_hashes(monkeypatch):
-    """Cheaper scrypt for the admins the browser tests make (a stored hash names its own cost)."""
-    from referral_service.domain import admins
-
-    monkeypatch.setattr(admins, "SCRYPT_N", 2**10)
-
-
 @pytest.fixture
 def api(live_server):
     """Empty tables, and keys to the live server's API (see tests/browser/console.py)."""
