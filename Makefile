@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint format bench clean install install-dev
+.PHONY: run test lint format bench clean install install-dev translations
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=python3.x)")'
@@ -25,7 +25,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-run: install
+# the share and welcome pages' catalogs: .po (kept in git) compiled to .mo (the build does it too)
+translations: install
+	$(BIN)/pybabel -q compile -d referral_service/translations
+
+run: install translations
 	$(BIN)/referral-service db upgrade
 	@echo
 	@echo "The referral service is starting on http://$(HOST):$(PORT)"
@@ -37,7 +41,7 @@ run: install
 	@echo
 	$(BIN)/referral-service run --host $(HOST) --port $(PORT)
 
-test: install-dev
+test: install-dev translations
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

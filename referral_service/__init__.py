@@ -4,7 +4,7 @@ from flask import Flask, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from referral_service import config as settings
-from referral_service import logs, rate_limits
+from referral_service import i18n, logs, rate_limits
 from referral_service.admin import blp as admin_blp
 from referral_service.api import BLUEPRINTS
 from referral_service.api.auth import SECURITY_SCHEME
@@ -15,7 +15,7 @@ from referral_service.domain.fraud import DisposableDomains, EvidenceKeys
 from referral_service.domain.health import MIGRATIONS
 from referral_service.domain.qr import QrCache
 from referral_service.errors import register_error_handlers
-from referral_service.extensions import api, csrf, db, migrate
+from referral_service.extensions import api, babel, csrf, db, migrate
 from referral_service.public.views import blp as public_blp
 from referral_service.security import register_body_limit, register_security_headers
 from referral_service.sessions import CookieSessions
@@ -58,6 +58,7 @@ def register_extensions(app: Flask) -> None:
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME["bearerAuth"])
     rate_limits.init_app(app)
     csrf.init_app(app)
+    babel.init_app(app, locale_selector=i18n.select_locale, default_timezone="UTC")
 
 
 def register_services(app: Flask) -> None:

@@ -56,6 +56,29 @@ class RevokedCode(NotFound):
     message = "This referral code has been revoked."
 
 
+class InvalidLink(NotFound):
+    """A share-page link that fails its signature: forged, mistyped or cut short."""
+
+    code = "invalid_link"
+    message = "This link is not valid."
+
+
+class LinkExpired(ReferralError):
+    """A share-page link whose time is up; the shop can send a new one.
+
+    `customer_id` names whom it was for (its signature held), so that the page can say it in
+    their language.
+    """
+
+    status = 410
+    code = "link_expired"
+    message = "This link has expired."
+
+    def __init__(self, message: str | None = None, customer_id: int | None = None):
+        super().__init__(message)
+        self.customer_id = customer_id
+
+
 class Conflict(ReferralError):
     """The request clashes with the current state (or with another request in flight)."""
 
@@ -118,6 +141,7 @@ HTTP_CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",

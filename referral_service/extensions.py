@@ -1,5 +1,6 @@
 """Unbound extension singletons; `create_app` binds them to an application."""
 
+from flask_babel import Babel
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -28,3 +29,5 @@ api = ReferralApi()
 limiter = Limiter(key_func=get_remote_address)
 # CSRF tokens for the admin console's forms; its blueprint checks them (the API uses bearer keys)
 csrf = CSRFProtect()
+# the public pages' languages (i18n.py chooses one per request; catalogs in translations/)
+babel = Babel()

@@ -18,8 +18,14 @@ def base_url() -> str:
 
 
 def share_url(code: str, via: str | None = None) -> str:
+    """A code's share link, with the channel it is shared through."""
     url = f"{base_url()}/r/{code}"
     return f"{url}?via={via}" if via else url
+
+
+def portal_url(token: str) -> str:
+    """The address of a customer's share page, from a signed link token."""
+    return f"{base_url()}/share/{token}"
 
 
 def referral_block(code: str) -> dict:

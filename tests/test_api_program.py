@@ -19,6 +19,9 @@ DEFAULTS = {
     "velocity_window_hours": 24,
     "coupon_sites": [],
     "risk_retention_days": 90,
+    "landing_mode": "redirect",
+    "default_locale": "en",
+    "share_messages": {},
 }
 
 

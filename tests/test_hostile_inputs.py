@@ -147,6 +147,30 @@ TABLE = {
     "program nothing to change": program({}, "_schema"),
     "program coupon site not a host": program({"coupon_sites": ["not a host"]}, "coupon_sites"),
     "program shop key": Hostile("patch", "/api/v1/program", {"paused": True}, 403, key="shop"),
+    "program landing mode unknown": program({"landing_mode": "iframe"}, "landing_mode"),
+    "program default locale unknown": program({"default_locale": "xx"}, "default_locale"),
+    "program share message language": program(
+        {"share_messages": {"../etc": "hi"}}, "share_messages.../etc"
+    ),
+    "program share message bidi": program(
+        {"share_messages": {"pl": "a\u202eb"}}, "share_messages.pl"
+    ),
+    "program share message surrogate": program(
+        {"share_messages": {"hu": "\ud800"}}, "share_messages.hu"
+    ),
+    # --- portal links
+    "portal link expiry as string": Hostile(
+        "post", "/api/v1/customers/ref-1/portal-link", {"expires_in": "60"}, 422, "expires_in"
+    ),
+    "portal link expiry too long": Hostile(
+        "post", "/api/v1/customers/ref-1/portal-link", {"expires_in": 10**12}, 422, "expires_in"
+    ),
+    "portal link body an array": Hostile(
+        "post", "/api/v1/customers/ref-1/portal-link", [60], 422, "_schema"
+    ),
+    "portal link unknown customer": Hostile(
+        "post", "/api/v1/customers/nobody/portal-link", {}, 404
+    ),
     # --- rewards and payouts
     "approve note as number": Hostile(
         "post", "/api/v1/rewards/{pending}/approve", {"note": 5}, 422, "note"

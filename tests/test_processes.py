@@ -116,7 +116,8 @@ def test_gunicorn_clean_shutdown_keeps_every_click(tmp_path):
 
 
 def test_wheel_installs_and_runs_from_any_directory(tmp_path):
-    """`pip install .` then `referral-service db upgrade` and `run` work outside the checkout."""
+    """`pip install .` then `referral-service db upgrade` and `run` work outside the checkout;
+    the wheel holds the compiled translation catalogs."""
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
@@ -142,6 +143,17 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
         timeout=300,
     )
     assert (target / "referral_service" / "migrations" / "versions").is_dir()
+    # the build compiled every catalog (setup.py), and the compiled one speaks the language
+    from babel.support import Translations
+
+    from referral_service.domain.program import LANGUAGES
+
+    for language in LANGUAGES:
+        mo = target / "referral_service" / "translations" / language / "LC_MESSAGES" / "messages.mo"
+        with open(mo, "rb") as compiled:
+            translations = Translations(compiled)
+        if language != "en":
+            assert translations.gettext("Go to the shop") != "Go to the shop", language
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     port = free_port()

@@ -7,9 +7,9 @@ from flask.views import MethodView
 from referral_service.api import schemas
 from referral_service.api.auth import requires
 from referral_service.api.blueprint import Blueprint
-from referral_service.domain import customers
+from referral_service.domain import customers, portal
 from referral_service.errors import ErrorEnvelope
-from referral_service.links import referral_block
+from referral_service.links import portal_url, referral_block
 
 blp = Blueprint(
     "customers",
@@ -64,3 +64,27 @@ class RotateCode(MethodView):
     def post(self, external_id):
         """Revoke the customer's code and issue a new one; the old code no longer attributes."""
         return referral_block(customers.rotate_code(external_id).code)
+
+
+@blp.route(
+    "/<external_id>/portal-link",
+    parameters=[schemas.customer_id_parameter("external_id")],
+)
+class PortalLink(MethodView):
+    """A link to the customer's share page."""
+
+    @requires(blp, "shop")
+    @blp.arguments(schemas.PortalLinkIn(), required=False)
+    @blp.response(200, schemas.PortalLinkOut)
+    @blp.alt_response(404, **UNKNOWN)
+    @blp.alt_response(422, schema=ErrorEnvelope, description="A malformed id or `expires_in`.")
+    def post(self, body, external_id):
+        """A signed link to the customer's share page that works for `expires_in` seconds.
+
+        The page shows the customer's code, share link, QR code and share buttons, their friends'
+        progress and their rewards, in their language. Links are not stored: send a new one
+        whenever the customer needs it. An expired or forged link shows a friendly page (410 or
+        404).
+        """
+        link = portal.issue_link(external_id, (body or {}).get("expires_in"))
+        return {"url": portal_url(link.token), "expires_at": link.expires_at}

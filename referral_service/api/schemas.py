@@ -15,11 +15,12 @@ import re
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from referral_service.domain import customers, fraud, program
+from referral_service.domain import customers, fraud, portal, program
 from referral_service.domain.money import AMOUNT_PATTERN, CURRENCIES
 from referral_service.domain.pages import MAX_ID, MAX_LIMIT
 from referral_service.domain.rewards import MAX_ORDER_ID
 from referral_service.errors import ValidationFailed
+from referral_service.models.program import LANDING_MODES
 from referral_service.models.referral import REFERRAL_STATUSES, REWARD_STATUSES
 
 # C0 controls but tab, newline and carriage return; DEL
@@ -30,6 +31,7 @@ NOT_BLANK_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}\s][^{_CONTROL}]*$"
 IDENTIFIER_PATTERN = r"^[^\x00-\x20\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f])?$"
 EXTERNAL_ID_PATTERN = r"^[^\x00-\x20\x7f-\x9f/]([^\x00-\x1f\x7f-\x9f/]*[^\x00-\x20\x7f-\x9f/])?$"
 PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+MESSAGE_PATTERN = r"^[^\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"  # printable, and line breaks
 LOCALE_PATTERN = r"^([A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*)?$"
 EMAIL_PATTERN = (  # what email-validator adds to `format: email`: no quotes, no IP, no test TLDs
     r"^(?!.*\.(arpa|invalid|local|localhost|onion|test)$)"
@@ -90,6 +92,12 @@ def printable(value: str) -> None:
     """Refuse control, formatting and separator characters other than the plain space."""
     if not value.isprintable():
         raise ValidationError("Must hold printable characters only.")
+
+
+def printable_lines(value: str) -> None:
+    """Printable characters and line breaks."""
+    if not value.replace("\r\n", "\n").replace("\n", " ").isprintable():
+        raise ValidationError("Must hold printable characters and line breaks only.")
 
 
 def no_end_spaces(value: str) -> None:
@@ -302,6 +310,27 @@ class CustomerOut(Schema):
     referral = fields.Nested(ReferralBlock, required=True)
 
 
+class PortalLinkIn(StrictSchema):
+    """`POST /customers/<id>/portal-link`: how long the link works."""
+
+    expires_in = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(portal.MIN_EXPIRES_IN, portal.MAX_EXPIRES_IN),
+        metadata={
+            "description": "Seconds until the link stops working: 60 to 31536000 (a year); "
+            "absent or null: 30 days."
+        },
+    )
+
+
+class PortalLinkOut(Schema):
+    """A signed, expiring link to the customer's share page."""
+
+    url = fields.String(required=True)
+    expires_at = fields.AwareDateTime(required=True)
+
+
 class CustomerWithStats(CustomerOut):
     """A customer with their referral block and stats."""
 
@@ -371,6 +400,51 @@ class ProgramSettings(Schema):
             "(`referral-service risk purge` empties older ones)."
         }
     )
+    landing_mode = fields.String(
+        metadata={
+            "description": "`redirect`: a share link goes straight to the landing page; "
+            "`welcome`: it first shows the friend a welcome page naming the referrer and the "
+            "friend's offer, with a button to the landing page.",
+            "enum": ["redirect", "welcome"],
+        }
+    )
+    default_locale = fields.String(
+        metadata={
+            "description": "The language of the share and welcome pages when neither `?lang=`, "
+            "the customer's locale nor the browser's languages pick one.",
+            "enum": list(program.LANGUAGES),
+        }
+    )
+    share_messages = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={
+            "description": 'The share message per language (`{"pl": "..."}`); a language '
+            "not listed uses the built-in message. Share buttons add the link after it."
+        },
+    )
+
+
+def share_message():
+    return fields.String(
+        allow_none=True,
+        validate=[
+            validate.Length(max=program.MAX_SHARE_MESSAGE),
+            validate.Regexp(MESSAGE_PATTERN, error="Must not contain control characters."),
+            no_surrogates,
+            printable_lines,
+        ],
+        metadata={"format": "printable"},
+    )
+
+
+ShareMessages = StrictSchema.from_dict(
+    {language: share_message() for language in program.LANGUAGES}, name="ShareMessages"
+)
+ShareMessages.__doc__ = (
+    "The share message of each language: at most 280 printable characters, line breaks allowed; "
+    "the share link is added after it."
+)
 
 
 class ProgramPatch(StrictSchema):
@@ -413,6 +487,15 @@ class ProgramPatch(StrictSchema):
         validate=[validate.Length(max=program.MAX_COUPON_SITES), host_names],
     )
     risk_retention_days = fields.Integer(strict=True, validate=validate.Range(1, program.MAX_DAYS))
+    landing_mode = fields.String(validate=validate.OneOf(LANDING_MODES))
+    default_locale = fields.String(validate=validate.OneOf(program.LANGUAGES))
+    share_messages = fields.Nested(
+        ShareMessages,
+        metadata={
+            "description": "Share messages by language; a language left out keeps its message, "
+            "null or blank gives it the built-in one."
+        },
+    )
 
     OPENAPI = {"minProperties": 1}
 

@@ -137,7 +137,8 @@ def add_code(customer_id: int) -> str:
     return code
 
 
-def _active_code(customer_id: int) -> str | None:
+def active_code(customer_id: int) -> str | None:
+    """The customer's code that is not revoked, if any."""
     return db.session.scalar(
         select(ReferralCode.code).where(
             ReferralCode.customer_id == customer_id, ReferralCode.revoked_at.is_(None)
@@ -159,7 +160,8 @@ def _card(customer: Customer, code: str, created: bool = False, stats=None) -> C
     )
 
 
-def _find(external_id: str) -> Customer:
+def find(external_id: str) -> Customer:
+    """The customer with this external id; raises NotFound."""
     customer = db.session.scalar(select(Customer).where(Customer.external_id == external_id))
     if customer is None:
         raise NotFound(f"No customer with external_id {external_id!r}.")
@@ -202,15 +204,15 @@ def _enrol(external_id: str, values: dict) -> CustomerCard:
             for key, value in values.items():
                 setattr(customer, key, value)
             customer.updated_at = now
-        code = _active_code(customer.id) or add_code(customer.id)
+        code = active_code(customer.id) or add_code(customer.id)
     db.session.commit()
     return _card(customer, code, created=created)
 
 
 def get(external_id: str) -> CustomerCard:
     """The customer with its active code and stats; raises NotFound."""
-    customer = _find(check_external_id(external_id))
-    return _card(customer, _active_code(customer.id), stats=customer_stats(customer.id))
+    customer = find(check_external_id(external_id))
+    return _card(customer, active_code(customer.id), stats=customer_stats(customer.id))
 
 
 def names_of(external_ids) -> dict[str, str | None]:
@@ -237,7 +239,7 @@ def rotate_code(external_id: str, actor: str | None = None) -> CustomerCard:
     if customer is None:
         db.session.rollback()
         raise NotFound(f"No customer with external_id {external_id!r}.")
-    old_code = _active_code(customer.id)
+    old_code = active_code(customer.id)
     db.session.execute(
         update(ReferralCode)
         .where(ReferralCode.customer_id == customer.id, ReferralCode.revoked_at.is_(None))

@@ -13,13 +13,16 @@ from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Program
 from referral_service.models.base import begin_write
-from referral_service.models.program import REWARD_TYPES
+from referral_service.models.program import LANDING_MODES, REWARD_TYPES
 
 OFFER_TYPES = ("fixed", "percent", "free_shipping")
 MAX_DAYS = 3650
 MAX_COUPON_SITES = 500
 _HOST = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 _PERCENT_MAX = Decimal(100)
+# the languages of the share page and the welcome page (each has a catalog in translations/)
+LANGUAGES = ("en", "pl", "hu", "el", "bg")
+MAX_SHARE_MESSAGE = 280
 
 
 def _program() -> Program:
@@ -74,6 +77,9 @@ def as_dict(program: Program) -> dict:
         "velocity_window_hours": program.velocity_window_hours,
         "coupon_sites": list(program.coupon_sites or []),
         "risk_retention_days": program.risk_retention_days,
+        "landing_mode": program.landing_mode,
+        "default_locale": program.default_locale,
+        "share_messages": dict(sorted((program.share_messages or {}).items())),
     }
 
 
@@ -213,6 +219,43 @@ def _check_sites(value) -> list[str]:
     return sorted(set(sites))
 
 
+def _check_choice(value, field: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValidationFailed(fields={field: [f"Must be one of: {', '.join(choices)}."]})
+    return value
+
+
+def _check_messages(value) -> dict[str, str]:
+    """The share message per language: `{"pl": "..."}`; a language left out (or null) gets the
+    built-in message of its catalog."""
+    field = "share_messages"
+    if not isinstance(value, dict):
+        raise ValidationFailed(fields={field: ['Must be an object such as {"pl": "..."}.']})
+    messages, problems = {}, {}
+    for language, text in value.items():
+        if language not in LANGUAGES:
+            problems[f"{field}.{language}"[:80]] = [
+                f"Not a language of the pages: use {', '.join(LANGUAGES)}."
+            ]
+            continue
+        if text is not None and not isinstance(text, str):
+            problems[f"{field}.{language}"] = ["Must be a string, or null for the built-in one."]
+            continue
+        text = (text or "").replace("\r\n", "\n").strip()
+        if not text:
+            continue  # blank: the built-in message
+        if len(text) > MAX_SHARE_MESSAGE or not text.replace("\n", " ").isprintable():
+            problems[f"{field}.{language}"] = [
+                f"At most {MAX_SHARE_MESSAGE} printable characters (line breaks allowed); "
+                "the share link is added after the message."
+            ]
+        else:
+            messages[language] = text
+    if problems:
+        raise ValidationFailed(fields=problems)
+    return messages
+
+
 def update(changes: dict, actor: str | None = None) -> dict:
     """Apply some settings; the result is validated as a whole and saved at once, or not at all.
 
@@ -224,6 +267,8 @@ def update(changes: dict, actor: str | None = None) -> dict:
     program = _program()
     before = as_dict(program)
     merged = {**before, **changes}
+    if isinstance(changes.get("share_messages"), dict):  # a language left out keeps its message
+        merged["share_messages"] = {**before["share_messages"], **changes["share_messages"]}
     problems: dict[str, list[str]] = {}
 
     def check(fn, *args):
@@ -266,6 +311,13 @@ def update(changes: dict, actor: str | None = None) -> dict:
         _check_whole, merged["risk_retention_days"], "risk_retention_days", 1, MAX_DAYS, "days"
     )
     values["coupon_sites"] = check(_check_sites, merged["coupon_sites"])
+    values["landing_mode"] = check(
+        _check_choice, merged["landing_mode"], "landing_mode", LANDING_MODES
+    )
+    values["default_locale"] = check(
+        _check_choice, merged["default_locale"], "default_locale", LANGUAGES
+    )
+    values["share_messages"] = check(_check_messages, merged["share_messages"])
     if not isinstance(merged["paused"], bool):
         problems["paused"] = ["Must be true or false."]
     values["paused"] = merged["paused"]

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from referral_service.models.base import Base, DecimalString
 
 REWARD_TYPES = ("fixed", "percent", "none")
+LANDING_MODES = ("redirect", "welcome")
 
 
 class Program(Base):
@@ -25,6 +26,7 @@ class Program(Base):
             "max_rewards_per_referrer_per_month IS NULL OR max_rewards_per_referrer_per_month >= 0",
             name="monthly_cap",
         ),
+        CheckConstraint("landing_mode IN ('redirect', 'welcome')", name="landing_mode"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
@@ -49,3 +51,7 @@ class Program(Base):
     velocity_window_hours: Mapped[int] = mapped_column(Integer, default=24)
     coupon_sites: Mapped[list] = mapped_column(JSON, default=list)
     risk_retention_days: Mapped[int] = mapped_column(Integer, default=90)
+    # the pages customers and their friends see (public/)
+    landing_mode: Mapped[str] = mapped_column(String(10), default="redirect")
+    default_locale: Mapped[str] = mapped_column(String(5), default="en")
+    share_messages: Mapped[dict] = mapped_column(JSON, default=dict)

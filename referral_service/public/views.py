@@ -1,19 +1,30 @@
-"""`/r/<code>` and its QR images, the built-in landing page, `/healthz` and `/readyz`."""
+"""`/r/<code>` (a redirect, or the friend's welcome page) and its QR images, the customer's share
+page, the built-in landing page, `/healthz` and `/readyz`."""
 
+import re
 from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from flask import current_app, render_template, request
+from flask import current_app, g, render_template, request, url_for
 from flask.views import MethodView
+from flask_babel import gettext
 from flask_smorest import Blueprint
 from itsdangerous import TimestampSigner
 
-from referral_service.domain import codes, fraud, health, program
+from referral_service.domain import codes, fraud, health, portal, program
 from referral_service.domain.qr import MAX_SIZE, MIN_SIZE, check_size
-from referral_service.errors import ErrorEnvelope, InvalidCode, NotFound, RevokedCode
-from referral_service.links import base_url, share_url
+from referral_service.errors import (
+    ErrorEnvelope,
+    InvalidCode,
+    InvalidLink,
+    LinkExpired,
+    NotFound,
+    RevokedCode,
+)
+from referral_service.i18n import LANGUAGE_NAMES, use_language
+from referral_service.links import base_url, referral_block, share_url
 from referral_service.models import utcnow
-from referral_service.public import schemas
+from referral_service.public import schemas, sharing
 from referral_service.rate_limits import RATE_LIMITED, per_address
 
 blp = Blueprint("public", __name__, description="Share links, QR codes and health checks.")
@@ -50,11 +61,13 @@ def _landing_prefix(landing: str) -> tuple[str, str]:
 
 
 def _landing(code: str | None = None, click_id: str | None = None) -> str:
-    """The landing page's address, with `ref` and `click_id` when there is an attribution."""
+    """The landing page's address, with `ref` (and `click_id`) when there is an attribution."""
     landing = program.settings()["landing_url"] or f"{base_url()}/landing"
     if code is None:
         return _landing_prefix(landing)[0]
     url, separator = _landing_prefix(landing)
+    if click_id is None:
+        return f"{url}{separator}ref={code}"
     return f"{url}{separator}ref={code}&click_id={click_id}"  # both URL-safe by construction
 
 
@@ -81,6 +94,29 @@ REF = {
     "schema": {"type": "string"},
     "description": "The referral code the share link added (shown, at most 64 characters).",
 }
+LANG = {
+    "in": "query",
+    "name": "lang",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The page's language: en, pl, hu, el or bg (else the browser's languages, "
+    "then the program's `default_locale`).",
+}
+
+
+def html_page(description: str) -> dict:
+    """The OpenAPI answer of an HTML page."""
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+CLICK_ID = {
+    "in": "query",
+    "name": "click_id",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The click the welcome page was shown for (its language switcher keeps it).",
+}
+_CLICK_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 SIZE = {
     "in": "query",
     "name": "size",
@@ -94,19 +130,24 @@ SIZE = {
 class ShareLink(MethodView):
     """A visit of a share link."""
 
-    @blp.doc(parameters=[VIA])
+    @blp.doc(parameters=[VIA, LANG])
     @blp.response(
+        200, description="The welcome page (`landing_mode: welcome`).", content_type="text/html"
+    )
+    @blp.alt_response(
         302,
         description="To the landing page, with `ref` and `click_id` when the "
         "code is valid; without them when it is forged or revoked.",
     )
     @blp.alt_response(429, **RATE_LIMITED)
     def get(self, code):
-        """Record a click and redirect to the landing page.
+        """Record a click and redirect to the landing page, or show the friend's welcome page.
 
-        A forged, mistyped or revoked code still lands the visitor on the landing page, without
-        attribution: a friend never meets a broken link. The click id is also kept in a signed
-        cookie for the attribution window.
+        With the program's `landing_mode` at `welcome`, a valid code gets a page (200) naming the
+        referrer by first name and the friend's offer, in the visitor's language, with a button to
+        the landing page carrying `ref` and `click_id`. A forged, mistyped or revoked code still
+        lands the visitor on the landing page, without attribution: a friend never meets a
+        broken link. The click id is also kept in a signed cookie for the attribution window.
         """
         try:
             active = codes.lookup(code)
@@ -117,7 +158,10 @@ class ShareLink(MethodView):
         click_id = current_app.extensions["clicks"].record(
             active.code_id, active.referrer_id, request.args.get("via"), utcnow(), seen
         )
-        response = _redirect(_landing(active.code, click_id))
+        if program.settings()["landing_mode"] == "welcome":
+            response = _welcome(active, click_id)
+        else:
+            response = _redirect(_landing(active.code, click_id))
         response.set_cookie(
             CLICK_COOKIE,
             click_cookie_signer().sign(click_id).decode(),
@@ -174,7 +218,113 @@ class QrSvg(MethodView):
         return _qr(code, "svg", request.args.get("size"))
 
 
-per_address(blp, ShareLink, QrPng, QrSvg)
+def _page(template: str, status: int = 200, switch: tuple[str, dict] | None = None, **context):
+    """An HTML page of the share or welcome family: private, never cached, never indexed.
+
+    Its language switcher links to `switch` (an endpoint and its values; this page by default)
+    with `lang` added.
+    """
+    endpoint, values = switch or (request.endpoint, request.view_args or {})
+    languages = [
+        (code, name, url_for(endpoint, **values, lang=code))
+        for code, name in LANGUAGE_NAMES.items()
+    ]
+    html = render_template(template, language=g.language, languages=languages, **context)
+    response = current_app.response_class(html, status=status, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"  # the page's address never leaves it
+    response.headers["X-Robots-Tag"] = "noindex"
+    return response
+
+
+def _welcome(active: codes.ActiveCode, click_id: str | None):
+    """The friend's welcome page for a valid code."""
+    use_language()
+    settings = program.settings()
+    return _page(
+        "public/welcome.html",
+        switch=(
+            "public.Welcome",
+            {"code": active.code, **({"click_id": click_id} if click_id else {})},
+        ),
+        referrer=portal.first_name_of(active.referrer_id),
+        offer=sharing.friend_offer(settings["friend_offer"], settings["currency"], for_friend=True),
+        offer_description=(settings["friend_offer"] or {}).get("description"),
+        shop_url=_landing(active.code, click_id),
+        days=settings["attribution_window_days"],
+    )
+
+
+@blp.route("/r/<code>/welcome")
+class Welcome(MethodView):
+    """The friend's welcome page again, in another language, for a click already recorded."""
+
+    @blp.doc(parameters=[LANG, CLICK_ID])
+    @blp.response(200, description="The welcome page.", content_type="text/html")
+    @blp.alt_response(302, description="To the landing page, for a forged or revoked code.")
+    @blp.alt_response(429, **RATE_LIMITED)
+    def get(self, code):
+        """The welcome page of a code, without recording another click (the language switcher)."""
+        try:
+            active = codes.lookup(code)
+        except (InvalidCode, NotFound):
+            return _redirect(_landing())
+        click_id = request.args.get("click_id", "")
+        return _welcome(active, click_id if _CLICK_ID.fullmatch(click_id) else None)
+
+
+@blp.route("/share/<token>")
+class SharePage(MethodView):
+    """The customer's own share page, reached through a signed link (`portal-link`)."""
+
+    @blp.doc(
+        parameters=[LANG],
+        responses={
+            "404": html_page("A forged or damaged link: a page saying so."),
+            "410": html_page("An expired link: a page saying so."),
+        },
+    )
+    @blp.response(200, description="The share page.", content_type="text/html")
+    @blp.alt_response(429, **RATE_LIMITED)
+    def get(self, token):
+        """The customer's code, link, QR code, share buttons, friends and rewards.
+
+        In the language of `?lang=`, else the customer's `locale`, else the browser's, else the
+        program's `default_locale`. An expired or forged link gets a friendly page saying so.
+        """
+        try:
+            page = portal.share_page(portal.open_link(token))
+        except LinkExpired as expired:
+            use_language(portal.locale_of(expired.customer_id))
+            return _page("public/link_problem.html", 410, expired=True)
+        except InvalidLink:
+            use_language()
+            return _page("public/link_problem.html", 404, expired=False)
+        language = use_language(page.locale)
+        settings = program.settings()
+        message = sharing.share_message(settings["share_messages"], language)
+        subject = (
+            gettext("An invitation from %(name)s", name=page.first_name)
+            if page.first_name
+            else gettext("An invitation for you")
+        )
+        return _page(
+            "public/share.html",
+            page=page,
+            currency=settings["currency"],
+            referral=referral_block(page.code),
+            copy_link=share_url(page.code, "copy"),
+            web_share_link=share_url(page.code, "share"),
+            message=message,
+            channels=sharing.channels(page.code, message, subject),
+            reward=sharing.referrer_reward(settings["referrer_reward"], settings["currency"]),
+            offer=sharing.friend_offer(
+                settings["friend_offer"], settings["currency"], for_friend=False
+            ),
+        )
+
+
+per_address(blp, ShareLink, QrPng, QrSvg, Welcome, SharePage)
 
 
 @blp.route("/landing")

@@ -251,7 +251,8 @@ def test_sign_in_with_the_keyboard_alone(page, live_server, api):
     focused = (
         "document.activeElement && (document.activeElement.id || document.activeElement.tagName)"
     )
-    assert page.evaluate(focused) == "email"  # autofocus
+    # autofocus: Chromium applies it once the page has settled, not always by `goto`'s end
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'email'")
     page.keyboard.type(email)
     page.keyboard.press("Tab")
     assert page.evaluate(focused) == "password"

@@ -1,0 +1,251 @@
+"""The customer's share page: signed, expiring links to it, and what it shows.
+
+A link names the customer and its expiry, signed with itsdangerous under the secret key and
+a salt of its own (keys in `SECRET_KEY_FALLBACKS` still verify). Nothing is stored: a link lives
+until it expires, and the page always shows the customer's current code. Friends' names are
+masked (`Anna Kowalska` -> `A*** K.`), since a referrer need not know their friends' full names.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from flask import current_app
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import aliased
+
+from referral_service.domain.customers import active_code, check_external_id, find
+from referral_service.domain.money import from_minor
+from referral_service.errors import InvalidLink, LinkExpired, ValidationFailed
+from referral_service.extensions import db
+from referral_service.models import Customer, Referral, Reward, utcnow
+
+SALT = "referral-service.portal-link"
+DEFAULT_EXPIRES_IN = 30 * 86400
+MIN_EXPIRES_IN = 60
+MAX_EXPIRES_IN = 365 * 86400
+LIST_LIMIT = 50
+# how a reward's status counts in the totals of the page
+TOTALS = {
+    "pending": "in_progress",
+    "awaiting_approval": "in_progress",
+    "approved": "approved",
+    "paid": "paid",
+}
+
+
+@dataclass
+class PortalLink:
+    """A signed link's token and the time it stops working."""
+
+    token: str
+    expires_at: datetime
+
+
+@dataclass
+class FriendProgress:
+    """One friend as their referrer sees them."""
+
+    name: str
+    status: str  # the referral's: attributed, converted, rejected
+    signed_up_at: datetime
+    converted_at: datetime | None
+    reward_status: str | None
+
+
+@dataclass
+class RewardLine:
+    """One of the customer's rewards."""
+
+    amount: Decimal
+    currency: str
+    status: str
+    beneficiary: str  # referrer: for a friend's purchase; friend: the customer's own welcome
+    friend: str | None
+    created_at: datetime
+    available_at: datetime
+
+
+@dataclass
+class SharePage:
+    """What the share page shows, in plain values (the page formats them for its language)."""
+
+    first_name: str | None
+    locale: str | None
+    code: str
+    friends: list[FriendProgress]
+    friends_total: int
+    rewards: list[RewardLine]
+    rewards_total: int
+    # "in_progress" / "approved" / "paid" -> [(amount, currency)], one per currency
+    totals: dict[str, list[tuple[Decimal, str]]] = field(default_factory=dict)
+
+
+def _serializer() -> URLSafeSerializer:
+    serializer = current_app.extensions.get("portal_links")
+    if serializer is None:
+        keys = [
+            *reversed(current_app.config.get("SECRET_KEY_FALLBACKS") or []),
+            current_app.secret_key,
+        ]
+        serializer = current_app.extensions["portal_links"] = URLSafeSerializer(keys, salt=SALT)
+    return serializer
+
+
+def check_expires_in(value) -> int:
+    """Seconds from 60 to a year (30 days when absent); raises ValidationFailed."""
+    if value is None:
+        return DEFAULT_EXPIRES_IN
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed(fields={"expires_in": ["Must be a whole number of seconds."]})
+    if not MIN_EXPIRES_IN <= value <= MAX_EXPIRES_IN:
+        raise ValidationFailed(
+            fields={
+                "expires_in": [f"Must be {MIN_EXPIRES_IN} to {MAX_EXPIRES_IN} seconds (a year)."]
+            }
+        )
+    return value
+
+
+def issue_link(external_id: str, expires_in: int | None = None) -> PortalLink:
+    """A signed link to a customer's share page.
+
+    Raises NotFound for an unknown customer and ValidationFailed for an `expires_in` out of range.
+    """
+    seconds = check_expires_in(expires_in)
+    customer = find(check_external_id(external_id))
+    expires_at = (utcnow() + timedelta(seconds=seconds)).replace(microsecond=0)
+    token = _serializer().dumps([customer.id, int(expires_at.timestamp())])
+    return PortalLink(token=token, expires_at=expires_at)
+
+
+def open_link(token: str) -> int:
+    """The id of the customer a link names.
+
+    Raises InvalidLink for a forged or damaged token (or one naming a deleted customer) and
+    LinkExpired for one past its time.
+    """
+    try:
+        customer_id, expires = _serializer().loads(token)
+    except (BadSignature, ValueError, TypeError):
+        raise InvalidLink() from None
+    if not isinstance(customer_id, int) or not isinstance(expires, int):
+        raise InvalidLink()
+    if utcnow().timestamp() >= expires:
+        raise LinkExpired(customer_id=customer_id)
+    return customer_id
+
+
+def mask_name(name: str | None, email: str) -> str:
+    """A friend's name as their referrer sees it: `A*** K.` (initials), or `a***` from the email."""
+    words = (name or "").split()
+    if not words:
+        return email[:1].lower() + "***"
+    masked = words[0][:1].upper() + "***"
+    return f"{masked} {words[-1][:1].upper()}." if len(words) > 1 else masked
+
+
+def first_name(name: str | None) -> str | None:
+    """The first word of a customer's name, shown to the friends they invite."""
+    words = (name or "").split()
+    return words[0] if words else None
+
+
+def share_page(customer_id: int) -> SharePage:
+    """What a customer's share page shows: their code, their friends' progress and their rewards.
+
+    The newest LIST_LIMIT friends and rewards are listed; the totals count them all. Raises
+    InvalidLink when the customer is gone.
+    """
+    customer = db.session.get(Customer, customer_id)
+    code = active_code(customer_id) if customer is not None else None
+    if customer is None or code is None:
+        raise InvalidLink()
+    friend = aliased(Customer)
+    friends = db.session.execute(
+        select(
+            friend.name,
+            friend.email,
+            Referral.status,
+            Referral.attributed_at,
+            Referral.converted_at,
+            Reward.status,
+        )
+        .join(friend, friend.id == Referral.friend_id)
+        .outerjoin(
+            Reward, and_(Reward.referral_id == Referral.id, Reward.customer_id == customer_id)
+        )
+        .where(Referral.referrer_id == customer_id)
+        .order_by(Referral.attributed_at.desc(), Referral.id.desc())
+        .limit(LIST_LIMIT)
+    ).all()
+    friends_total = db.session.scalar(
+        select(func.count()).select_from(Referral).where(Referral.referrer_id == customer_id)
+    )
+    rewards = db.session.execute(
+        select(Reward, friend.name, friend.email)
+        .join(Referral, Referral.id == Reward.referral_id)
+        .join(friend, friend.id == Referral.friend_id)
+        .where(Reward.customer_id == customer_id)
+        .order_by(Reward.created_at.desc(), Reward.id.desc())
+        .limit(LIST_LIMIT)
+    ).all()
+    sums = db.session.execute(
+        select(Reward.status, Reward.currency, func.sum(Reward.amount_minor), func.count())
+        .where(Reward.customer_id == customer_id)
+        .group_by(Reward.status, Reward.currency)
+    ).all()
+    totals: dict[str, dict[str, int]] = {}
+    for status, currency, minor, _ in sums:
+        if status in TOTALS:
+            group = totals.setdefault(TOTALS[status], {})
+            group[currency] = group.get(currency, 0) + int(minor)
+    return SharePage(
+        first_name=first_name(customer.name),
+        locale=customer.locale,
+        code=code,
+        friends=[
+            FriendProgress(
+                name=mask_name(name, email),
+                status=status,
+                signed_up_at=attributed_at,
+                converted_at=converted_at,
+                reward_status=reward_status,
+            )
+            for name, email, status, attributed_at, converted_at, reward_status in friends
+        ],
+        friends_total=friends_total or 0,
+        rewards=[
+            RewardLine(
+                amount=Decimal(from_minor(reward.amount_minor, reward.currency)),
+                currency=reward.currency,
+                status=reward.status,
+                beneficiary=reward.beneficiary,
+                friend=mask_name(name, email) if reward.beneficiary == "referrer" else None,
+                created_at=reward.created_at,
+                available_at=reward.available_at,
+            )
+            for reward, name, email in rewards
+        ],
+        rewards_total=sum(count for *_, count in sums),
+        totals={
+            group: [
+                (Decimal(from_minor(minor, currency)), currency)
+                for currency, minor in sorted(by_currency.items())
+            ]
+            for group, by_currency in totals.items()
+        },
+    )
+
+
+def first_name_of(customer_id: int) -> str | None:
+    """A referrer's first name, for the welcome page their friends see."""
+    return first_name(db.session.scalar(select(Customer.name).where(Customer.id == customer_id)))
+
+
+def locale_of(customer_id: int | None) -> str | None:
+    """A customer's locale (None for an unknown one), for the pages said in their language."""
+    if customer_id is None:
+        return None
+    return db.session.scalar(select(Customer.locale).where(Customer.id == customer_id))
