@@ -181,6 +181,170 @@ def test_settings_without_csrf_token_are_refused(app, client):
     assert saved(app) == before and records(app) == []
 
 
+# --- the pages for customers and friends -------------------------------------------------------
+
+
+def textarea(html: str, input_id: str) -> str:
+    """The text of a textarea (the newline after its tag is the markup's, not the text's)."""
+    found = re.search(rf'<textarea id="{input_id}"[^>]*>\n?([^<]*)</textarea>', html)
+    return found.group(1)
+
+
+def test_owner_sets_the_pages_and_a_share_message(app, client, admin):
+    email = signed_in_as(app, client, "owner")
+    html = client.get("/admin/settings").get_data(as_text=True)
+    assert "<legend>Pages for customers and friends</legend>" in html
+    assert '<option value="pl" lang="pl">Polski</option>' in html  # each language by its name
+    assert '<option value="el" lang="el">Ελληνικά</option>' in html
+    assert 'name="share_messages.bg" rows="3" lang="bg"' in html
+    hint = re.search(r'<small id="set-share-messages-pl-hint" class="hint">([^<]*)<', html)
+    assert "Blank: the built-in message" in hint.group(1) and "link is added" in hint.group(1)
+    response = save(
+        client,
+        landing_mode="welcome",
+        default_locale="pl",
+        # a browser sends line breaks as CRLF; blank messages stay the built-in ones
+        **{"share_messages.pl": "  Polecam ten sklep!\r\nZobacz:  ", "share_messages.hu": ""},
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    api = client.get("/api/v1/program", headers=admin)
+    assert api.status_code == 200
+    assert api.json["landing_mode"] == "welcome" and api.json["default_locale"] == "pl"
+    assert api.json["share_messages"] == {"pl": "Polecam ten sklep!\nZobacz:"}
+    page = client.get("/admin/settings").get_data(as_text=True)
+    assert "Settings saved." in page
+    assert '<option value="welcome" selected>' in page
+    assert '<option value="pl" lang="pl" selected>Polski</option>' in page
+    assert textarea(page, "set-share-messages-pl") == "Polecam ten sklep!\nZobacz:"
+    assert textarea(page, "set-share-messages-hu") == ""
+    [record] = records(app)
+    assert (record.actor, record.action) == (f"admin:{email}", "program.update")
+    assert record.before == {
+        "landing_mode": "redirect",
+        "default_locale": "en",
+        "share_messages": {},
+    }
+    assert record.after == {
+        "landing_mode": "welcome",
+        "default_locale": "pl",
+        "share_messages": {"pl": "Polecam ten sklep!\nZobacz:"},
+    }
+    # the form as a browser sends it again, every message included: nothing changed
+    again = save(
+        client,
+        landing_mode="welcome",
+        default_locale="pl",
+        **{f"share_messages.{code}": "" for code in ("en", "hu", "el", "bg")},
+        **{"share_messages.pl": "Polecam ten sklep!\r\nZobacz:"},
+    )
+    assert again.status_code == 302 and len(records(app)) == 1
+    assert "Nothing to save" in client.get("/admin/settings").get_data(as_text=True)
+
+
+def test_a_changed_message_is_sent_alone_and_blank_restores_the_built_in(app, client, admin):
+    signed_in_as(app, client, "owner")
+    both = {"share_messages.pl": "Polecam!", "share_messages.el": "Σας το προτείνω!"}
+    assert save(client, **both).status_code == 302
+    # Hungarian added, Polish blanked (back to the built-in message), Greek as it was
+    response = save(
+        client,
+        **{
+            "share_messages.hu": "Ajánlom!",
+            "share_messages.pl": " ",
+            "share_messages.el": both["share_messages.el"],
+        },
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    messages = client.get("/api/v1/program", headers=admin).json["share_messages"]
+    assert messages == {"el": "Σας το προτείνω!", "hu": "Ajánlom!"}  # no "pl" key: built-in
+    first, second = records(app)
+    assert first.after["share_messages"] == {"el": "Σας το προτείνω!", "pl": "Polecam!"}
+    assert second.before["share_messages"] == first.after["share_messages"]
+    assert second.after["share_messages"] == messages
+    page = client.get("/admin/settings").get_data(as_text=True)
+    assert textarea(page, "set-share-messages-pl") == ""
+    assert textarea(page, "set-share-messages-hu") == "Ajánlom!"
+
+
+def test_only_the_changed_messages_are_sent(app):
+    from werkzeug.datastructures import MultiDict
+
+    from referral_service.admin.settings import parse_form
+
+    with app.app_context():
+        current = {**saved(app), "share_messages": {"el": "Γεια", "pl": "Polecam!"}}
+    form = MultiDict(
+        {
+            "share_messages.el": "Γεια",  # as it was
+            "share_messages.pl": "",  # blanked: null, the built-in message
+            "share_messages.hu": "Ajánlom!\r\nNézd meg:",  # new
+            "share_messages.bg": "",  # blank, and it was: no change
+            "landing_mode": current["landing_mode"],
+        }
+    )
+    typed, changes = parse_form(form, current)
+    assert changes == {"share_messages": {"pl": None, "hu": "Ajánlom!\nNézd meg:"}}
+    assert typed["share_messages.en"] == "" and typed["share_messages.el"] == "Γεια"
+
+
+def test_a_message_of_280_characters_with_line_breaks_is_kept(app, client, admin):
+    signed_in_as(app, client, "owner")
+    text = "a" * 139 + "\r\n" + "b" * 140  # 281 characters as sent, 280 as saved
+    assert save(client, **{"share_messages.bg": text}).status_code == 302
+    saved_text = client.get("/api/v1/program", headers=admin).json["share_messages"]["bg"]
+    assert saved_text == text.replace("\r\n", "\n") and len(saved_text) == 280
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x" * 281, "Longer than maximum length 280."),
+        ("Polecam\x07 ten sklep", "control characters"),
+        ("\x1b[31mPolecam", "control characters"),
+        ("Polecam\u202e ten sklep", "printable characters and line breaks only"),
+    ],
+)
+def test_a_bad_share_message_is_refused_at_its_input(app, client, text, message):
+    signed_in_as(app, client, "owner")
+    assert save(client, **{"share_messages.pl": "Polecam!"}).status_code == 302
+    before, audited = saved(app), len(records(app))
+    response = save(client, landing_mode="welcome", **{"share_messages.pl": text})
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "Nothing was saved" in html
+    error = re.search(r'<p id="set-share-messages-pl-error" class="field-error">([^<]*)</p>', html)
+    assert error and message in error.group(1), html
+    assert 'id="set-share-messages-hu-error"' not in html  # only at the input it belongs to
+    assert 'id="set-landing-mode-error"' not in html
+    field = re.search(r'<textarea id="set-share-messages-pl"[^>]*>', html).group(0)
+    assert "set-share-messages-pl-error" in field and 'aria-invalid="true"' in field
+    assert 'href="#set-share-messages-pl">Share message: Polski (pl)</a>' in html
+    assert textarea(html, "set-share-messages-pl") == text  # shown again to be fixed
+    assert '<option value="welcome" selected>' in html
+    assert saved(app) == before and len(records(app)) == audited
+
+
+def test_an_unknown_choice_is_refused_at_its_select(app, client):
+    signed_in_as(app, client, "owner")
+    before = saved(app)
+    response = save(client, default_locale="de", landing_mode="popup")
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    for input_id in ("set-default-locale", "set-landing-mode"):
+        error = re.search(rf'<p id="{input_id}-error" class="field-error">([^<]*)</p>', html)
+        assert error and "Must be one of" in error.group(1), html
+    assert saved(app) == before and records(app) == []
+
+
+def test_viewer_sees_the_pages_settings_but_cannot_change_them(app, client):
+    signed_in_as(app, client, "viewer")
+    html = client.get("/admin/settings").get_data(as_text=True)
+    assert 'name="landing_mode"' in html and 'name="share_messages.pl"' in html
+    refused = save(client, **{"share_messages.pl": "Polecam!"})
+    assert refused.status_code == 403
+    assert saved(app)["share_messages"] == {} and records(app) == []
+
+
 # --- API keys ------------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from referral_service.admin.views import blp, requires
 from referral_service.api.schemas import ProgramPatch
 from referral_service.domain import admins, api_keys, audit, program
 from referral_service.errors import NotFound, ValidationFailed, flatten_messages
+from referral_service.i18n import LANGUAGE_NAMES
 from referral_service.models.api_key import SCOPES
 
 AUDIT_PAGE_SIZE = 50
@@ -29,10 +30,22 @@ OFFER_TYPES = (
     ("percent", "A percent off"),
     ("free_shipping", "Free shipping"),
 )
+LANDING_MODES = (
+    ("redirect", "Redirect straight to the landing page"),
+    ("welcome", "Show a welcome page first"),
+)
+# each language by its own name (marked with its `lang`, so that it is read out in it)
+LANGUAGE_CHOICES = tuple((code, LANGUAGE_NAMES[code], code) for code in program.LANGUAGES)
 _WHOLE = re.compile(r"-?[0-9]{1,12}")
+SHARE_MESSAGE_HINT = (
+    f"At most {program.MAX_SHARE_MESSAGE} characters; line breaks allowed. The share link is "
+    "added after the text. Blank: the built-in message."
+)
 
 # The form, in groups: (input name, label, kind, hint). An input's name is the API's field name,
 # or `group.part` for a part of a nested one: the names of the API's validation messages.
+# Kinds: text, url, number, checkbox, lines (a list, one item a line), message (a text of several
+# lines) and choice (a select of the options in CHOICES).
 FORM = (
     (
         "Program",
@@ -45,16 +58,16 @@ FORM = (
     (
         "Rewards",
         (
-            ("referrer_reward.type", "Referrer's reward type", "reward", None),
+            ("referrer_reward.type", "Referrer's reward type", "choice", None),
             ("referrer_reward.value", "Referrer's reward value", "text", "An amount or percent."),
-            ("friend_reward.type", "Friend's reward type", "reward", None),
+            ("friend_reward.type", "Friend's reward type", "choice", None),
             ("friend_reward.value", "Friend's reward value", "text", "An amount or percent."),
         ),
     ),
     (
         "Friend's offer at checkout",
         (
-            ("friend_offer.type", "Offer type", "offer", None),
+            ("friend_offer.type", "Offer type", "choice", None),
             ("friend_offer.value", "Offer value", "text", "For a fixed or percent offer."),
             ("friend_offer.description", "Offer description", "text", "Optional."),
         ),
@@ -99,9 +112,43 @@ FORM = (
             ("risk_retention_days", "Keep IP and device hashes (days)", "number", None),
         ),
     ),
+    (
+        "Pages for customers and friends",
+        (
+            ("landing_mode", "Where a share link goes", "choice", None),
+            (
+                "default_locale",
+                "Default language of the pages",
+                "choice",
+                "When neither the link, the customer nor the browser picks one of the pages' "
+                "languages.",
+            ),
+            *(
+                (
+                    f"share_messages.{code}",
+                    f"Share message: {LANGUAGE_NAMES[code]} ({code})",
+                    "message",
+                    SHARE_MESSAGE_HINT,
+                )
+                for code in program.LANGUAGES
+            ),
+        ),
+    ),
 )
 INPUTS = [spec for _, specs in FORM for spec in specs]
+# the options of each choice: (value, words) or (value, words, the language of the words)
+CHOICES = {
+    "referrer_reward.type": REWARD_TYPES,
+    "friend_reward.type": REWARD_TYPES,
+    "friend_offer.type": OFFER_TYPES,
+    "landing_mode": LANDING_MODES,
+    "default_locale": LANGUAGE_CHOICES,
+}
+# a language of each share message's input (for the browser's spelling checks)
+INPUT_LANGUAGES = {f"share_messages.{code}": code for code in program.LANGUAGES}
+# nested settings sent whole (from all of their inputs), and those sent per part (merged)
 GROUPS = ("referrer_reward", "friend_reward", "friend_offer")
+MERGED = ("share_messages",)
 
 
 def input_id(name: str) -> str:
@@ -144,12 +191,20 @@ def parse_form(form, current: dict) -> tuple[dict[str, str], dict]:
                 present.add(name)
         elif name in form:
             text = form.get(name, "")
+            if kind == "message":  # a browser sends a textarea's line breaks as CRLF
+                text = text.replace("\r\n", "\n")
             typed[name] = text if kind == "lines" else text.strip()
             present.add(name)
     wanted: dict = {}
     for name, _, kind, _ in INPUTS:
-        top = name.partition(".")[0]
-        if top in GROUPS or name not in present:
+        top, _, part = name.partition(".")
+        if top in MERGED and name in present:
+            # only the parts that differ; an empty one means null (back to the built-in value)
+            value = typed[name] or None
+            if value != (current.get(top) or {}).get(part):
+                wanted.setdefault(top, {})[part] = value
+            continue
+        if top in GROUPS or top in MERGED or name not in present:
             continue
         text = typed[name]
         if kind == "checkbox":
@@ -175,7 +230,11 @@ def parse_form(form, current: dict) -> tuple[dict[str, str], dict]:
         if offer and typed["friend_offer.description"]:
             offer["description"] = typed["friend_offer.description"]
         wanted["friend_offer"] = offer
-    changes = {key: value for key, value in wanted.items() if not _same(value, current.get(key))}
+    changes = {
+        key: value
+        for key, value in wanted.items()
+        if key in MERGED or not _same(value, current.get(key))
+    }
     return typed, changes
 
 
@@ -231,8 +290,8 @@ def settings():
 
 def _choices() -> dict:
     return {
-        "reward_types": REWARD_TYPES,
-        "offer_types": OFFER_TYPES,
+        "choices": CHOICES,
+        "input_languages": INPUT_LANGUAGES,
         "input_id": input_id,
         "labels": {name: label for name, label, _, _ in INPUTS},
     }
