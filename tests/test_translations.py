@@ -17,7 +17,7 @@ from referral_service.domain.program import LANGUAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSLATIONS = ROOT / "referral_service" / "translations"
-KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2)}
+KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
 CLDR_ORDER = ("zero", "one", "two", "few", "many", "other")
 
 

@@ -184,7 +184,16 @@ def share_page(customer_id: int) -> SharePage:
         select(func.count()).select_from(Referral).where(Referral.referrer_id == customer_id)
     )
     rewards = db.session.execute(
-        select(Reward, friend.name, friend.email)
+        select(
+            Reward.amount_minor,
+            Reward.currency,
+            Reward.status,
+            Reward.beneficiary,
+            Reward.created_at,
+            Reward.available_at,
+            friend.name,
+            friend.email,
+        )
         .join(Referral, Referral.id == Reward.referral_id)
         .join(friend, friend.id == Referral.friend_id)
         .where(Reward.customer_id == customer_id)
@@ -218,15 +227,17 @@ def share_page(customer_id: int) -> SharePage:
         friends_total=friends_total or 0,
         rewards=[
             RewardLine(
-                amount=Decimal(from_minor(reward.amount_minor, reward.currency)),
-                currency=reward.currency,
-                status=reward.status,
-                beneficiary=reward.beneficiary,
-                friend=mask_name(name, email) if reward.beneficiary == "referrer" else None,
-                created_at=reward.created_at,
-                available_at=reward.available_at,
+                amount=Decimal(from_minor(minor, currency)),
+                currency=currency,
+                status=status,
+                beneficiary=beneficiary,
+                friend=mask_name(name, email) if beneficiary == "referrer" else None,
+                created_at=created_at,
+                available_at=available_at,
             )
-            for reward, name, email in rewards
+            for minor, currency, status, beneficiary, created_at, available_at, name, email in (
+                rewards
+            )
         ],
         rewards_total=sum(count for *_, count in sums),
         totals={

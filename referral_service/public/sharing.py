@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import quote
 
+from babel.dates import format_date
+from babel.numbers import format_currency as babel_currency
 from babel.numbers import format_percent
 from flask_babel import format_currency, get_locale, gettext
 
@@ -95,3 +97,104 @@ def friend_offer(offer: dict | None, currency: str, *, for_friend: bool) -> str 
     if for_friend:
         return gettext("Get free shipping on your first order.")
     return gettext("Your friends get free shipping on their first order.")
+
+
+@dataclass
+class Row:
+    """One line of the friends or rewards list, in words of the page's language."""
+
+    title: str
+    detail: str
+    badge: str
+
+
+class Words:
+    """The page's dates, amounts and status words, each formatted once per page.
+
+    A share page lists up to 50 friends and 50 rewards; most of their dates, amounts and statuses
+    repeat, and each Babel call costs tens of microseconds.
+    """
+
+    def __init__(self):
+        self.locale = get_locale()
+        self._dates: dict = {}
+        self._money: dict = {}
+        self._said: dict = {}
+
+    def date(self, moment) -> str:
+        day = moment.date()
+        if day not in self._dates:
+            self._dates[day] = format_date(day, "medium", locale=self.locale)
+        return self._dates[day]
+
+    def money(self, amount, currency: str) -> str:
+        key = (amount, currency)
+        if key not in self._money:
+            self._money[key] = babel_currency(amount, currency, locale=self.locale)
+        return self._money[key]
+
+    def say(self, message: str, **values) -> str:
+        """`gettext(message) % values`, the catalog asked once per message."""
+        if message not in self._said:
+            self._said[message] = gettext(message)
+        return self._said[message] % values if values else self._said[message]
+
+    def friend(self, friend) -> Row:
+        if friend.status == "rejected":
+            badge = self.say(N_("Not eligible"))
+        elif friend.status == "attributed":
+            badge = self.say(N_("Signed up, no purchase yet"))
+        else:
+            badge = self.say(FRIEND_REWARD.get(friend.reward_status, N_("Made a first purchase")))
+        joined = self.say(N_("Joined on %(date)s"), date=self.date(friend.signed_up_at))
+        return Row(friend.name, joined, badge)
+
+    def reward(self, reward) -> Row:
+        if reward.status == "pending":
+            badge = self.say(N_("On hold until %(date)s"), date=self.date(reward.available_at))
+        else:
+            badge = self.say(REWARD_STATUS[reward.status])
+        detail = (
+            self.say(N_("For inviting %(name)s"), name=reward.friend)
+            if reward.friend
+            else self.say(N_("Your welcome reward"))
+        )
+        return Row(self.money(reward.amount, reward.currency), detail, badge)
+
+    def totals(self, totals: dict, currency: str) -> list[tuple[str, str, list[str]]]:
+        """`(group, label, amounts)` of in progress, approved and paid out (0 when none)."""
+        return [
+            (
+                group,
+                self.say(label),
+                [self.money(amount, code) for amount, code in totals.get(group) or [(0, currency)]],
+            )
+            for group, label in TOTALS
+        ]
+
+
+def N_(message: str) -> str:
+    """Mark a message for the catalog without translating it (`Words.say` does, per page)."""
+    return message
+
+
+FRIEND_REWARD = {
+    "pending": N_("Bought: reward on hold"),
+    "awaiting_approval": N_("Bought: reward being checked"),
+    "approved": N_("Bought: reward approved"),
+    "paid": N_("Bought: reward paid"),
+    "reversed": N_("Order refunded: no reward"),
+    "rejected": N_("Bought: no reward"),
+}
+REWARD_STATUS = {
+    "awaiting_approval": N_("Awaiting approval"),
+    "approved": N_("Approved"),
+    "paid": N_("Paid"),
+    "rejected": N_("Rejected"),
+    "reversed": N_("Cancelled: the order was refunded"),
+}
+TOTALS = (
+    ("in_progress", N_("In progress")),
+    ("approved", N_("Approved")),
+    ("paid", N_("Paid out")),
+)

@@ -308,10 +308,13 @@ class SharePage(MethodView):
             if page.first_name
             else gettext("An invitation for you")
         )
+        words = sharing.Words()
         return _page(
             "public/share.html",
             page=page,
-            currency=settings["currency"],
+            friends=[words.friend(friend) for friend in page.friends],
+            rewards=[words.reward(reward) for reward in page.rewards],
+            totals=words.totals(page.totals, settings["currency"]),
             referral=referral_block(page.code),
             copy_link=share_url(page.code, "copy"),
             web_share_link=share_url(page.code, "share"),
