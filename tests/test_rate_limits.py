@@ -159,6 +159,24 @@ def test_qr_images_share_the_public_budget(make_app):
     assert client.get(f"/r/{code}/qr.svg", **from_address("198.51.100.10")).status_code == 200
 
 
+def test_share_pages_share_the_public_budget(make_app):
+    """Guessing share-page tokens or clicking through welcome pages costs the same budget."""
+    from referral_service.domain import portal
+
+    app = make_app()
+    customer = data(app, factories.customer)
+    with app.app_context():
+        token = portal.issue_link(customer.external_id).token
+    client = app.test_client()
+    address = from_address("198.51.100.11")
+    assert client.get(f"/share/{token}", **address).status_code == 200
+    assert client.get("/share/forged", **address).status_code == 404
+    assert client.get(f"/r/{customer.code}/welcome", **address).status_code == 200
+    assert_rate_limited(client.get(f"/share/{token}", **address))
+    assert_rate_limited(client.get(f"/r/{customer.code}/welcome", **address))
+    assert client.get(f"/share/{token}", **from_address("198.51.100.12")).status_code == 200
+
+
 def test_health_docs_and_landing_are_not_limited(make_app):
     client = make_app().test_client()
     for _ in range(5):

@@ -476,3 +476,20 @@ def test_share_messages_merge_by_language(client, admin):
 )
 def test_mask_name(name, email, masked):
     assert portal.mask_name(name, email) == masked
+
+
+def test_names_and_shop_texts_are_escaped(client, shop, admin):
+    evil = '<script>alert(1)</script>"'
+    code = put_customer(client, shop, name=f"{evil} Smith")["code"]
+    set_program(
+        client,
+        admin,
+        landing_mode="welcome",
+        friend_offer={"type": "free_shipping", "description": evil},
+        share_messages={"en": f"Look {evil}"},
+    )
+    for response in (client.get(f"/r/{code}"), client.get(portal_path(client, shop))):
+        assert response.status_code == 200
+        html = response.get_data(as_text=True)
+        assert "<script>alert(1)" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;" in html
