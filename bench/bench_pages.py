@@ -64,12 +64,10 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -87,9 +85,9 @@ from bench_public import (
     Server,
     free_port,
     gunicorn_argv,
-    interrupt,
     request,
     run_cli,
+    run_main,
     run_process,
     wrk,
 )
@@ -745,30 +743,7 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="referral-bench-pages-"))
-    servers: list[Server] = []
-    started = time.monotonic()
-    try:
-        ok = run(args, tmp, servers)
-        return 0 if ok or not args.check else 1
-    except (BenchError, OSError) as error:
-        print(f"\nbenchmark failed: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping the servers", file=sys.stderr)
-        return 130
-    finally:
-        for server in servers:
-            if server.running:
-                server.stop(timeout=10)
-        print(f"took {time.monotonic() - started:.0f} s")
-        sys.stdout.flush()
-        if args.keep_tmp:
-            print(f"kept the database and server logs in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_main(run, parse_args(argv), "pages", needs_wrk=False)  # wrk's part is optional
 
 
 if __name__ == "__main__":

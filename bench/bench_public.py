@@ -636,9 +636,9 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_main(run, args, name: str) -> int:
+def run_main(run, args, name: str, needs_wrk: bool = True) -> int:
     """Run a benchmark `run(args, tmp, servers)` with wrk checked, cleanup and exit statuses."""
-    if shutil.which(args.wrk) is None:
+    if needs_wrk and shutil.which(args.wrk) is None:
         print(
             f"{args.wrk} is not installed: this benchmark needs the HTTP load generator wrk.\n"
             "Install it with `apt-get install wrk` (Debian/Ubuntu) and run again.",
@@ -648,10 +648,11 @@ def run_main(run, args, name: str) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     tmp = Path(tempfile.mkdtemp(prefix=f"referral-bench-{name}-"))
     servers: list[Server] = []
+    started = time.monotonic()
     try:
         ok = run(args, tmp, servers)
         return 0 if ok or not args.check else 1
-    except BenchError as error:
+    except (BenchError, OSError) as error:
         print(f"\nbenchmark failed: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -661,6 +662,7 @@ def run_main(run, args, name: str) -> int:
         for server in servers:
             if server.running:
                 server.stop(timeout=10)
+        print(f"took {time.monotonic() - started:.0f} s")
         sys.stdout.flush()
         if args.keep_tmp:
             print(f"kept the databases and server logs in {tmp}", file=sys.stderr)
