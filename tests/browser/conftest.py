@@ -167,16 +167,30 @@ def page_errors() -> PageErrors:
 
 
 @pytest.fixture
-def page(browser, live_server, viewport, page_errors):
-    context = browser.new_context(base_url=live_server.url, **VIEWPORTS[viewport])
-    context.set_default_timeout(TIMEOUT_MS)
-    context.expose_function("__reportCspViolation", lambda m: page_errors.messages.append(m))
-    context.add_init_script(CSP_LISTENER)
-    page = context.new_page()
-    page.on("console", lambda m: m.type == "error" and page_errors.messages.append(_console(m)))
-    page.on("pageerror", lambda e: page_errors.messages.append(f"page error: {e}"))
-    yield page
-    context.close()
+def open_page(browser, live_server, viewport, page_errors):
+    """`open_page(**options)`: a page of a new browser context (its own cookies) made with
+    `options` (a locale, no JavaScript), at `viewport`, watched for errors like `page`."""
+    contexts = []
+
+    def new(**options):
+        context = browser.new_context(base_url=live_server.url, **VIEWPORTS[viewport], **options)
+        contexts.append(context)
+        context.set_default_timeout(TIMEOUT_MS)
+        context.expose_function("__reportCspViolation", lambda m: page_errors.messages.append(m))
+        context.add_init_script(CSP_LISTENER)
+        page = context.new_page()
+        page.on("console", lambda m: m.type == "error" and page_errors.messages.append(_console(m)))
+        page.on("pageerror", lambda e: page_errors.messages.append(f"page error: {e}"))
+        return page
+
+    yield new
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(open_page):
+    return open_page()
 
 
 def _console(message) -> str:

@@ -52,6 +52,18 @@ class Api:
         assert 200 <= status < 300, (method, path, status, answer)
         return answer
 
+    def first_purchase(self, friend: str, amount: str = "50.00") -> dict:
+        """`friend` buys (order `o-<friend>`, EUR); the referrer's reward the answer shows."""
+        body = {
+            "order_id": f"o-{friend}",
+            "customer_external_id": friend,
+            "amount": amount,
+            "currency": "EUR",
+        }
+        bought = self.ok("POST", "/api/v1/purchases", body)
+        (reward,) = [r for r in bought["rewards"] if r["beneficiary"] == "referrer"]
+        return reward
+
     def rewards(self, referrer: str) -> dict[int, dict]:
         """The rewards of `referrer`'s referrals by id, as GET /api/v1/rewards shows them."""
         answer = self.ok("GET", f"/api/v1/rewards?referrer={referrer}&limit=100", scope="admin")

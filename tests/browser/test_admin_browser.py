@@ -29,15 +29,8 @@ def seed_queue(api: Api, referrer: str, friends: dict[str, str]) -> dict[str, in
     for friend, email in friends.items():
         body = {"external_id": friend, "email": email, "referral_code": code}
         assert api.ok("POST", "/api/v1/signups", body)["attributed"] is True
-        purchase = {
-            "order_id": f"o-{friend}",
-            "customer_external_id": friend,
-            "amount": "50.00",
-            "currency": "EUR",
-        }
-        bought = api.ok("POST", "/api/v1/purchases", purchase)
-        (reward,) = [r for r in bought["rewards"] if r["beneficiary"] == "referrer"]
-        assert reward["status"] == "awaiting_approval", bought
+        reward = api.first_purchase(friend)
+        assert reward["status"] == "awaiting_approval", reward
         ids[friend] = reward["id"]
     return ids
 

@@ -11,7 +11,6 @@ import io
 
 import pytest
 
-from tests.browser.conftest import CSP_LISTENER, TIMEOUT_MS, VIEWPORTS, _console
 from tests.browser.console import (
     Api,
     audit,
@@ -34,27 +33,7 @@ def refer(api: Api, code: str, friend: str, amount: str = "80.00", click_id: str
     body = {"external_id": friend, "email": f"{friend}@example.org"}
     body |= {"click_id": click_id} if click_id else {"referral_code": code}
     assert api.ok("POST", "/api/v1/signups", body)["attributed"] is True
-    purchase = {
-        "order_id": f"o-{friend}",
-        "customer_external_id": friend,
-        "amount": amount,
-        "currency": "EUR",
-    }
-    bought = api.ok("POST", "/api/v1/purchases", purchase)
-    (reward,) = [r for r in bought["rewards"] if r["beneficiary"] == "referrer"]
-    return reward
-
-
-def second_page(browser, live_server, viewport: str, page_errors):
-    """Another person's browser: a new context (its own cookies), watched like `page`."""
-    context = browser.new_context(base_url=live_server.url, **VIEWPORTS[viewport])
-    context.set_default_timeout(TIMEOUT_MS)
-    context.expose_function("__reportCspViolation", lambda m: page_errors.messages.append(m))
-    context.add_init_script(CSP_LISTENER)
-    other = context.new_page()
-    other.on("console", lambda m: m.type == "error" and page_errors.messages.append(_console(m)))
-    other.on("pageerror", lambda e: page_errors.messages.append(f"page error: {e}"))
-    return other
+    return api.first_purchase(friend, amount)
 
 
 def audit3(live_server, prefix: str) -> list[tuple]:
@@ -150,9 +129,7 @@ def test_small_payout_created_downloaded_and_paid_by_its_creator(page, live_serv
 
 
 @desktop_only
-def test_large_payout_needs_a_second_approver(
-    page, page_errors, browser, live_server, api, viewport
-):
+def test_large_payout_needs_a_second_approver(page, open_page, live_server, api):
     approved_rewards(api, "big-ref", ["big-f1", "big-f2"], "300.00")
     threshold = live_server.app.config["PAYOUT_APPROVAL_THRESHOLD"]
     assert float(threshold) < 600
@@ -197,20 +174,17 @@ def test_large_payout_needs_a_second_approver(
 
     # a second approver, in their own browser, approves; then the batch is paid
     second = make_admin(live_server, "approver")
-    other = second_page(browser, live_server, viewport, page_errors)
-    try:
-        sign_in(other, second, f"/admin/payouts/{batch}")
-        assert other.locator("#paid-refusal").is_visible()
-        other.get_by_role("button", name=f"Approve payout #{batch}").click()
-        assert status_text(other) == f"Approved payout #{batch}: it may now be marked paid."
-        assert other.locator("#approved").inner_text().startswith(f"admin:{second}, ")
-        assert "already approved" in other.locator("#approve-refusal").inner_text()
-        other.get_by_label("The bank's payment reference").fill("SEPA-2024-0042")
-        other.get_by_role("button", name=f"Mark payout #{batch} paid").click()
-        assert status_text(other) == f"Payout #{batch} is paid, reference SEPA-2024-0042."
-        assert other.locator("#status").inner_text() == "paid"
-    finally:
-        other.context.close()
+    other = open_page()  # another person's browser, with cookies of its own
+    sign_in(other, second, f"/admin/payouts/{batch}")
+    assert other.locator("#paid-refusal").is_visible()
+    other.get_by_role("button", name=f"Approve payout #{batch}").click()
+    assert status_text(other) == f"Approved payout #{batch}: it may now be marked paid."
+    assert other.locator("#approved").inner_text().startswith(f"admin:{second}, ")
+    assert "already approved" in other.locator("#approve-refusal").inner_text()
+    other.get_by_label("The bank's payment reference").fill("SEPA-2024-0042")
+    other.get_by_role("button", name=f"Mark payout #{batch} paid").click()
+    assert status_text(other) == f"Payout #{batch} is paid, reference SEPA-2024-0042."
+    assert other.locator("#status").inner_text() == "paid"
 
     paid = api.ok("GET", f"/api/v1/payouts/{batch}", scope="admin")
     assert paid["status"] == "paid" and paid["reference"] == "SEPA-2024-0042"

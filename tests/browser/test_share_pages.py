@@ -20,7 +20,6 @@ from playwright.sync_api import expect
 
 from referral_service.domain import portal
 from referral_service.models import utcnow
-from tests.browser.conftest import CSP_LISTENER, TIMEOUT_MS, VIEWPORTS, _console
 from tests.browser.console import Api, desktop_only, fits_the_width
 
 LANGUAGES = ["en", "pl", "hu", "el", "bg"]
@@ -52,17 +51,7 @@ def refer(api: Api, code: str, friend: str, name: str | None, buys: bool) -> int
         "referral_code": code,
     }
     assert api.ok("POST", "/api/v1/signups", body)["attributed"] is True
-    if not buys:
-        return None
-    purchase = {
-        "order_id": f"o-{friend}",
-        "customer_external_id": friend,
-        "amount": "50.00",
-        "currency": "EUR",
-    }
-    bought = api.ok("POST", "/api/v1/purchases", purchase)
-    (reward,) = [r for r in bought["rewards"] if r["beneficiary"] == "referrer"]
-    return reward["id"]
+    return api.first_purchase(friend)["id"] if buys else None
 
 
 def clicks_by_channel(api: Api) -> dict[str, int]:
@@ -104,28 +93,6 @@ def program(api):
     yield change
     if changed:
         api.ok("PATCH", "/api/v1/program", {k: before[k] for k in changed}, scope="admin")
-
-
-@pytest.fixture
-def open_page(browser, live_server, viewport, page_errors):
-    """`open_page(**options)`: a page of a new browser context made with `options` (a locale,
-    no JavaScript), at `viewport` and watched for errors like `page`."""
-    contexts = []
-
-    def new(**options):
-        context = browser.new_context(base_url=live_server.url, **VIEWPORTS[viewport], **options)
-        contexts.append(context)
-        context.set_default_timeout(TIMEOUT_MS)
-        context.expose_function("__reportCspViolation", lambda m: page_errors.messages.append(m))
-        context.add_init_script(CSP_LISTENER)
-        page = context.new_page()
-        page.on("console", lambda m: m.type == "error" and page_errors.messages.append(_console(m)))
-        page.on("pageerror", lambda e: page_errors.messages.append(f"page error: {e}"))
-        return page
-
-    yield new
-    for context in contexts:
-        context.close()
 
 
 # --- the share page in each language -------------------------------------------------------------
