@@ -69,7 +69,6 @@ from string import Template
 
 from bench_public import (
     BENCH,
-    HOST,
     QUIET,
     ROOT,
     WRK_SCRIPT,
@@ -85,6 +84,7 @@ from bench_public import (
     run_cli,
     run_main,
     run_process,
+    service_env,
     wrk,
 )
 
@@ -604,7 +604,7 @@ def run_phase(bench: Bench, name: str, referrals: int, servers: list[Server]) ->
     folder.mkdir()
     database = folder / "bench.sqlite3"
     port = free_port()
-    env = service_env(database, port)
+    env = service_env(database, port, SECRET)
     print(f"\n{name}: db upgrade, API key, {args.referrers:,} referrers, {referrals:,} referrals")
     run_cli(["db", "upgrade"], env)
     key = run_cli(["api-keys", "create", "bench", "--scope", "shop"], env).strip()
@@ -732,19 +732,6 @@ def run_phase(bench: Bench, name: str, referrals: int, servers: list[Server]) ->
     if not args.keep_tmp:
         shutil.rmtree(folder, ignore_errors=True)
     return phase
-
-
-def service_env(database: Path, port: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SECRET_KEY_FALLBACKS")}
-    env.update(
-        DATABASE_URL=f"sqlite:///{database}",
-        SECRET_KEY=SECRET,
-        PUBLIC_BASE_URL=f"http://{HOST}:{port}",
-        # one API key and few referrers: limits never reached, so requests are counted, not refused
-        RATELIMIT_API="1000000000/minute",
-        RATELIMIT_SIGNUPS_PER_REFERRER="1000000000/hour",
-    )
-    return env
 
 
 def check_service(port: int, key: str, code: str, name: str) -> None:

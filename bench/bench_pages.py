@@ -89,6 +89,7 @@ from bench_public import (
     run_cli,
     run_main,
     run_process,
+    service_env,
     wrk,
 )
 from itsdangerous import URLSafeSerializer
@@ -335,20 +336,6 @@ class Page:
     copy: bool = False  # the bare app's copy of a page: what it names is not fetched
     load: Load | None = None  # under wrk
     wrk_errors: int = 0  # socket errors, and answers of another status than expected
-
-
-def service_env(database: Path, port: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SECRET_KEY_FALLBACKS")}
-    env.update(
-        DATABASE_URL=f"sqlite:///{database}",
-        SECRET_KEY=SECRET,
-        PUBLIC_BASE_URL=f"http://{HOST}:{port}",
-        # one client address and one API key: limits never reached, so pages are served, not 429
-        RATELIMIT_PUBLIC="1000000000/minute",
-        RATELIMIT_API="1000000000/minute",
-        RATELIMIT_SIGNUPS_PER_REFERRER="1000000000/hour",
-    )
-    return env
 
 
 def api(port: int, method: str, path: str, key: str, body=None, status=(200, 201)) -> dict:
@@ -661,7 +648,7 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
 
     database = tmp / "bench.sqlite3"
     service_port, bare_port = free_port(), free_port()
-    env = service_env(database, service_port)
+    env = service_env(database, service_port, SECRET)
     print(f"setting up the service: db upgrade, API keys, {FRIENDS} friends, {BUYERS} purchases")
     run_cli(["db", "upgrade"], env)
     shop = run_cli(["api-keys", "create", "bench-shop", "--scope", "shop"], env).strip()

@@ -452,14 +452,7 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
     script = tmp / "report.lua"
     script.write_text(WRK_SCRIPT)
     bare_port, service_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SECRET_KEY_FALLBACKS")}
-    env.update(
-        DATABASE_URL=f"sqlite:///{database}",
-        SECRET_KEY="bench",
-        PUBLIC_BASE_URL=f"http://{HOST}:{service_port}",
-        # wrk is one client address: a limit it never reaches, so requests are counted, not refused
-        RATELIMIT_PUBLIC="1000000000/minute",
-    )
+    env = service_env(database, service_port)
 
     wrk_version = run_process([args.wrk, "-v"], 10, stdout=subprocess.PIPE, text=True).stdout
     python = platform.python_version()
@@ -634,6 +627,22 @@ def print_table(bare_loads: list[Load], endpoints: list) -> bool:
 def interrupt(signum, frame):
     """A SIGTERM to this script cleans up like Ctrl-C does."""
     raise KeyboardInterrupt
+
+
+def service_env(database: Path, port: int, secret: str = "bench") -> dict:
+    """The service's environment: SQLite at `database`, its own key, no Redis, and rate limits
+    it never reaches (wrk is one client address with one API key), so that every request is
+    served and counted, none refused, while the limiter still does its work on each."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SECRET_KEY_FALLBACKS")}
+    env.update(
+        DATABASE_URL=f"sqlite:///{database}",
+        SECRET_KEY=secret,
+        PUBLIC_BASE_URL=f"http://{HOST}:{port}",
+        RATELIMIT_PUBLIC="1000000000/minute",
+        RATELIMIT_API="1000000000/minute",
+        RATELIMIT_SIGNUPS_PER_REFERRER="1000000000/hour",
+    )
+    return env
 
 
 def run_main(run, args, name: str, needs_wrk: bool = True) -> int:

@@ -361,3 +361,61 @@ def test_friends_and_rewards_in_the_customers_language(page, live_server, api, p
     assert page.locator("#rewards .list li", has_text=for_anna).count() == 1
     assert fits_the_width(page)
     screenshot(page)
+
+
+# --- accessibility -------------------------------------------------------------------------------
+
+# WCAG's contrast ratio of each element's text against the first opaque background behind it
+CONTRASTS = """(selector) => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map((v) => {
+    v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+  }).reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  return [...document.querySelectorAll(selector)]
+    .filter((el) => el.offsetParent !== null && el.textContent.trim())
+    .map((el) => {
+      const [a, b] = [lum(rgb(getComputedStyle(el).color)), lum(background(el))];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      return [el.textContent.trim().slice(0, 30), ratio];
+    });
+}"""
+
+
+def test_share_page_for_keyboard_and_screen_reader(page, live_server, api, program):
+    program(hold_days=0)
+    code = enrol(api, "a11y-ref", locale="bg")["code"]
+    refer(api, code, "a11y-friend", "Anna Kowalska", buys=True)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    page.goto(portal_link(api, "a11y-ref")["url"])
+
+    # one h1, every section named by its heading, every image described, the field labelled
+    assert page.locator("h1").count() == 1
+    for section in page.locator("section[aria-labelledby]").all():
+        assert page.locator(f"#{section.get_attribute('aria-labelledby')}").count() == 1
+    assert all(alt.strip() for alt in page.locator("img").evaluate_all("i => i.map(x => x.alt)"))
+    label = translated(live_server, "bg", "Your link")
+    assert page.get_by_label(label).input_value().endswith(f"/r/{code}")
+    assert page.get_by_role("navigation").count() == 1  # the language switcher, named
+    assert page.locator("a[hreflang][lang]").count() == len(LANGUAGES)
+
+    # the keyboard alone reaches the copy button, and Enter copies
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "copy-link":
+            break
+    else:
+        raise AssertionError("Tab never reached the copy button")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_have_text(translated(live_server, "bg", "Link copied."))
+
+    # text stands out from its background: 4.5:1 at least (WCAG AA)
+    selector = "h1, h2, p, label, a, button, .badge, .muted, dt, dd, strong"
+    weak = [(text, round(ratio, 2)) for text, ratio in page.evaluate(CONTRASTS, selector)]
+    assert [item for item in weak if item[1] < 4.5] == []
