@@ -10,7 +10,8 @@ from babel.numbers import format_currency as babel_currency
 from babel.numbers import format_percent
 from flask_babel import format_currency, get_locale, gettext
 
-from referral_service.links import share_url
+from referral_service.domain.portal import SharePage
+from referral_service.links import referral_block, share_url
 
 
 @dataclass
@@ -57,6 +58,30 @@ def channels(code: str, message: str, subject: str) -> list[Channel]:
             f"https://x.com/intent/tweet?text={quote(message, safe='')}&url={link('x')}",
         ),
     ]
+
+
+def share_page(page: SharePage, settings: dict, language: str) -> dict:
+    """What the share page's template shows, in words of the page's language."""
+    message = share_message(settings["share_messages"], language)
+    subject = (
+        gettext("An invitation from %(name)s", name=page.first_name)
+        if page.first_name
+        else gettext("An invitation for you")
+    )
+    words = Words()
+    return {
+        "page": page,
+        "friends": [words.friend(friend) for friend in page.friends],
+        "rewards": [words.reward(reward) for reward in page.rewards],
+        "totals": words.totals(page.totals, settings["currency"]),
+        "referral": referral_block(page.code),
+        "copy_link": share_url(page.code, "copy"),
+        "web_share_link": share_url(page.code, "share"),
+        "message": message,
+        "channels": channels(page.code, message, subject),
+        "reward": referrer_reward(settings["referrer_reward"], settings["currency"]),
+        "offer": friend_offer(settings["friend_offer"], settings["currency"], for_friend=False),
+    }
 
 
 def _percent(value: str) -> str:

@@ -7,7 +7,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from flask import current_app, g, render_template, request, url_for
 from flask.views import MethodView
-from flask_babel import gettext
 from flask_smorest import Blueprint
 from itsdangerous import TimestampSigner
 
@@ -22,7 +21,7 @@ from referral_service.errors import (
     RevokedCode,
 )
 from referral_service.i18n import LANGUAGE_NAMES, use_language
-from referral_service.links import base_url, referral_block, share_url
+from referral_service.links import base_url, share_url
 from referral_service.models import utcnow
 from referral_service.public import schemas, sharing
 from referral_service.rate_limits import RATE_LIMITED, per_address
@@ -243,10 +242,7 @@ def _welcome(active: codes.ActiveCode, click_id: str | None):
     settings = program.settings()
     return _page(
         "public/welcome.html",
-        switch=(
-            "public.Welcome",
-            {"code": active.code, **({"click_id": click_id} if click_id else {})},
-        ),
+        switch=("public.Welcome", {"code": active.code, "click_id": click_id}),
         referrer=portal.first_name_of(active.referrer_id),
         offer=sharing.friend_offer(settings["friend_offer"], settings["currency"], for_friend=True),
         offer_description=(settings["friend_offer"] or {}).get("description"),
@@ -301,30 +297,7 @@ class SharePage(MethodView):
             use_language()
             return _page("public/link_problem.html", 404, expired=False)
         language = use_language(page.locale)
-        settings = program.settings()
-        message = sharing.share_message(settings["share_messages"], language)
-        subject = (
-            gettext("An invitation from %(name)s", name=page.first_name)
-            if page.first_name
-            else gettext("An invitation for you")
-        )
-        words = sharing.Words()
-        return _page(
-            "public/share.html",
-            page=page,
-            friends=[words.friend(friend) for friend in page.friends],
-            rewards=[words.reward(reward) for reward in page.rewards],
-            totals=words.totals(page.totals, settings["currency"]),
-            referral=referral_block(page.code),
-            copy_link=share_url(page.code, "copy"),
-            web_share_link=share_url(page.code, "share"),
-            message=message,
-            channels=sharing.channels(page.code, message, subject),
-            reward=sharing.referrer_reward(settings["referrer_reward"], settings["currency"]),
-            offer=sharing.friend_offer(
-                settings["friend_offer"], settings["currency"], for_friend=False
-            ),
-        )
+        return _page("public/share.html", **sharing.share_page(page, program.settings(), language))
 
 
 per_address(blp, ShareLink, QrPng, QrSvg, Welcome, SharePage)
