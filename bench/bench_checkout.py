@@ -77,6 +77,7 @@ from bench_public import (
     Round,
     Server,
     WrkResult,
+    add_load_options,
     free_port,
     gunicorn_argv,
     measure,
@@ -856,9 +857,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--scale-duration", type=int, help="seconds per load of the scale part (--duration)"
     )
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (2)")
     parser.add_argument("--quick", action="store_true", help="3 s loads, 1 s warm-ups")
     parser.add_argument(
         "--retries",
@@ -873,9 +871,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-scale", action="store_true", help="only the ratios to bare")
     parser.add_argument("--referrers", type=int, default=10_000, help="referrers (10000)")
-    parser.add_argument("--wrk", default="wrk", help="the wrk program (default: from PATH)")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the databases and logs")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    add_load_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 3, 1

@@ -83,6 +83,7 @@ from bench_public import (
     BenchError,
     Load,
     Server,
+    add_load_options,
     free_port,
     gunicorn_argv,
     request,
@@ -593,16 +594,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=int, help="seconds per wrk load (5; 2 with --quick)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of wrk warm-up (1)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (2)")
-    parser.add_argument("--wrk", default="wrk", help="the wrk program (default: from PATH)")
     parser.add_argument("--no-wrk", action="store_true", help="skip the requests per second")
     parser.add_argument("--quick", action="store_true", help="50 requests, 2 s loads, en and pl")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the database and logs")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if a page is too heavy or loads more"
     )
+    add_load_options(parser)
     args = parser.parse_args(argv)
     args.requests = args.requests or (50 if args.quick else 200)
     args.warmup_requests = 20 if args.warmup_requests is None else args.warmup_requests

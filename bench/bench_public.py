@@ -421,9 +421,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per load (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up (default 2)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (2)")
     parser.add_argument(
         "--rounds",
         type=int,
@@ -431,11 +428,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="loads per service endpoint; the median quiet one counts (1)",
     )
     parser.add_argument("--quick", action="store_true", help="3 s loads, 1 s warm-ups")
-    parser.add_argument("--wrk", default="wrk", help="the wrk program (default: from PATH)")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the database and logs")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if a target is missed or a click lost"
     )
+    add_load_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 3, 1
@@ -627,6 +623,16 @@ def print_table(bare_loads: list[Load], endpoints: list) -> bool:
 def interrupt(signum, frame):
     """A SIGTERM to this script cleans up like Ctrl-C does."""
     raise KeyboardInterrupt
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes: wrk's threads and connections, gunicorn's workers, the
+    wrk program, and keeping the temporary folder."""
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (2)")
+    parser.add_argument("--wrk", default="wrk", help="the wrk program (default: from PATH)")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the databases and logs")
 
 
 def service_env(database: Path, port: int, secret: str = "bench") -> dict:
