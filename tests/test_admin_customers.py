@@ -2,7 +2,7 @@
 customer's page, rotating a code, a referral's timeline, escaping, and 404 pages."""
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -147,6 +147,45 @@ def test_viewer_cannot_rotate(app, client, story):
     assert refused.status_code == 403 and "Not allowed" in refused.get_data(as_text=True)
     with app.app_context():
         assert codes.lookup(story["code"], fresh=True).code == story["code"]
+        assert db.session.scalar(select(AuditRecord)) is None
+
+
+def test_support_makes_a_link_to_the_customers_share_page(app, client, story):
+    email = signed_in_as(app, client, "approver")
+    page = html(client, "/admin/customers/ref-1")
+    assert 'action="/admin/customers/ref-1/share-page"' in page
+    form = {"csrf_token": TOKEN.search(page).group(1)}
+    assert client.post("/admin/customers/ref-1/share-page").status_code == 400  # no CSRF token
+    made = client.post("/admin/customers/ref-1/share-page", data=form)
+    assert made.status_code == 200
+    link = re.search(r'id="portal-link" value="([^"]+)"', made.get_data(as_text=True)).group(1)
+    assert link.startswith("http://shop.test/share/")
+    share_page = client.get(link.removeprefix("http://shop.test"))
+    assert share_page.status_code == 200 and "Hi Ann, invite your friends" in share_page.text
+    with app.app_context():
+        record = db.session.scalar(select(AuditRecord))
+    assert (record.actor, record.action, record.subject_type) == (
+        f"admin:{email}",
+        "customer.portal_link",
+        "customer",
+    )
+    assert record.after["external_id"] == "ref-1"
+    expires = record.after["expires_at"]
+    assert (
+        utcnow() + timedelta(days=6)
+        < datetime.fromisoformat(expires)
+        <= utcnow() + timedelta(days=7)
+    )
+    assert client.post("/admin/customers/nobody/share-page", data=form).status_code == 404
+
+
+def test_viewer_cannot_make_a_share_page_link(app, client, story):
+    signed_in_as(app, client, "viewer")
+    page = html(client, "/admin/customers/ref-1")
+    assert "share-page" not in page
+    form = {"csrf_token": token(client, "/admin/customers/ref-1")}
+    assert client.post("/admin/customers/ref-1/share-page", data=form).status_code == 403
+    with app.app_context():
         assert db.session.scalar(select(AuditRecord)) is None
 
 

@@ -1,7 +1,8 @@
 """Console pages for customers and referrals: search, a customer's page (code, link, QR, stats,
 friends, rewards), the rotation of a code, and the story of one referral.
 
-Everyone signed in reads; rotating a code takes an approver (it breaks the links and QR codes the
+Everyone signed in reads; making a link to the customer's share page (for support to send them)
+and rotating a code take an approver (it breaks the links and QR codes the
 customer has shared, so it sits with the people who decide on money, not with viewers). Rewards
 are approved and rejected through the queue's own form handler (`admin.decide`), which sends the
 admin back to the referral page.
@@ -13,11 +14,14 @@ from flask import flash, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 
 from referral_service.admin.views import RISK_WORDS, blp, requires
-from referral_service.domain import customers, timeline
+from referral_service.domain import customers, portal, timeline
 from referral_service.domain.codes import display
 from referral_service.domain.fraud import WEIGHTS
 from referral_service.errors import NotFound, ValidationFailed
-from referral_service.links import referral_block
+from referral_service.links import portal_url, referral_block
+
+# how long a share-page link made in the console works: long enough to send it to the customer
+CONSOLE_LINK_DAYS = 7
 
 
 def when(moment: datetime | None) -> Markup | str:
@@ -56,18 +60,22 @@ def customer_page(external_id: str):
         page = timeline.customer_page(external_id)
     except NotFound:
         return not_found(f"No customer has the external id {external_id!r}.")
+    return render_template("admin/customer.html", **_customer_context(page))
+
+
+def _customer_context(page: dict) -> dict:
     card = page["card"]
-    friends = [{**friend, "risks": risk_list(friend["risk_reasons"])} for friend in page["friends"]]
-    return render_template(
-        "admin/customer.html",
-        card=card,
-        page=page,
-        friends=friends,
-        link=referral_block(card.code) if card.code else None,
-        qr_url=url_for("public.QrSvg", code=card.code, size=256) if card.code else None,
-        qr_png_url=url_for("public.QrPng", code=card.code, size=512) if card.code else None,
-        when=when,
-    )
+    return {
+        "card": card,
+        "page": page,
+        "friends": [
+            {**friend, "risks": risk_list(friend["risk_reasons"])} for friend in page["friends"]
+        ],
+        "link": referral_block(card.code) if card.code else None,
+        "qr_url": url_for("public.QrSvg", code=card.code, size=256) if card.code else None,
+        "qr_png_url": url_for("public.QrPng", code=card.code, size=512) if card.code else None,
+        "when": when,
+    }
 
 
 @blp.route("/customers/<external_id>/rotate", methods=["GET", "POST"])
@@ -90,6 +98,26 @@ def rotate_code(external_id: str):
     old = f" The old code {display(card.code)} no longer works." if card.code else ""
     flash(f"New code {display(rotated.code)}.{old}")
     return redirect(url_for("admin.customer_page", external_id=card.external_id))
+
+
+@blp.post("/customers/<external_id>/share-page")
+@requires("approver")
+def share_page_link(external_id: str):
+    """A link to the customer's share page, for support to send them (audited as
+    `customer.portal_link`); shown once on the customer's page."""
+    try:
+        link = portal.issue_link(
+            external_id, CONSOLE_LINK_DAYS * 86400, actor=f"admin:{g.admin.email}"
+        )
+    except (NotFound, ValidationFailed):
+        return not_found(f"No customer has the external id {external_id!r}.")
+    page = timeline.customer_page(external_id)
+    return render_template(
+        "admin/customer.html",
+        **_customer_context(page),
+        portal_link=portal_url(link.token),
+        portal_expires=link.expires_at,
+    )
 
 
 @blp.get("/referrals/<referral_id>")

@@ -15,11 +15,13 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import aliased
 
+from referral_service.domain import audit
 from referral_service.domain.customers import active_code, check_external_id, find
 from referral_service.domain.money import from_minor
 from referral_service.errors import InvalidLink, LinkExpired, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Customer, Referral, Reward, utcnow
+from referral_service.models.base import begin_write
 
 SALT = "referral-service.portal-link"
 DEFAULT_EXPIRES_IN = 30 * 86400
@@ -108,15 +110,30 @@ def check_expires_in(value) -> int:
     return value
 
 
-def issue_link(external_id: str, expires_in: int | None = None) -> PortalLink:
+def issue_link(
+    external_id: str, expires_in: int | None = None, actor: str | None = None
+) -> PortalLink:
     """A signed link to a customer's share page.
 
-    Raises NotFound for an unknown customer and ValidationFailed for an `expires_in` out of range.
+    With an `actor` (an admin of the console), the link's making is audited: it opens the
+    customer's page to whoever holds it. Raises NotFound for an unknown customer and
+    ValidationFailed for an `expires_in` out of range.
     """
     seconds = check_expires_in(expires_in)
     customer = find(check_external_id(external_id))
     expires_at = (utcnow() + timedelta(seconds=seconds)).replace(microsecond=0)
     token = _serializer().dumps([customer.id, int(expires_at.timestamp())])
+    if actor is not None:
+        begin_write(db.session)
+        audit.record(
+            actor,
+            "customer.portal_link",
+            "customer",
+            customer.id,
+            None,
+            {"external_id": customer.external_id, "expires_at": expires_at.isoformat()},
+        )
+        db.session.commit()
     return PortalLink(token=token, expires_at=expires_at)
 
 
