@@ -8,8 +8,9 @@ import click
 from flask.cli import FlaskGroup, with_appcontext
 
 from referral_service import create_app
-from referral_service.domain import admins, api_keys, customers, fraud, program, rewards
+from referral_service.domain import admins, api_keys, customers, fraud, portal, program, rewards
 from referral_service.errors import ReferralError
+from referral_service.links import portal_url
 from referral_service.models import utcnow
 from referral_service.models.admin import ROLES
 from referral_service.models.api_key import SCOPES
@@ -211,6 +212,23 @@ def import_customers(file, batch_size):
         f"{report.created} created, {report.updated} updated, {report.unchanged} "
         f"unchanged, {len(report.errors)} rejected."
     )
+
+
+@customers_group.command("portal-link")
+@click.argument("external_id")
+@click.option(
+    "--expires-in",
+    type=int,
+    default=portal.DEFAULT_EXPIRES_IN,
+    show_default=True,
+    help="Seconds the link works (60 to a year).",
+)
+@with_appcontext
+def portal_link(external_id, expires_in):
+    """Print a signed link to a customer's share page (set PUBLIC_BASE_URL for its address)."""
+    link = _or_fail(portal.issue_link, external_id, expires_in)
+    click.echo(portal_url(link.token))
+    click.echo(f"It works until {link.expires_at.isoformat()}.", err=True)
 
 
 def _count_rows(file) -> int:

@@ -272,3 +272,26 @@ def test_import_reports_an_id_repeated_in_a_later_batch(app, runner, tmp_path):
     with app.app_context():
         email = db.session.scalar(select(Customer.email).where(Customer.external_id == "r1"))
     assert email == "a@example.com"
+
+
+def test_portal_link_prints_a_link_to_the_share_page(app, runner, client):
+    with app.app_context():
+        customers.enrol("cli-ref", "cli-ref@example.com", "Ola Nowak", "pl")
+    result = runner.invoke(main, ["customers", "portal-link", "cli-ref", "--expires-in", "3600"])
+    assert result.exit_code == 0, result.output
+    url = result.stdout.strip()
+    assert url.startswith("http://shop.test/share/") and "\n" not in url
+    assert "It works until" in result.stderr
+    page = client.get(url.removeprefix("http://shop.test"))
+    assert page.status_code == 200 and "Cześć, Ola!" in page.text
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [(["nobody"], "No customer"), (["cli-ref", "--expires-in", "5"], "expires_in")],
+)
+def test_portal_link_refuses_unknown_customers_and_bad_expiry(app, runner, args, problem):
+    with app.app_context():
+        customers.enrol("cli-ref", "cli-ref@example.com")
+    result = runner.invoke(main, ["customers", "portal-link", *args])
+    assert result.exit_code != 0 and problem in result.output
