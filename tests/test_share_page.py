@@ -493,3 +493,14 @@ def test_names_and_shop_texts_are_escaped(client, shop, admin):
         html = response.get_data(as_text=True)
         assert "<script>alert(1)" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;" in html
+
+
+def test_the_built_in_landing_page_speaks_the_friends_language(client):
+    response = client.get("/landing?ref=ABCD-EFGH", headers={"Accept-Language": "bg"})
+    assert response.status_code == 200 and html_lang(response) == "bg"
+    assert "<code>ABCD-EFGH</code>" in response.text and "You were invited" not in response.text
+    switch = re.search(r'<a href="([^"]+)" hreflang="pl"', response.text).group(1)
+    assert unescape(switch) == "/landing?ref=ABCD-EFGH&lang=pl"  # the referral is kept
+    assert html_lang(client.get(unescape(switch))) == "pl"
+    plain = client.get("/landing")
+    assert "You were invited" in text_of(plain) and "no longer valid" in text_of(plain)

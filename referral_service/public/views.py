@@ -307,12 +307,14 @@ per_address(blp, ShareLink, QrPng, QrSvg, Welcome, SharePage)
 class Landing(MethodView):
     """The built-in landing page, used until the program's `landing_url` is set."""
 
-    @blp.doc(parameters=[REF])
+    @blp.doc(parameters=[REF, LANG])
     @blp.response(200, description="An HTML page.", content_type="text/html")
     def get(self):
-        """A plain page that shows the referral the visitor came with."""
-        page = render_template("landing.html", ref=request.args.get("ref", "")[:64])
-        return current_app.response_class(page, mimetype="text/html")  # not flask-smorest's JSON
+        """A plain page that shows the referral the visitor came with, in their language."""
+        use_language()
+        ref = request.args.get("ref", "")[:64]
+        switch = ("public.Landing", {"ref": ref or None})  # the switcher keeps the referral
+        return _page("public/landing.html", switch=switch, ref=ref)
 
 
 @blp.route("/healthz")

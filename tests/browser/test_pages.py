@@ -27,7 +27,7 @@ def test_landing_page_renders_without_errors(page, screenshot):
     assert page.get_by_role("heading", name="You were invited").is_visible()
     assert page.locator("code").first.inner_text() == "7KQ3M9XTW2HNB4RP"
     # The inline <style> applied: the page is centred and narrow, as the stylesheet says.
-    assert page.locator("body").evaluate("b => getComputedStyle(b).maxWidth") != "none"
+    assert page.locator("main").evaluate("m => getComputedStyle(m).maxWidth") != "none"
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page)
 
