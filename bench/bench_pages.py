@@ -1,4 +1,4 @@
-"""Weight and time to first byte of the service's HTML pages, against a static page and a bare app.
+"""Weight and time to first byte of the service's HTML pages, against its lightest and a bare app.
 
 What it measures, for each of these pages (in every language of `--languages`, by `?lang=`):
 
@@ -12,7 +12,7 @@ What it measures, for each of these pages (in every language of `--languages`, b
   * `GET /share/<expired token>`: the expired-link page (410), for a token signed like the
     service's but with an expiry an hour ago;
 
-and two baselines: the service's own static built-in page `GET /landing` (same server), and
+and two baselines: the service's own lightest page, the built-in `GET /landing` (same server), and
 `GET /` of a bare Flask app (`bench/bare_page_app.py`) serving a fixed HTML page: the English share
 page exactly as the service sent it, so both send the same bytes.
 
@@ -585,7 +585,7 @@ def print_loads(pages: list[Page], landing: Page, bare: Page) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Weigh the service's share, welcome and expired-link pages and time their "
-        "first byte, against its static /landing page and a bare Flask app."
+        "first byte, against its built-in /landing page and a bare Flask app."
     )
     parser.add_argument("--requests", type=int, help="timed requests per page (200; 50 --quick)")
     parser.add_argument("--warmup-requests", type=int, help="untimed requests per page first (20)")
