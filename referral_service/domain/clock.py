@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from referral_service.errors import ValidationFailed
 
 MAX_FUTURE = timedelta(days=1)
+CLOCK_SKEW = timedelta(minutes=5)  # a shop's clock and ours may disagree by this much
 OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import audit, customers, fraud, payouts, program
 from referral_service.domain.attribution import referral_block
-from referral_service.domain.clock import check_time
+from referral_service.domain.clock import CLOCK_SKEW, check_time
 from referral_service.domain.money import (
     check_currency,
     from_minor,
@@ -33,7 +33,6 @@ from referral_service.models.base import begin_write
 from referral_service.models.referral import REWARD_STATUSES
 
 OPEN = ("pending", "awaiting_approval", "approved")
-CLOCK_SKEW = timedelta(minutes=5)  # a shop's clock and ours may disagree by this much
 MAX_ORDER_ID = 128
 
 
