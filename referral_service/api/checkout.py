@@ -9,7 +9,7 @@ from referral_service.api import schemas
 from referral_service.api.auth import requires
 from referral_service.api.blueprint import Blueprint
 from referral_service.api.idempotency import idempotent
-from referral_service.domain import attribution, rewards
+from referral_service.domain import attribution, refunds, rewards
 from referral_service.errors import ErrorEnvelope
 
 blp = Blueprint(
@@ -94,4 +94,4 @@ class Refunds(MethodView):
     @blp.alt_response(404, schema=ErrorEnvelope, description="Unknown order.")
     def post(self, body):
         """Refund an order in full (no `amount`) or in part; its rewards follow the refund."""
-        return rewards.refund(body["order_id"], body.get("amount"))
+        return refunds.refund(body["order_id"], body.get("amount"))
