@@ -1,25 +1,31 @@
 # `make run` starts the service on SQLite with zero configuration; `make test` runs the tests.
-# Both create a virtual environment in .venv and install what they need into it.
+# Both create a virtual environment in .venv and install what they need into it, at exactly the
+# versions in requirements.lock (the ones the tests passed with); `make lock` refreshes that file
+# from the compatible ranges in pyproject.toml.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+LOCK = requirements.lock
+# every pip install (build dependencies in pip's isolated build environments too) takes the lock's
+# versions
+PIP_INSTALL = PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(BIN)/python -m pip install --quiet
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint format bench clean install install-dev translations
+.PHONY: run test lint format bench clean install install-dev translations lock
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=python3.x)")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PIP_INSTALL) pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(LOCK)
+	$(PIP_INSTALL) -e .
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	@touch $@
 
 install: $(VENV)/.installed
@@ -57,5 +63,19 @@ format: install-dev
 bench: install-dev
 	$(BIN)/python bench/bench_public.py
 
+# Re-resolve every dependency (with [dev]) within pyproject.toml's ranges in a fresh virtual
+# environment and write the versions it got to requirements.lock; run `make test` after it.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	.lock-venv/bin/python -m pip install --quiet '.[dev]'
+	{ echo "# The exact versions \`make run\`, \`make test\` and CI install (as pip constraints)."; \
+	  echo "# Made by \`make lock\` from the ranges in pyproject.toml; do not edit by hand."; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable \
+	    | grep -v -i '^referral[-_]service' | LC_ALL=C sort -f; } > $(LOCK)
+	rm -rf .lock-venv build referral_service.egg-info
+	@echo "$(LOCK) written: $$(grep -c '==' $(LOCK)) packages pinned"
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv build dist *.egg-info .pytest_cache .ruff_cache

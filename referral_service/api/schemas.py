@@ -16,9 +16,10 @@ import re
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from referral_service.domain import customers, fraud, portal, program
+from referral_service.domain.clock import CLOCK_SKEW
 from referral_service.domain.money import AMOUNT_PATTERN, CURRENCIES
 from referral_service.domain.pages import MAX_ID, MAX_LIMIT
-from referral_service.domain.rewards import MAX_ORDER_ID
+from referral_service.domain.rewards import MAX_ORDER_ID, PURCHASE_REASONS
 from referral_service.errors import ValidationFailed
 from referral_service.models.program import LANDING_MODES
 from referral_service.models.referral import REFERRAL_STATUSES, REWARD_STATUSES
@@ -231,9 +232,12 @@ def rule_value(description: str, **kwargs):
 
 
 def currency_code(**kwargs):
-    """An ISO 4217 currency code, upper case."""
+    """A current ISO 4217 currency code, upper case (withdrawn codes such as DEM are refused)."""
     return fields.String(
-        validate=validate.OneOf(SORTED_CURRENCIES, error="Unknown currency: use ISO 4217."),
+        validate=validate.OneOf(
+            SORTED_CURRENCIES,
+            error="Unknown or withdrawn currency: use a current ISO 4217 code, e.g. EUR.",
+        ),
         metadata={"example": "EUR"},
         **kwargs,
     )
@@ -583,7 +587,9 @@ class PurchaseIn(StrictSchema):
     )
     currency = currency_code(required=True)
     occurred_at = client_time(
-        "When the order was placed (default: now): from 2000 to at most a day from now.",
+        "When the order was placed (default: now): from 2000 to at most a day from now. The "
+        "conversion window, the hold, risk signals and the referrer's monthly cap (by UTC "
+        "calendar month) count by this date, not by when the order is reported.",
         allow_none=True,
     )
 
@@ -606,6 +612,25 @@ class PurchaseOut(Schema):
     first_purchase = fields.Boolean(required=True)
     referral = fields.Nested(ReferralRef, allow_none=True)
     rewards = fields.List(fields.Nested(RewardBrief), required=True)
+    reason = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "enum": [*PURCHASE_REASONS, None],
+            "description": "Why the purchase earns nothing, or null when it converted the "
+            "friend's referral with every reward the program gives. When several apply, the "
+            "first in this order: `not_referred` (the customer was not referred), "
+            "`already_converted` (an earlier order converted the referral), `program_paused`, "
+            "`outside_conversion_window` (dated before the sign-up, beyond "
+            f"{CLOCK_SKEW.seconds // 60} minutes of clock skew, or after "
+            "`conversion_window_days`), `currency_mismatch` (not the program's "
+            "currency), `below_minimum` (under `min_order_amount`, or zero), and "
+            "`monthly_cap_reached`: the referral converts and the friend's reward is granted, "
+            "but the referrer already has `max_rewards_per_referrer_per_month` rewards for "
+            "orders dated in that UTC month. A paused program converts nothing; the referral "
+            "stays `attributed` for a later order.",
+        },
+    )
 
 
 class RefundIn(StrictSchema):

@@ -6,10 +6,10 @@ from decimal import Decimal
 from urllib.parse import quote
 
 from babel.dates import format_date
-from babel.numbers import format_currency as babel_currency
 from babel.numbers import format_percent
-from flask_babel import format_currency, get_locale, gettext
+from flask_babel import get_locale, gettext
 
+from referral_service.domain.money import format_money
 from referral_service.domain.portal import SharePage
 from referral_service.links import referral_block, share_url
 
@@ -94,7 +94,7 @@ def referrer_reward(rule: dict, currency: str) -> str | None:
     if rule["type"] == "fixed":
         return gettext(
             "You get %(amount)s for each friend who makes a first purchase.",
-            amount=format_currency(Decimal(rule["value"]), currency),
+            amount=format_money(rule["value"], currency, get_locale()),
         )
     if rule["type"] == "percent":
         return gettext(
@@ -110,7 +110,7 @@ def friend_offer(offer: dict | None, currency: str, *, for_friend: bool) -> str 
         return None
     kind = offer["type"]
     if kind == "fixed":
-        amount = format_currency(Decimal(offer["value"]), offer.get("currency") or currency)
+        amount = format_money(offer["value"], offer.get("currency") or currency, get_locale())
         if for_friend:
             return gettext("Get %(amount)s off your first order.", amount=amount)
         return gettext("Your friends get %(amount)s off their first order.", amount=amount)
@@ -155,7 +155,7 @@ class Words:
     def money(self, amount, currency: str) -> str:
         key = (amount, currency)
         if key not in self._money:
-            self._money[key] = babel_currency(amount, currency, locale=self.locale)
+            self._money[key] = format_money(amount, currency, self.locale)
         return self._money[key]
 
     def say(self, message: str, **values) -> str:
