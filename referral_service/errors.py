@@ -87,6 +87,13 @@ class Conflict(ReferralError):
     message = "The request conflicts with the current state."
 
 
+class OrderConflict(Conflict):
+    """An `order_id` already recorded with another customer, amount or currency."""
+
+    code = "order_conflict"
+    message = "This order_id was already recorded for another order."
+
+
 class Unauthorized(ReferralError):
     """No API key, or one that is unknown or revoked."""
 

@@ -221,6 +221,7 @@ def test_purchase_without_referral_has_referral_null(client, shop):
         "first_purchase": True,
         "referral": None,
         "rewards": [],
+        "reason": "not_referred",
     }
     assert buy(client, shop, "o-2", "plain", "10.00").json["first_purchase"] is False
     signed_up = sign_up(client, shop, "unreferred").json

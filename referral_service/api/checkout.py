@@ -63,14 +63,26 @@ class Purchases(MethodView):
     @blp.alt_response(
         200,
         schema=schemas.PurchaseOut,
-        description="A replay of the same `order_id`: the first answer.",
+        description="A replay of the same `order_id` with the same customer, amount and "
+        "currency: the first answer, `reason` included.",
     )
     @blp.alt_response(404, schema=ErrorEnvelope, description="Unknown customer.")
+    @blp.alt_response(
+        409,
+        schema=ErrorEnvelope,
+        description="`order_conflict`: the `order_id` was already recorded with another "
+        "customer, amount or currency (a new order needs a new `order_id`); or `conflict`: "
+        "a request with the same `Idempotency-Key` is still running.",
+    )
     def post(self, body):
         """Record an order; the friend's first qualifying purchase converts their referral.
 
         Rewards are computed exactly (fixed, or percent of the order rounded half-up to the
-        currency's minor unit). Later purchases earn nothing.
+        currency's minor unit). Later purchases earn nothing; a purchase that earns nothing says
+        why in `reason`. An `order_id` names one order for ever: sent again with the same
+        customer, amount and currency it gets the first answer (200), with another it is a 409
+        `order_conflict`. `occurred_at` may differ on a retry (it is not part of the order's
+        identity); the first one recorded stands.
         """
         answer = rewards.record_purchase(
             body["order_id"],

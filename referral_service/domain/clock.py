@@ -1,4 +1,9 @@
-"""Checks of the times a client sends: timezone-aware, and not absurdly far from now."""
+"""Times: checks of those a client sends (timezone-aware, not absurdly far from now), the clock
+skew allowed between a shop's clock and ours, and calendar months in UTC.
+
+Business rules count by when a thing happened (an order's or a sign-up's `occurred_at`), not
+by when the service heard of it: a shop may report an order late, or replay a day's orders.
+"""
 
 from datetime import UTC, datetime, timedelta
 
@@ -30,3 +35,10 @@ def check_time(value: datetime | None, now: datetime, field: str = "occurred_at"
     if value > now + MAX_FUTURE or value < OLDEST:
         raise ValidationFailed(fields={field: ["Must be after 2000 and not in the future."]})
     return value
+
+
+def utc_month(when: datetime) -> tuple[datetime, datetime]:
+    """The UTC calendar month holding `when` (an aware time), as `[start, end)`."""
+    start = when.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end

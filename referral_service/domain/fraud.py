@@ -10,7 +10,9 @@ flag it, and a flagged referral's rewards always wait for an admin:
 - `same_network`: the friend's IP address *and* user agent are those of the referrer's own sign-up
   or another of their friends';
 - `velocity`: more sign-ups through the referrer within `velocity_window_hours` than
-  `velocity_max_signups`; `conversion_velocity`: the same, of first purchases;
+  `velocity_max_signups`; `conversion_velocity`: the same, of first purchases. The window is the
+  hours up to the event's own date (`occurred_at`), not up to the time it is processed: a sign-up
+  or an order reported late is judged among its neighbours in time, not among later ones;
 - `coupon_site`: the share-link visit came from a coupon or deal site (`Referer`);
 - `similar_name`: the friend's name is the referrer's.
 
@@ -32,6 +34,7 @@ from flask import current_app
 from itsdangerous import Signer
 from sqlalchemy import bindparam, func, or_, select, update
 
+from referral_service.domain.clock import CLOCK_SKEW
 from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Click, Referral, Signup
@@ -266,9 +269,8 @@ def signup_signals(
         ).first()
     ):
         reasons.append("same_network")
-    since = occurred_at - timedelta(hours=settings["velocity_window_hours"])
     recent = connection.execute(
-        _RECENT_SIGNUPS, {"referrer_id": referrer["id"], "since": since}
+        _RECENT_SIGNUPS, {"referrer_id": referrer["id"], **_window(occurred_at, settings)}
     ).scalar()
     if recent >= settings["velocity_max_signups"]:
         reasons.append("velocity")
@@ -279,19 +281,30 @@ def signup_signals(
     return merged(reasons, ())
 
 
-def purchase_signals(connection, referrer_id: int, friend_email: str, settings: dict, now) -> list:
-    """The reasons to flag a conversion: many first purchases through the referrer lately, or a
-    friend whose address has become known as disposable since they signed up."""
+def purchase_signals(
+    connection, referrer_id: int, friend_email: str, settings: dict, occurred_at: datetime
+) -> list:
+    """The reasons to flag a conversion by an order dated `occurred_at`: many first purchases
+    through the referrer in the window before it, or a friend whose address has become known as
+    disposable since they signed up."""
     reasons = []
-    since = now - timedelta(hours=settings["velocity_window_hours"])
     converted = connection.execute(
-        _RECENT_CONVERSIONS, {"referrer_id": referrer_id, "since": since}
+        _RECENT_CONVERSIONS, {"referrer_id": referrer_id, **_window(occurred_at, settings)}
     ).scalar()
     if converted >= settings["velocity_max_signups"]:
         reasons.append("conversion_velocity")
     if is_disposable(friend_email):
         reasons.append("disposable_email")
     return reasons
+
+
+def _window(occurred_at: datetime, settings: dict) -> dict:
+    """`{since, until}`: the `velocity_window_hours` up to an event's date (and the clock skew
+    after it, for events reported at once from clocks a little apart), both ends counted."""
+    return {
+        "since": occurred_at - timedelta(hours=settings["velocity_window_hours"]),
+        "until": occurred_at + CLOCK_SKEW,
+    }
 
 
 def purge(retention_days: int, now: datetime) -> dict:
@@ -352,9 +365,11 @@ _SAME_NETWORK = (
 _RECENT_SIGNUPS = select(func.count()).where(
     _referrals.c.referrer_id == bindparam("referrer_id"),
     _referrals.c.attributed_at >= bindparam("since"),
+    _referrals.c.attributed_at <= bindparam("until"),
 )
 _RECENT_CONVERSIONS = select(func.count()).where(
     _referrals.c.referrer_id == bindparam("referrer_id"),
     _referrals.c.status == "converted",
     _referrals.c.converted_at >= bindparam("since"),
+    _referrals.c.converted_at <= bindparam("until"),
 )

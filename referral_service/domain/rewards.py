@@ -7,6 +7,10 @@ the qualifying order (domain/refunds.py) before payout makes it `reversed`; afte
 records a clawback.
 Exactly one reward per friend and beneficiary is guaranteed by a unique key on
 (referral, beneficiary), and purchases of one customer are serialized by a lock on that customer.
+
+An `order_id` names one order for ever: sent again with the same customer, amount and currency it
+gets the saved answer; with another, it is refused (OrderConflict), never answered as the first.
+A purchase that earns nothing says why (`reason`, one of PURCHASE_REASONS).
 """
 
 from dataclasses import dataclass
@@ -18,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import audit, customers, fraud, payouts, program
 from referral_service.domain.attribution import referral_block
-from referral_service.domain.clock import CLOCK_SKEW, check_time
+from referral_service.domain.clock import CLOCK_SKEW, check_time, utc_month
 from referral_service.domain.money import (
     check_currency,
     from_minor,
@@ -27,7 +31,7 @@ from referral_service.domain.money import (
     to_minor,
 )
 from referral_service.domain.pages import page
-from referral_service.errors import Conflict, NotFound, ValidationFailed
+from referral_service.errors import Conflict, NotFound, OrderConflict, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Customer, Purchase, Referral, Reward, utcnow
 from referral_service.models.base import begin_write
@@ -35,6 +39,20 @@ from referral_service.models.referral import REWARD_STATUSES
 
 OPEN = ("pending", "awaiting_approval", "approved")
 MAX_ORDER_ID = 128
+# Why a purchase earns nothing, in order of precedence: the first that applies is the answer's
+# `reason`. Reasons no other order of the friend could change come first (no referral, one
+# already converted, a paused program, a date outside the conversion window), then those of this
+# order (its currency, its amount). `monthly_cap_reached` is the one reason of a purchase that
+# converts: the referrer's monthly cap withheld their reward (the friend's is still granted).
+PURCHASE_REASONS = (
+    "not_referred",
+    "already_converted",
+    "program_paused",
+    "outside_conversion_window",
+    "currency_mismatch",
+    "below_minimum",
+    "monthly_cap_reached",
+)
 
 
 @dataclass
@@ -95,8 +113,16 @@ def record_purchase(
 ) -> PurchaseAnswer:
     """Record an order; the friend's first qualifying purchase converts their referral.
 
-    A replay of the same `order_id` returns the saved answer and changes nothing. Raises
-    ValidationFailed for bad fields and NotFound for an unknown customer.
+    `amount` is a decimal string in major units of `currency`; `occurred_at` (aware, default
+    `now`) dates the order, and every rule counts by it: the conversion window, the hold
+    (`available_at` = `occurred_at` + `hold_days`), velocity and the referrer's monthly cap (the
+    UTC calendar month of `occurred_at`). The answer's body is `{order_id, first_purchase,
+    referral, rewards, reason}`, `reason` None or one of PURCHASE_REASONS.
+
+    A replay of the same `order_id` with the same customer, amount and currency returns the saved
+    answer and changes nothing. Raises ValidationFailed for bad fields, NotFound for an unknown
+    customer and OrderConflict for an `order_id` recorded with another customer, amount or
+    currency.
     """
     now = now or utcnow()
     order_id = check_order_id(order_id)
@@ -108,7 +134,7 @@ def record_purchase(
         return _record_purchase(
             order_id, customer_external_id, amount_minor, currency, occurred_at, now
         )
-    except IntegrityError:  # the same order recorded concurrently: answer as a replay
+    except IntegrityError:  # the same order id recorded concurrently: a replay or a conflict
         db.session.rollback()
         return _record_purchase(
             order_id, customer_external_id, amount_minor, currency, occurred_at, now
@@ -117,10 +143,11 @@ def record_purchase(
 
 def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at, now):
     settings = program.settings()
-    saved = db.session.connection().execute(_SAVED, {"order_id": order_id}).scalar()
+    saved = db.session.connection().execute(_SAVED, {"order_id": order_id}).first()
     if saved is not None:
         db.session.rollback()
-        return PurchaseAnswer(saved, created=False)
+        _same_order(saved, order_id, external_id, amount_minor, currency)
+        return PurchaseAnswer(saved.response, created=False)
     begin_write(db.session)
     connection = db.session.connection()
     friend = connection.execute(
@@ -147,13 +174,14 @@ def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at,
     purchase["id"] = connection.execute(_INSERT_PURCHASE, purchase).inserted_primary_key[0]
     referral = None
     rewards = []
+    reason = _why_not(friend, purchase, settings)
     if friend.referral_id is not None:
         referral = {
             "id": friend.referral_id,
             "referrer_external_id": friend.referrer_external_id,
             "status": friend.status,
         }
-        if _qualifies(friend, purchase, settings):
+        if reason is None:
             reasons = fraud.merged(
                 friend.risk_reasons or [],
                 fraud.purchase_signals(
@@ -172,16 +200,20 @@ def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at,
             ).rowcount
             if converted:
                 referral["status"] = "converted"
-                rewards = _grant(connection, friend, purchase, settings, now, fraud.score(reasons))
+                rewards, reason = _grant(
+                    connection, friend, purchase, settings, now, fraud.score(reasons)
+                )
             else:  # converted meanwhile by another order (a PostgreSQL join can read it late)
                 referral["status"] = connection.execute(
                     _REFERRAL_STATUS, {"id": friend.referral_id}
                 ).scalar()
+                reason = "not_referred" if referral["status"] == "rejected" else "already_converted"
     body = {
         "order_id": order_id,
         "first_purchase": first_purchase,
         "referral": referral,
         "rewards": [_jsonable(reward) for reward in rewards],
+        "reason": reason,
     }
     connection.execute(_SAVE_RESPONSE, {"purchase_id": purchase["id"], "response": body})
     db.session.commit()
@@ -192,15 +224,46 @@ def _jsonable(body: dict) -> dict:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in body.items()}
 
 
-def _qualifies(friend, purchase: dict, settings: dict) -> bool:
-    """A paid order (more than zero, at least the minimum, in the program currency) placed
-    within the conversion window after the sign-up (allowing for clocks a little apart)."""
-    if friend.status != "attributed" or purchase["currency"] != settings["currency"]:
-        return False
-    minimum = to_minor(Decimal(settings["min_order_amount"]), purchase["currency"])
+def _same_order(saved, order_id: str, external_id: str, amount_minor: int, currency: str):
+    """Raises OrderConflict unless a request names the saved order's customer, amount, currency."""
+    differs = [
+        name
+        for name, same in (
+            ("customer_external_id", saved.external_id == external_id),
+            ("amount", saved.amount_minor == amount_minor and saved.currency == currency),
+            ("currency", saved.currency == currency),
+        )
+        if not same
+    ]
+    if differs:
+        raise OrderConflict(
+            f"Order {order_id!r} was already recorded with another {', '.join(differs)}. "
+            "A new order needs an order_id of its own; a retry of this order must send the "
+            "customer, amount and currency it was first sent with."
+        )
+
+
+def _why_not(friend, purchase: dict, settings: dict) -> str | None:
+    """Why this order cannot convert the friend's referral (the first of PURCHASE_REASONS that
+    applies), or None when it qualifies: a paid order (more than zero, at least the minimum, in
+    the program currency) dated within the conversion window after the sign-up (allowing for
+    clocks a little apart), while the program runs. A paused program converts nothing, as it
+    attributes nothing: the referral stays `attributed` for a later order."""
+    if friend.referral_id is None or friend.status == "rejected":
+        return "not_referred"
+    if friend.status != "attributed":
+        return "already_converted"
+    if settings["paused"]:
+        return "program_paused"
     age = purchase["occurred_at"] - friend.attributed_at
-    window = timedelta(days=settings["conversion_window_days"])
-    return purchase["amount_minor"] >= max(minimum, 1) and -CLOCK_SKEW <= age <= window
+    if not -CLOCK_SKEW <= age <= timedelta(days=settings["conversion_window_days"]):
+        return "outside_conversion_window"
+    if purchase["currency"] != settings["currency"]:
+        return "currency_mismatch"
+    minimum = to_minor(Decimal(settings["min_order_amount"]), purchase["currency"])
+    if purchase["amount_minor"] < max(minimum, 1):
+        return "below_minimum"
+    return None
 
 
 def _rule_amount(rule: dict, order_minor: int, currency: str) -> int:
@@ -209,12 +272,17 @@ def _rule_amount(rule: dict, order_minor: int, currency: str) -> int:
     return percent_of(order_minor, Decimal(rule["value"]))
 
 
-def _grant(connection, friend, purchase: dict, settings: dict, now: datetime, risk: int) -> list:
-    """The rewards of a conversion, within the referrer's monthly cap, as the API shows them."""
+def _grant(connection, friend, purchase: dict, settings: dict, now: datetime, risk: int):
+    """The rewards of a conversion as the API shows them, and the reason of one withheld:
+    `monthly_cap_reached` when the referrer's cap for the order's month is used up, else None.
+
+    The hold runs from the order's date (a shop's refund window does), so an order reported
+    after its hold is over matures at once.
+    """
     available_at = purchase["occurred_at"] + timedelta(days=settings["hold_days"])
     currency = purchase["currency"]
     cap = settings["max_rewards_per_referrer_per_month"]
-    rewards = []
+    rewards, reason = [], None
     for beneficiary, customer_id in (("referrer", friend.referrer_id), ("friend", friend.id)):
         rule = settings[f"{beneficiary}_reward"]
         if rule["type"] == "none":
@@ -222,8 +290,9 @@ def _grant(connection, friend, purchase: dict, settings: dict, now: datetime, ri
         if (
             beneficiary == "referrer"
             and cap is not None
-            and _earned_this_month(connection, friend.referrer_id, now) >= cap
+            and _earned_in_month(connection, friend.referrer_id, purchase["occurred_at"]) >= cap
         ):
+            reason = "monthly_cap_reached"
             continue
         amount = _rule_amount(rule, purchase["amount_minor"], currency)
         if amount <= 0:
@@ -258,19 +327,23 @@ def _grant(connection, friend, purchase: dict, settings: dict, now: datetime, ri
                 "available_at": available_at,
             }
         )
-    return rewards
+    return rewards, reason
 
 
-def _earned_this_month(connection, referrer_id: int, now: datetime) -> int:
-    """The referrer's rewards created this calendar month (UTC), reversed or rejected ones aside.
+def _earned_in_month(connection, referrer_id: int, ordered_at: datetime) -> int:
+    """The referrer's rewards for orders dated in the UTC calendar month of `ordered_at`,
+    reversed or rejected ones aside: the month of the order, not of its processing, so that an
+    order reported late or replayed counts where it belongs.
 
     On PostgreSQL the referrer's row is locked first, so that two of their friends converting at
     once count one after the other (SQLite's write lock already orders them).
     """
     if connection.dialect.name != "sqlite":
         connection.execute(_LOCK_CUSTOMER, {"id": referrer_id})
-    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return connection.execute(_EARNED, {"customer_id": referrer_id, "since": month}).scalar()
+    start, end = utc_month(ordered_at)
+    return connection.execute(
+        _EARNED, {"customer_id": referrer_id, "start": start, "end": end}
+    ).scalar()
 
 
 def _matured_status(amount_minor: int, currency: str, risk_score: int, settings: dict) -> str:
@@ -286,7 +359,17 @@ _customers = Customer.__table__
 _referrals = Referral.__table__
 _rewards = Reward.__table__
 _referrers = _customers.alias("referrers")
-_SAVED = select(_purchases.c.response).where(_purchases.c.order_id == bindparam("order_id"))
+# the saved answer, with what decides whether a request is the same order
+_SAVED = (
+    select(
+        _purchases.c.response,
+        _purchases.c.amount_minor,
+        _purchases.c.currency,
+        _customers.c.external_id,
+    )
+    .join_from(_purchases, _customers, _customers.c.id == _purchases.c.customer_id)
+    .where(_purchases.c.order_id == bindparam("order_id"))
+)
 _FRIEND = (
     select(
         _customers.c.id,
@@ -328,11 +411,16 @@ _SAVE_RESPONSE = (
     .values(response=bindparam("response"))
 )
 _LOCK_CUSTOMER = select(_customers.c.id).where(_customers.c.id == bindparam("id")).with_for_update()
-_EARNED = select(func.count()).where(
-    _rewards.c.customer_id == bindparam("customer_id"),
-    _rewards.c.beneficiary == "referrer",
-    _rewards.c.created_at >= bindparam("since"),
-    _rewards.c.status.not_in(("rejected", "reversed")),
+_EARNED = (
+    select(func.count())
+    .select_from(_rewards.join(_purchases, _purchases.c.id == _rewards.c.purchase_id))
+    .where(
+        _rewards.c.customer_id == bindparam("customer_id"),
+        _rewards.c.beneficiary == "referrer",
+        _rewards.c.status.not_in(("rejected", "reversed")),
+        _purchases.c.occurred_at >= bindparam("start"),
+        _purchases.c.occurred_at < bindparam("end"),
+    )
 )
 
 
