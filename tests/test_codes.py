@@ -90,6 +90,63 @@ def test_case_separators_and_look_alikes_fold():
         assert SIGNER.verify(typed) == code
 
 
+# How links and typed codes get mangled on the way: chat apps, word processors, phone keyboards.
+MANGLINGS = {
+    "trailing slash": lambda c: c + "/",
+    "closing parenthesis": lambda c: c + ")",
+    "in parentheses": lambda c: f"({c})",
+    "comma": lambda c: c + ",",
+    "full stop": lambda c: c + ".",
+    "exclamation mark": lambda c: c + "!",
+    "question mark": lambda c: c + "?",
+    "ellipsis": lambda c: c + "\u2026",
+    "curly quotes": lambda c: f"\u201c{c}\u201d",
+    "guillemets": lambda c: f"\u00ab{c}\u00bb",
+    "emoji after a space": lambda c: c + " \U0001f389",
+    "zero-width space after": lambda c: c + "\u200b",
+    "zero-width space inside": lambda c: c[:6] + "\u200b" + c[6:],
+    "zero-width joiner and non-joiner": lambda c: c[:3] + "\u200d" + c[3:9] + "\u200c" + c[9:],
+    "word joiner": lambda c: c[:8] + "\u2060" + c[8:],
+    "byte order mark first": lambda c: "\ufeff" + c,
+    "right-to-left mark first": lambda c: "\u200f" + c,
+    "soft hyphen": lambda c: c[:4] + "\u00ad" + c[4:],
+    "variation selector": lambda c: c + "\ufe0f",
+    "en dash groups": lambda c: display(c).replace("-", "\u2013"),
+    "em dash groups": lambda c: display(c).replace("-", "\u2014"),
+    "minus sign groups": lambda c: display(c).replace("-", "\u2212"),
+    "figure dash groups": lambda c: display(c).replace("-", "\u2012"),
+    "non-breaking hyphen groups": lambda c: display(c).replace("-", "\u2011"),
+    "spaced en dash": lambda c: display(c).replace("-", " \u2013 "),
+    "no-break spaces": lambda c: display(c).replace("-", "\u00a0"),
+    "full-width characters": lambda c: "".join(chr(ord(x) + 0xFEE0) for x in c),
+    "lower case, en dash and a full stop": lambda c: (
+        display(c).lower().replace("-", "\u2013") + "."
+    ),
+    "Cyrillic and Greek look-alikes": lambda c: c.replace("A", "\u0410").replace("K", "\u039a"),
+}
+
+
+@pytest.mark.parametrize("mangle", MANGLINGS.values(), ids=MANGLINGS.keys())
+def test_mangled_codes_are_read(mangle):
+    code = issued("AK0X1")
+    assert normalize(mangle(code)) == code
+    assert SIGNER.verify(mangle(code)) == code
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ABCDEFGH)JKMNPQRS",  # punctuation inside the code is not a separator
+        "ABCDEFGH,JKMNPQRS",
+        "ABCDEFGHJKMNPQR\u200b",  # 15 characters and an invisible one
+        "\u200b" * 90 + "ABCDEFGHJKMNPQRS",  # invisible characters count to MAX_TYPED
+        "ABCDEFGHJKMNPQRS" + "!" * 90,
+    ],
+)
+def test_what_cannot_be_read_is_not_a_code(text):
+    assert normalize(text) is None
+
+
 @pytest.mark.parametrize(
     "text",
     [

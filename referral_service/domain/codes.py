@@ -5,6 +5,7 @@ a random 5-character payload (25 bits) followed by 11 characters (55 bits) of an
 the payload, keyed by itsdangerous under the secret key with the code's own salt. A forged or
 mistyped code fails the MAC check in memory, before any database lookup; a random guess passes it
 with odds of 1 in 2^55. Keys listed in `SECRET_KEY_FALLBACKS` still verify the codes they issued.
+Typed, pasted or mangled codes are read by `normalize`, the one reading every door uses.
 """
 
 import hashlib
@@ -13,6 +14,7 @@ import re
 import secrets
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 
 from flask import current_app
@@ -30,16 +32,82 @@ CODE_LENGTH = PAYLOAD_LENGTH + MAC_LENGTH
 MAC_BITS = 5 * MAC_LENGTH
 SALT = "referral-service.referral-code"
 
-_FOLD = str.maketrans({"O": "0", "I": "1", "L": "1"})
-_SEPARATORS = re.compile(r"[\s\-_.]+")
+MAX_TYPED = 100  # characters of typed or pasted text read as a code at most
+
+# Letters read as the digit or Latin letter they look like: O is 0, I and L are 1, and the
+# Cyrillic and Greek capitals of Bulgarian and Greek keyboards that look like Latin ones.
+_FOLD = str.maketrans(
+    {
+        "O": "0",
+        "I": "1",
+        "L": "1",
+        # Cyrillic A, Ve, Ie, Ze, Ukrainian I, Je, Ka, Em, En, O, Er, Es, Dze, Te, Ha
+        **dict(
+            zip(
+                "\u0410\u0412\u0415\u0417\u0406\u0408\u041a\u041c"
+                "\u041d\u041e\u0420\u0421\u0405\u0422\u0425",
+                "ABE31JKMH0PCSTX",
+                strict=True,
+            )
+        ),
+        # Greek Alpha, Beta, Epsilon, Zeta, Eta, Iota, Kappa, Mu, Nu, Omicron, Rho, Tau,
+        # Upsilon, Chi
+        **dict(
+            zip(
+                "\u0391\u0392\u0395\u0396\u0397\u0399\u039a"
+                "\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7",
+                "ABEZH1KMN0PTYX",
+                strict=True,
+            )
+        ),
+    }
+)
+# Dashes that Unicode does not file as dash punctuation (category Pd): minus signs, hyphen bullet.
+_OTHER_DASHES = frozenset("\u2212\u2043\u2796\u02d7\u207b\u208b")
+# Invisible characters that are not format characters (category Cf): the combining grapheme
+# joiner, Hangul fillers and the variation selectors.
+_OTHER_INVISIBLES = frozenset(
+    "\u034f\u115f\u1160\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
 _CANONICAL = re.compile(f"[{ALPHABET}]{{{CODE_LENGTH}}}")
 
 
+def _is_separator(char: str) -> bool:
+    """Spaces, hyphens and every look-alike dash, `_` and `.` between groups of a code."""
+    category = unicodedata.category(char)
+    return char in "_." or char.isspace() or category == "Pd" or char in _OTHER_DASHES
+
+
 def normalize(text: str) -> str | None:
-    """A typed code in canonical form (upper case, no separators, look-alikes folded), or None."""
-    if not isinstance(text, str) or len(text) > 64:
+    """A typed or pasted code in canonical form, or None when no code can be read from it.
+
+    The one reading of a code, whatever door it comes by (share link, QR image, welcome page,
+    sign-up): Unicode NFKC (full-width letters, no-break spaces), invisible characters dropped
+    (zero-width space and joiners, BOM, soft hyphen, variation selectors), anything that is not a
+    letter or digit stripped from both ends (a link followed by `)`, `,`, `.`, `!`, `?`, quotes
+    or an emoji), spaces, hyphens, look-alike dashes (en dash, em dash, minus sign, ...), `_` and
+    `.` dropped as separators, upper case, look-alikes folded (O as 0, I and L as 1, Cyrillic and
+    Greek capitals as the Latin ones). Returns the 16 characters of the alphabet, or None for
+    anything else (not a string, more than MAX_TYPED characters, other characters inside).
+    """
+    if not isinstance(text, str) or len(text) > MAX_TYPED:
         return None
-    candidate = _SEPARATORS.sub("", text).upper().translate(_FOLD)
+    if _CANONICAL.fullmatch(text):  # the share link as issued: the hot path
+        return text
+    visible = [
+        char
+        for char in unicodedata.normalize("NFKC", text)
+        if unicodedata.category(char) != "Cf" and char not in _OTHER_INVISIBLES
+    ]
+    start, end = 0, len(visible)
+    while start < end and not visible[start].isalnum():
+        start += 1
+    while end > start and not visible[end - 1].isalnum():
+        end -= 1
+    candidate = "".join(c for c in visible[start:end] if not _is_separator(c))
+    candidate = candidate.upper().translate(_FOLD)
     return candidate if _CANONICAL.fullmatch(candidate) else None
 
 
