@@ -2,8 +2,19 @@
 
 A typed code wins over a click. The reasons an attribution fails, in the order they are decided:
 `program_paused`; `no_referral`; for a code `invalid_code` / `revoked_code`; for a click
-`unknown_click` / `window_expired` / `revoked_code`; `self_referral` (the referrer themselves, or
-the same normalized email); `existing_customer` (enrolled before); `already_referred`.
+`unknown_click` / `click_after_signup` (the click is dated after the sign-up, beyond CLOCK_SKEW) /
+`window_expired` / `revoked_code`; `self_referral` (the referrer themselves, or the same
+normalized email); `already_referred` (this friend, or their normalized email under any
+`external_id`, was attributed before: first attribution wins); `existing_customer` (enrolled
+before, bought before, or known under another `external_id` with the same normalized email).
+
+One person, one referral: the normalized email (`customers.email_key`) of every attributed friend
+is kept on their referral under a unique key, so that of two sign-ups of one person racing under
+two `external_id`s exactly one is attributed, and the other answers `already_referred`.
+
+Only a click dates how the friend arrived. A typed code is not refused for having been issued
+after the sign-up's `occurred_at`: a code is often typed at checkout, after the account was made,
+and still attributes until the friend's first purchase.
 """
 
 from dataclasses import dataclass
@@ -14,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import customers, fraud, program
 from referral_service.domain.clicks import flush_pending
-from referral_service.domain.clock import check_time
+from referral_service.domain.clock import CLOCK_SKEW, check_time
 from referral_service.domain.codes import normalize, signer
 from referral_service.errors import InvalidCode
 from referral_service.extensions import db
@@ -55,6 +66,8 @@ class _Source:
     referrer_external_id: str
     referrer_email_key: str
     referrer_name: str | None
+    email_referred: bool  # the friend's normalized email was attributed before
+    email_known: bool  # a customer under another external id has the friend's normalized email
     visit_host: str | None = None  # where the share-link visit came from (`Referer`)
 
 
@@ -137,8 +150,9 @@ def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, 
         answer = _answer(prior, settings, created=False)
         db.session.rollback()
         return answer
+    email_key = customer.email_key  # the person as known, whatever this call's email says
     source, reason = _decide(
-        settings, typed_code, code, click_id, occurred_at, customer, external_id, values, prior
+        settings, typed_code, code, click_id, occurred_at, customer, external_id, email_key, prior
     )
     if prior is not None and source is None:  # a later call that attributes nothing
         db.session.rollback()
@@ -152,6 +166,7 @@ def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, 
             code_id=source.code_id,
             click_id=source.click_id,
             channel=source.channel,
+            friend_email_key=email_key,
             status="attributed",
             attributed_at=occurred_at,
             risk_score=fraud.score(reasons),
@@ -185,7 +200,15 @@ def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_
     """
     settings = program.settings()
     source, reason = _decide(
-        settings, typed_code, code, click_id, occurred_at, None, external_id, values, None
+        settings,
+        typed_code,
+        code,
+        click_id,
+        occurred_at,
+        None,
+        external_id,
+        values["email_key"],
+        None,
     )
     reasons = []
     if source is not None:
@@ -210,6 +233,7 @@ def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_
                 "code_id": source.code_id,
                 "click_id": source.click_id,
                 "channel": source.channel,
+                "friend_email_key": values["email_key"],
                 "attributed_at": occurred_at,
                 "risk_score": fraud.score(reasons),
                 "risk_reasons": reasons,
@@ -272,21 +296,24 @@ def _answer(record: Signup, settings: dict, created: bool) -> SignupAnswer:
 
 
 def _decide(
-    settings, typed_code, code, click_id, occurred_at, customer, external_id, values, prior
+    settings, typed_code, code, click_id, occurred_at, customer, external_id, email_key, prior
 ):
     """`(source, None)` when the sign-up can be attributed, else `(None, reason)`."""
     try:
-        source = _source(settings, typed_code, code, click_id, occurred_at)
-        _check_people(source, customer, external_id, values["email_key"], prior)
+        people = {"email_key": email_key, "external_id": external_id}
+        source = _source(settings, typed_code, code, click_id, occurred_at, people)
+        _check_people(source, customer, external_id, email_key, prior)
     except _Refused as refused:
         return None, refused.reason
     return source, None
 
 
-def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
+def _source(settings, typed_code, code, click_id, occurred_at, people: dict) -> _Source:
     """The code (preferred) or click that names a referrer; raises _Refused with the reason.
 
-    Attribution trusts only the database about revocations, never the share link's cache.
+    Attribution trusts only the database about revocations, never the share link's cache. The
+    same statement tells whether the friend's normalized email (`people`: `{email_key,
+    external_id}`) was referred or known before, so that the sign-up costs no extra query.
     """
     if settings["paused"]:
         raise _Refused("program_paused")
@@ -296,42 +323,56 @@ def _source(settings, typed_code, code, click_id, occurred_at) -> _Source:
             verified = signer().verify(typed_code)
         except InvalidCode:
             raise _Refused("invalid_code") from None
-        found = connection.execute(_BY_CODE, {"code": verified}).first()
+        found = connection.execute(_BY_CODE, {"code": verified, **people}).first()
         if found is None:
             raise _Refused("invalid_code")
         if found.revoked_at is not None:
             raise _Refused("revoked_code")
-        return _Source(found.code_id, found.referrer_id, CODE_CHANNEL, None, *found[-3:])
+        return _source_of(found, CODE_CHANNEL, None, None)
     if click_id:
-        found = connection.execute(_BY_CLICK, {"click_id": click_id}).first()
+        found = connection.execute(_BY_CLICK, {"click_id": click_id, **people}).first()
         if found is None:
             raise _Refused("unknown_click")
+        if found.occurred_at - occurred_at > CLOCK_SKEW:
+            raise _Refused("click_after_signup")
         window = timedelta(days=settings["attribution_window_days"])
         if occurred_at - found.occurred_at > window:
             raise _Refused("window_expired")
         if found.revoked_at is not None:
             raise _Refused("revoked_code")
-        return _Source(
-            found.code_id,
-            found.referrer_id,
-            found.channel,
-            click_id,
-            *found[-3:],
-            found.referer_host,
-        )
+        return _source_of(found, found.channel, click_id, found.referer_host)
     raise _Refused("no_referral")
 
 
+def _source_of(found, channel: str, click_id: str | None, visit_host: str | None) -> _Source:
+    return _Source(
+        code_id=found.code_id,
+        referrer_id=found.referrer_id,
+        channel=channel,
+        click_id=click_id,
+        referrer_external_id=found.external_id,
+        referrer_email_key=found.email_key,
+        referrer_name=found.name,
+        email_referred=bool(found.email_referred),
+        email_known=bool(found.email_known),
+        visit_host=visit_host,
+    )
+
+
 def _check_people(source: _Source, customer, external_id: str, email_key: str, prior) -> None:
-    """Refuse the referrer themselves, someone enrolled before, or a friend already referred.
+    """Refuse the referrer themselves, a friend already referred (under any external id with the
+    same normalized email), or someone who was a customer before (enrolled, bought, or known under
+    another external id with the same normalized email).
 
     A friend whose own sign-up was not attributed (no code yet, or a mistyped one) may still be
     attributed by a later call until their first purchase: the code is often typed at checkout.
     """
     if source.referrer_external_id == external_id or source.referrer_email_key == email_key:
         raise _Refused("self_referral")
-    if prior is not None and prior.attributed:
+    if (prior is not None and prior.attributed) or source.email_referred:
         raise _Refused("already_referred")
+    if source.email_known:
+        raise _Refused("existing_customer")
     if customer is not None and (
         prior is None
         or customer.origin != "signup"
@@ -344,7 +385,21 @@ def _check_people(source: _Source, customer, external_id: str, email_key: str, p
 _customers = Customer.__table__
 _codes = ReferralCode.__table__
 _clicks = Click.__table__
+_referrals = Referral.__table__
+_others = _customers.alias("others")
 _KNOWN = select(_customers.c.id).where(_customers.c.external_id == bindparam("external_id"))
+# whether the friend's normalized email was attributed before, or is a customer's under another id
+_EMAIL_REFERRED = (
+    exists().where(_referrals.c.friend_email_key == bindparam("email_key")).label("email_referred")
+)
+_EMAIL_KNOWN = (
+    exists()
+    .where(
+        _others.c.email_key == bindparam("email_key"),
+        _others.c.external_id != bindparam("external_id"),
+    )
+    .label("email_known")
+)
 _BY_CODE = (
     select(
         _codes.c.id.label("code_id"),
@@ -353,6 +408,8 @@ _BY_CODE = (
         _customers.c.external_id,
         _customers.c.email_key,
         _customers.c.name,
+        _EMAIL_REFERRED,
+        _EMAIL_KNOWN,
     )
     .join_from(_codes, _customers, _codes.c.customer_id == _customers.c.id)
     .where(_codes.c.code == bindparam("code"))
@@ -368,6 +425,8 @@ _BY_CLICK = (
         _customers.c.external_id,
         _customers.c.email_key,
         _customers.c.name,
+        _EMAIL_REFERRED,
+        _EMAIL_KNOWN,
     )
     .join_from(_clicks, _codes, _clicks.c.code_id == _codes.c.id)
     .join(_customers, _clicks.c.referrer_id == _customers.c.id)

@@ -1,5 +1,7 @@
 """Enrolling customers, their referral codes, their stats, and the import of existing customers."""
 
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +21,7 @@ from referral_service.models.base import begin_write
 
 MAX_EXTERNAL_ID = 128
 MAX_NAME = 200
+GMAIL_DOMAINS = ("gmail.com", "googlemail.com")  # one mailbox; the first is its key
 ISSUE_ATTEMPTS = 12
 
 
@@ -73,26 +76,109 @@ def check_email(value: str) -> str:
 
 
 def email_key(email: str) -> str:
-    """The address that an email reaches, for spotting one person behind two spellings.
+    """The mailbox an address reaches, for spotting one person behind two spellings.
 
-    Lower case; a `+tag` is dropped for every provider; Gmail ignores dots in the local part and
-    answers to googlemail.com too.
+    `email` is an address as `check_email` returns it (its domain lower case, in Unicode rather
+    than `xn--` form). The key is the address in Unicode NFC and lower case, without a
+    sub-address (`+tag`, kept when nothing comes before the `+`), for every provider; Gmail also
+    ignores dots in the local part and answers to googlemail.com. So `Dora+2@Example.org` and
+    `dora@example.org` are one person; `D.o.r.a@googlemail.com` and `dora@gmail.com` too.
     """
-    local, _, domain = email.strip().lower().rpartition("@")
-    local = local.split("+", 1)[0]
-    if domain in ("gmail.com", "googlemail.com"):
-        local, domain = local.replace(".", ""), "gmail.com"
+    local, _, domain = unicodedata.normalize("NFC", email.strip()).lower().rpartition("@")
+    base, plus, _tag = local.partition("+")
+    if plus and base:
+        local = base
+    if domain in GMAIL_DOMAINS:
+        local, domain = local.replace(".", ""), GMAIL_DOMAINS[0]
     return f"{local}@{domain}"
 
 
+def _class_char(code_point: int) -> str:
+    # `\uXXXX` in the BMP, the character itself above it: read alike by Python's `re` and by
+    # ECMA-262 with the `u` flag (as JSON Schema validators compile patterns)
+    return f"\\u{code_point:04X}" if code_point <= 0xFFFF else chr(code_point)
+
+
+def _class(ranges) -> str:
+    return "".join(
+        _class_char(low) + ("" if low == high else "-" + _class_char(high)) for low, high in ranges
+    )
+
+
+# The rule for people's names, in one place (every door that takes a name calls `check_name`;
+# the API's OpenAPI `pattern` is NAME_PATTERN itself). A name may hold any letter, mark, digit,
+# punctuation, symbol or space of any script, and the invisible characters that scripts and emoji
+# need: the zero-width non-joiner and joiner (Persian, Indic scripts, emoji ZWJ sequences),
+# variation selectors (marks already), the bidirectional *marks* LRM, RLM and ALM (they cannot
+# reorder letters), the Mongolian vowel separator, and the tag characters of an emoji tag sequence
+# (the flags of England, Scotland, Wales). It may not hold control characters (tab and line breaks
+# included), line or paragraph separators, surrogates, private-use characters, noncharacters,
+# bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069), nor any other
+# invisible format character (soft hyphen, zero-width space, word joiner, byte order mark, ...).
+NAME_REFUSED = (
+    (0x0000, 0x001F),  # C0 controls
+    (0x007F, 0x009F),  # DEL, C1 controls
+    (0x00AD, 0x00AD),  # soft hyphen
+    (0x0600, 0x0605),  # Arabic number signs
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x200B, 0x200B),  # zero-width space
+    (0x2028, 0x2029),  # line and paragraph separators
+    (0x202A, 0x202E),  # bidirectional embeddings and overrides
+    (0x2060, 0x206F),  # word joiner, invisible operators, bidirectional isolates, deprecated
+    (0xD800, 0xDFFF),  # surrogates
+    (0xE000, 0xF8FF),  # private use
+    (0xFDD0, 0xFDEF),  # noncharacters
+    (0xFEFF, 0xFEFF),  # byte order mark
+    (0xFFF9, 0xFFFB),  # interlinear annotation
+    (0xFFFE, 0xFFFF),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),  # Egyptian hieroglyph format controls
+    (0x1BCA0, 0x1BCA3),  # shorthand format controls
+    (0x1D173, 0x1D17A),  # musical symbol format controls
+    (0xE0001, 0xE0001),  # language tag
+    (0xE0020, 0xE007F),  # tag characters (allowed in an emoji tag sequence only)
+    (0xF0000, 0x10FFFF),  # supplementary private use areas
+    *((plane + 0xFFFE, plane + 0xFFFF) for plane in range(0x10000, 0xF0000, 0x10000)),
+)
+_EMOJI_TAG_SEQUENCE = f"\U0001f3f4[{_class(((0xE0020, 0xE007E),))}]+\U000e007f"
+_NAME_BODY = f"(?:{_EMOJI_TAG_SEQUENCE}|[^{_class(NAME_REFUSED)}])*"  # the sequence first
+NAME_PATTERN = f"^{_NAME_BODY}$"
+NAME_RULE = (
+    "Any letters, marks, digits, punctuation, symbols, spaces and emoji of any script, with the "
+    "zero-width (non-)joiners, variation selectors and bidirectional marks (LRM, RLM, ALM) that "
+    "scripts and emoji need; no control characters or line breaks, no bidirectional embeddings, "
+    "overrides or isolates (U+202A-U+202E, U+2066-U+2069), no other invisible format characters "
+    "(soft hyphen, zero-width space, word joiner, byte order mark, tags outside an emoji flag), "
+    "no private-use characters or noncharacters."
+)
+_NAME = re.compile(_NAME_BODY)
+
+
 def check_name(value: str | None) -> str | None:
-    """A display name of at most 200 printable characters, or None; raises ValidationFailed."""
+    """A person's name (at most 200 characters, NAME_RULE), without spaces at either end.
+
+    Returns the name, or None for None or a blank one; raises ValidationFailed, naming the first
+    character refused (by its code point: it may be invisible).
+    """
     if value is None:
         return None
-    value = value.strip()
-    if len(value) > MAX_NAME or not value.isprintable():
-        raise ValidationFailed(fields={"name": ["At most 200 printable characters."]})
-    return value or None
+    if not isinstance(value, str) or len(value) > MAX_NAME:
+        raise ValidationFailed(fields={"name": [f"At most {MAX_NAME} characters."]})
+    position = _NAME.match(value).end()  # how far the name follows the rule
+    if position < len(value):
+        char = value[position]
+        called = unicodedata.name(char, "")
+        char = f"U+{ord(char):04X}" + (f" ({called})" if called else "")
+        raise ValidationFailed(
+            fields={
+                "name": [f"{char} at position {position + 1} is not allowed in a name. {NAME_RULE}"]
+            }
+        )
+    return value.strip() or None
 
 
 def check_locale(value: str | None) -> str | None:
