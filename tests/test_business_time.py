@@ -194,6 +194,25 @@ def test_an_order_reported_late_is_not_judged_by_later_conversions(app, client, 
     assert risk(app, "friend-4") == ["conversion_velocity"]  # within 24 hours of two others
 
 
+# --- stats periods -------------------------------------------------------------------------------
+
+
+def reward_count(funnel: dict) -> int:
+    return sum(totals["count"] for totals in funnel["rewards"].values())
+
+
+def test_the_funnel_counts_rewards_with_their_conversions(client, shop, admin):
+    """A reward belongs to the period of the order that earned it, as its conversion does."""
+    referred(client, shop, "friend-1")
+    first_purchase(client, shop, "friend-1", BOUNDARY + timedelta(days=2))  # reported now
+    month = dict(zip(("from", "to"), map(at, utc_month(BOUNDARY)), strict=True))
+    then = client.get("/api/v1/stats", query_string=month, headers=admin).json
+    assert (then["conversions"], reward_count(then)) == (1, 1)
+    assert then["rewards"]["awaiting_approval"] == {"count": 1, "amounts": {"EUR": "10.00"}}
+    recent = client.get("/api/v1/stats", headers=admin).json  # the last 30 days
+    assert (recent["conversions"], reward_count(recent)) == (0, 0)
+
+
 # --- the clock ---------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from referral_service.domain.money import from_minor
 from referral_service.domain.pages import page
 from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
-from referral_service.models import Click, Customer, Referral, Reward, utcnow
+from referral_service.models import Click, Customer, Purchase, Referral, Reward, utcnow
 from referral_service.models.referral import REWARD_STATUSES
 
 DEFAULT_RANGE = timedelta(days=30)
@@ -40,8 +40,9 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     """Counts in `[start, end)` (default: the last 30 days), in total and by channel.
 
     Clicks count by visit time, sign-ups by attribution time, conversions by conversion time,
-    rewards by creation time. Raises ValidationFailed when `start` is not before `end`, or
-    for a time with no date in UTC.
+    rewards by the date of the order that earned them (as conversions do, whenever the shop
+    reported it). Raises ValidationFailed when `start` is not before `end`, or for a time with
+    no date in UTC.
     """
     flush_pending()
     end = utc(end, "to") if end else now or utcnow()
@@ -74,9 +75,10 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     ):
         channels[channel]["conversions"] = count
     rewards = {status: {"count": 0, "amounts": {}} for status in REWARD_STATUSES}
+    ordered = select(Purchase.id).where(Purchase.occurred_at >= start, Purchase.occurred_at < end)
     for status, currency, count, total in db.session.execute(
         select(Reward.status, Reward.currency, func.count(), func.sum(Reward.amount_minor))
-        .where(Reward.created_at >= start, Reward.created_at < end)
+        .where(Reward.purchase_id.in_(ordered))
         .group_by(Reward.status, Reward.currency)
     ):
         rewards[status]["count"] += count

@@ -1,12 +1,12 @@
-"""Purchases: a referral requalified after a refunded first order earns again.
+"""Purchases by the date they were placed: an index on `purchases.occurred_at`, which the
+funnel's rewards are counted by (the date of the order that earned them), as conversions are.
 
 Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-30 00:00:00
 """
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+from alembic import op
 
 revision = "0008"
 down_revision = "0007"
@@ -15,8 +15,10 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    with op.batch_alter_table("purchases", schema=None) as batch_op:
+        batch_op.create_index("ix_purchases_occurred_at", ["occurred_at"], unique=False)
 
 
 def downgrade():
-    pass
+    with op.batch_alter_table("purchases", schema=None) as batch_op:
+        batch_op.drop_index("ix_purchases_occurred_at")
