@@ -49,12 +49,20 @@ class Signup(Base):
 
 
 class Referral(Base):
-    """One referrer and one friend; a friend is referred at most once (first attribution wins)."""
+    """One referrer and one friend; a friend is referred at most once (first attribution wins).
+
+    One person, one referral: `friend_email_key` is the friend's normalized email when they were
+    attributed (domain/customers.py `email_key`), unique, so that the same person signing up again
+    under another `external_id` is never referred twice, whatever the race. It is NULL only for
+    referrals older than the key that repeated an earlier one's email, and must be emptied with
+    the friend's email when a person is erased.
+    """
 
     __tablename__ = "referrals"
     __table_args__ = (
         CheckConstraint("status IN ('attributed', 'converted', 'rejected')", name="status"),
         CheckConstraint("referrer_id <> friend_id", name="not_self"),
+        UniqueConstraint("friend_email_key", name="uq_referrals_friend_email_key"),
         Index("ix_referrals_referrer_id", "referrer_id", "id"),
         Index("ix_referrals_referrer_attributed", "referrer_id", "attributed_at"),
         Index("ix_referrals_status", "status", "id"),
@@ -70,6 +78,7 @@ class Referral(Base):
     code_id: Mapped[int | None] = mapped_column(ForeignKey("referral_codes.id"))
     click_id: Mapped[str | None] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(32))
+    friend_email_key: Mapped[str | None] = mapped_column(String(320))
     status: Mapped[str] = mapped_column(String(16), default="attributed")
     attributed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     converted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
