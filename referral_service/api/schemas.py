@@ -619,7 +619,8 @@ class PurchaseOut(Schema):
             "enum": [*PURCHASE_REASONS, None],
             "description": "Why the purchase earns nothing, or null when it converted the "
             "friend's referral with every reward the program gives. When several apply, the "
-            "first in this order: `not_referred` (the customer was not referred), "
+            "first in this order: `not_referred` (the customer was not referred, or their "
+            "referral was rejected), "
             "`already_converted` (an earlier order converted the referral), `program_paused`, "
             "`outside_conversion_window` (dated before the sign-up, beyond "
             f"{CLOCK_SKEW.seconds // 60} minutes of clock skew, or after "
