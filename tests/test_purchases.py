@@ -298,3 +298,38 @@ def test_the_openapi_spec_lists_the_reasons_and_the_conflict(client):
     assert "reason" in spec["components"]["schemas"]["PurchaseOut"]["required"]
     responses = spec["paths"]["/api/v1/purchases"]["post"]["responses"]
     assert "order_conflict" in responses["409"]["description"]
+
+
+# --- the checkout's cost -------------------------------------------------------------------------
+
+
+def statements_of(app, call) -> list[str]:
+    """The SQL statements `call()` sends (the program settings are read once beforehand)."""
+    from sqlalchemy import event
+
+    with app.app_context():
+        engine = db.engine
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return [s for s in statements if not s.lstrip().upper().startswith(("SAVEPOINT", "RELEASE"))]
+
+
+def test_a_replay_and_a_conflict_read_the_order_once(app, client, shop, friend):
+    client.post("/api/v1/purchases", json=ORDER, headers=shop)
+    replay = statements_of(app, lambda: client.post("/api/v1/purchases", json=ORDER, headers=shop))
+    conflict = statements_of(
+        app,
+        lambda: client.post("/api/v1/purchases", json={**ORDER, "amount": "1.00"}, headers=shop),
+    )
+    on_purchases = [s for s in replay if "purchases" in s]
+    assert len(on_purchases) == 1 and "customers" in on_purchases[0]  # one joined read
+    assert [s for s in conflict if "purchases" in s] == on_purchases
+    assert not [s for s in replay + conflict if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
