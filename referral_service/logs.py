@@ -1,7 +1,14 @@
-"""Logs never show an email address or an IP address: every log record is masked when made.
+"""Logs never show a client's data: every log record is masked when made.
 
-The mask is applied by the log record factory, so it covers the records of every logger (ours,
-the WSGI servers', the database driver's) whichever handler writes them.
+Email addresses, IP addresses and secrets that travel in a request line (the token of a share
+page link `/share/<token>`, a `token=`, `key=`, `secret=`, `password=` or `signature=` query
+value, a bearer key) are replaced by `[email]`, `[ip]` and `[token]`. The mask is applied by the
+log record factory, so it covers the records of every logger (ours, the WSGI servers', the
+database driver's) whichever handler writes them.
+
+The service's own addresses are not client data: the development server's startup banner
+(` * Running on http://192.0.2.10:5000`) and gunicorn's `Listening at: ...` keep theirs, so an
+operator can see where the service listens.
 """
 
 import ipaddress
@@ -11,10 +18,25 @@ import re
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 IPV4 = re.compile(r"(?<![\w.])(\d{1,3}\.){3}\d{1,3}(?![\w.])")
 IPV6 = re.compile(r"(?<![\w:.])[0-9a-fA-F:]*:[0-9a-fA-F:]*:[0-9a-fA-F:.]*(?![\w:])")
+SHARE_TOKEN = re.compile(r"(/share/)[^\s/?#\"']+")
+SECRET_QUERY = re.compile(
+    r"([?&;](?:token|key|api_key|secret|password|signature)=)[^\s&;#\"']+", re.IGNORECASE
+)
+BEARER = re.compile(r"(\bBearer\s+)\S+", re.IGNORECASE)
+
+# Records that name where the service itself listens: (logger, a line of the message).
+_OWN_ADDRESS_LINE = {
+    "werkzeug": re.compile(r" \* Running on (all addresses \(.*\)|\S+)"),
+}
+_OWN_ADDRESS_TEMPLATE = {"gunicorn.error": ("Listening at: ",)}
 
 
 def redact(text: str) -> str:
-    """The text with email and IP addresses replaced by `[email]` and `[ip]`."""
+    """The text with email and IP addresses replaced by `[email]` and `[ip]`, and the secrets
+    of a request line (share page tokens, `token=`-like query values, bearer keys) by `[token]`."""
+    text = SHARE_TOKEN.sub(r"\1[token]", text)
+    text = SECRET_QUERY.sub(r"\1[token]", text)
+    text = BEARER.sub(r"\1[token]", text)
     text = EMAIL.sub("[email]", text)
     text = IPV4.sub("[ip]", text)
     return IPV6.sub(_ipv6, text)
@@ -28,6 +50,22 @@ def _ipv6(match: re.Match) -> str:
     return "[ip]"
 
 
+def redact_record(name: str, template, message: str) -> str:
+    """A record's message, masked, but for the lines that give the service's own address.
+
+    `name` is the logger's name, `template` the record's `msg` before its arguments were merged
+    (gunicorn's banner is recognised by it), `message` the merged text.
+    """
+    if isinstance(template, str) and template.startswith(_OWN_ADDRESS_TEMPLATE.get(name, ())):
+        return message
+    own_line = _OWN_ADDRESS_LINE.get(name)
+    if own_line is None:
+        return redact(message)
+    return "\n".join(
+        line if own_line.fullmatch(line) else redact(line) for line in message.split("\n")
+    )
+
+
 def _masking(make_record):
     def make(*args, **kwargs):
         record = make_record(*args, **kwargs)
@@ -35,7 +73,7 @@ def _masking(make_record):
             message = record.getMessage()
         except Exception:  # a broken format string: leave it to logging's own error report
             return record
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = redact_record(record.name, record.msg, message), None
         if record.exc_info:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return record
@@ -45,7 +83,7 @@ def _masking(make_record):
 
 
 def install() -> None:
-    """Mask addresses in every log record of this process (once, however often it is called)."""
+    """Mask client data in every log record of this process (once, however often it is called)."""
     factory = logging.getLogRecordFactory()
     if not getattr(factory, "masks_addresses", False):
         logging.setLogRecordFactory(_masking(factory))
