@@ -1,11 +1,12 @@
 """The domain's exception tree, and the one place that maps errors to HTTP answers.
 
-Every error leaves the service as `{"error": {"code", "message", "fields"?}}`.
+Every error leaves the service as `{"error": {"code", "message", "fields"?}}`, except on the
+public pages: a browser there gets an HTML page with the same status (see `wants_page`).
 """
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, has_request_context, jsonify, request
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException
 
@@ -157,13 +158,31 @@ HTTP_CODES = {
 }
 
 
+# Paths of the machine-facing doors: their errors are always the JSON envelope.
+API_PREFIXES = ("/api/", "/integrations/")
+
+
+def wants_page() -> bool:
+    """Whether an error goes to a browser on a public page: a path outside the API (`/r/...`,
+    `/share/...`, `/landing`, an unknown path) asked by a client that prefers HTML to JSON."""
+    if not has_request_context() or "error_page" not in current_app.extensions:
+        return False
+    if request.path == "/api" or request.path.startswith(API_PREFIXES):
+        return False
+    return request.accept_mimetypes.best_match(("application/json", "text/html")) == "text/html"
+
+
 def error_response(status: int, code: str, message: str, fields: dict | None = None, headers=None):
-    """The error envelope as a Flask response."""
-    body = {"code": code, "message": message}
-    if fields:
-        body["fields"] = fields
-    response = jsonify({"error": body})
-    response.status_code = status
+    """The error envelope as a Flask response, or the public error page for a browser (the
+    public blueprint provides it as `app.extensions["error_page"]`: status -> response)."""
+    if wants_page():
+        response = current_app.extensions["error_page"](status)
+    else:
+        body = {"code": code, "message": message}
+        if fields:
+            body["fields"] = fields
+        response = jsonify({"error": body})
+        response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response

@@ -4,6 +4,7 @@ Times are controlled with `occurred_at` (sign-ups and purchases) and with the `n
 `rewards.mature`; `ago(days=...)` gives an ISO time relative to the real clock.
 """
 
+import itertools
 import threading
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -40,9 +41,17 @@ def enrol(client, shop, external_id: str = "ref-1", email: str | None = None) ->
     return response.json["referral"]["code"]
 
 
-def click(client, code: str, via: str | None = None) -> str:
-    """Open the share link; returns the click id the landing page receives."""
-    response = client.get(f"/r/{code}" + (f"?via={via}" if via else ""))
+_visitors = itertools.count(1)
+
+
+def click(client, code: str, via: str | None = None, address: str | None = None) -> str:
+    """Open the share link as a new visitor (an address of its own, unless `address` is given:
+    the same visitor within an hour gets the same click); returns the click id the landing
+    page receives."""
+    address = address or f"2001:db8::{next(_visitors):x}"
+    response = client.get(
+        f"/r/{code}" + (f"?via={via}" if via else ""), environ_base={"REMOTE_ADDR": address}
+    )
     assert response.status_code == 302
     return parse_qs(urlsplit(response.headers["Location"]).query)["click_id"][0]
 

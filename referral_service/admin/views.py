@@ -159,6 +159,7 @@ def logout():
 
 
 @blp.get("")
+@blp.get("/")
 def dashboard():
     days = request.args.get("days", type=int)
     days = days if days in PERIODS else 30

@@ -7,19 +7,32 @@ Ctrl-C on the development server) writes what is left; a crash (SIGKILL, power l
 most the clicks of the last interval. Readers of clicks flush this process's buffer first.
 While the database fails, the writer backs off (up to 30 s) and keeps at most `max_pending`
 clicks, counting the ones it sheds in `dropped`; a row the database refuses is dropped alone.
+
+A click is a person, not a fetch: link-preview bots and crawlers (`is_bot`) get no click, and the
+same visitor (keyed hashes of address and user agent) on the same code within `REVISIT_WINDOW`
+gets their earlier click back (`visit`). Two processes that see a visitor's first visit at the
+same time make the same click id (a keyed hash of code, visitor and hour), so the database keeps
+one row: the buffer inserts with `ON CONFLICT DO NOTHING` on the primary key.
 """
 
 import atexit
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import re
 import secrets
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import lru_cache
 
+from crawlerdetect import CrawlerDetect
 from flask import current_app
-from sqlalchemy import insert
+from itsdangerous import Signer
+from sqlalchemy import bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -32,6 +45,26 @@ log = logging.getLogger(__name__)
 DEFAULT_CHANNEL = "link"
 OTHER_CHANNEL = "other"
 _CHANNEL = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
+REVISIT_WINDOW = timedelta(hours=1)
+CLICK_ID_SALT = "referral-service.click-id"
+
+# Link-preview fetchers that the crawler list does not name (checked in tests/test_bots.py).
+PREVIEW_FETCHERS = re.compile(r"viber|snap url preview|bitrixbot|yahoo link preview", re.I)
+_CRAWLERS = CrawlerDetect()
+
+
+@lru_cache(maxsize=4096)
+def is_bot(user_agent: str | None) -> bool:
+    """Whether a visit comes from a crawler or link-preview fetcher rather than a person.
+
+    True for what the maintained list of `crawlerdetect` names (chat apps' previews, search
+    engines, HTTP libraries and command-line tools such as curl), for the preview fetchers of
+    PREVIEW_FETCHERS, and for a visit without a user agent (every browser sends one).
+    """
+    user_agent = (user_agent or "").strip()
+    if not user_agent:
+        return True
+    return bool(PREVIEW_FETCHERS.search(user_agent)) or _CRAWLERS.is_crawler(user_agent)
 
 
 def channel(via: str | None) -> str:
@@ -60,6 +93,8 @@ class ClickRecorder:
         self.dropped = 0
         self._failures = 0
         self._rows: list[dict] = []
+        self._ids: set[str] = set()  # the ids of `_rows`
+        self._visitors: dict[tuple, dict] = {}  # (code_id, ip_hash, ua_hash) -> its last row
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -74,12 +109,15 @@ class ClickRecorder:
         via: str | None,
         at: datetime,
         evidence: dict | None = None,
+        click_id: str | None = None,
     ) -> str:
         """Buffer one click and return its id; it reaches the database within `interval`.
 
-        `evidence` is `{referer_host, ip_hash, ua_hash}` of the visit (domain/fraud.py).
+        `evidence` is `{referer_host, ip_hash, ua_hash}` of the visit (domain/fraud.py);
+        `click_id` the id to give it (default: a random one). A click whose id waits in the
+        buffer already, or is in the database, is kept once.
         """
-        click_id = new_click_id()
+        click_id = click_id or new_click_id()
         row = {
             "id": click_id,
             "code_id": code_id,
@@ -93,24 +131,38 @@ class ClickRecorder:
         }
         with self._lock:
             pending = len(self._rows)
+            if click_id in self._ids:
+                return click_id
             if pending >= self.max_pending:  # the database has been away too long: shed load
                 self.dropped += 1
                 return click_id
-            self._rows.append(row)
+            self._keep(row)
             pending += 1
         self._ensure_thread()
         if pending >= self.flush_size:
             self._wake.set()
         return click_id
 
+    def _keep(self, row: dict) -> None:
+        """Buffer a row (under `_lock`)."""
+        self._rows.append(row)
+        self._ids.add(row["id"])
+        if row["ip_hash"] and row["ua_hash"]:
+            self._visitors[(row["code_id"], row["ip_hash"], row["ua_hash"])] = row
+
     def pending(self) -> int:
         return len(self._rows)
+
+    def pending_visit(self, code_id: int, ip_hash: str, ua_hash: str, since: datetime):
+        """The id of this visitor's buffered click of the code made after `since`, or None."""
+        row = self._visitors.get((code_id, ip_hash, ua_hash))
+        return row["id"] if row is not None and row["occurred_at"] > since else None
 
     def flush(self) -> int:
         """Write every buffered click now; returns how many were written."""
         with self._flush_lock:
             with self._lock:
-                rows, self._rows = self._rows, []
+                rows, self._rows, self._ids, self._visitors = self._rows, [], set(), {}
             if not rows:
                 return 0
             try:
@@ -127,7 +179,9 @@ class ClickRecorder:
                 with self._lock:  # keep them for the next try, within the cap
                     room = max(self.max_pending - len(self._rows), 0)
                     self.dropped += max(len(rows) - room, 0)
-                    self._rows[:0] = rows[:room]
+                    newer, self._rows, self._ids, self._visitors = self._rows, [], set(), {}
+                    for row in [*rows[:room], *newer]:
+                        self._keep(row)
                 raise
             return len(rows)
 
@@ -136,8 +190,9 @@ class ClickRecorder:
         queue = writer_queue(engine)
         with queue.turn() if queue else contextlib.nullcontext(), engine.connect() as connection:
             connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+            dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
             with connection.begin():
-                connection.execute(insert(Click), rows)
+                connection.execute(dialect.insert(Click).on_conflict_do_nothing(), rows)
 
     def close(self) -> None:
         """Write what is left (called at exit and by gunicorn's worker_exit hook)."""
@@ -181,3 +236,68 @@ def flush_pending() -> None:
         if session.new or session.dirty or session.deleted:
             raise RuntimeError("flush_pending() called with unsaved changes in the session")
         session.rollback()
+
+
+def _click_id_key() -> bytes:
+    key = current_app.extensions.get("click_id_key")
+    if key is None:
+        signer = Signer(current_app.secret_key, salt=CLICK_ID_SALT, digest_method=hashlib.sha256)
+        key = current_app.extensions["click_id_key"] = signer.derive_key()
+    return key
+
+
+def visitor_click_id(code_id: int, ip_hash: str, ua_hash: str, at: datetime) -> str:
+    """The click id of a visitor's first visit of a code in the clock hour of `at`.
+
+    A keyed hash (22 URL-safe characters, 128 bits): unguessable without the secret key, and the
+    same in every process, so that concurrent first visits make one row.
+    """
+    hour = int(at.timestamp()) // 3600
+    message = f"{code_id}\x00{ip_hash}\x00{ua_hash}\x00{hour}".encode()
+    digest = hmac.new(_click_id_key(), message, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+_EARLIER_CLICK = (
+    select(Click.id)
+    .where(
+        Click.code_id == bindparam("code_id"),
+        Click.ip_hash == bindparam("ip_hash"),
+        Click.ua_hash == bindparam("ua_hash"),
+        Click.occurred_at > bindparam("since"),
+        Click.occurred_at <= bindparam("at"),
+    )
+    .order_by(Click.occurred_at.desc())
+    .limit(1)
+)
+
+
+def visit(code_id: int, referrer_id: int, via: str | None, at: datetime, evidence: dict) -> str:
+    """The click id of a person's visit of a share link: their earlier click of the same code
+    within REVISIT_WINDOW (no new row), else a new click.
+
+    `evidence` is `{ip_hash, ua_hash, referer_host}` (domain/fraud.py `visit_evidence`); without
+    an address or user agent the visitor cannot be recognised and every visit is a click. One
+    indexed query (`ix_clicks_visitor`) finds the earlier click; callers check `is_bot` first.
+    """
+    recorder: ClickRecorder = current_app.extensions["clicks"]
+    ip_hash, ua_hash = evidence.get("ip_hash"), evidence.get("ua_hash")
+    if not (ip_hash and ua_hash):
+        return recorder.record(code_id, referrer_id, via, at, evidence)
+    earlier = recorder.pending_visit(code_id, ip_hash, ua_hash, at - REVISIT_WINDOW)
+    if earlier is not None:  # not written yet: a second visit within half a second
+        return earlier
+    earlier = db.session.execute(
+        _EARLIER_CLICK,
+        {
+            "code_id": code_id,
+            "ip_hash": ip_hash,
+            "ua_hash": ua_hash,
+            "since": at - REVISIT_WINDOW,
+            "at": at,
+        },
+    ).scalar()
+    if earlier is not None:
+        return earlier
+    click_id = visitor_click_id(code_id, ip_hash, ua_hash, at)
+    return recorder.record(code_id, referrer_id, via, at, evidence, click_id=click_id)

@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from itsdangerous import TimestampSigner
 
-from referral_service.domain import codes, fraud, health, portal, program
+from referral_service.domain import clicks, codes, fraud, health, portal, program
 from referral_service.domain.qr import MAX_SIZE, MIN_SIZE, check_size
 from referral_service.errors import (
     ErrorEnvelope,
@@ -125,7 +125,7 @@ SIZE = {
 }
 
 
-@blp.route("/r/<code>")
+@blp.route("/r/<code>", strict_slashes=False)
 class ShareLink(MethodView):
     """A visit of a share link."""
 
@@ -136,7 +136,8 @@ class ShareLink(MethodView):
     @blp.alt_response(
         302,
         description="To the landing page, with `ref` and `click_id` when the "
-        "code is valid; without them when it is forged or revoked.",
+        "code is valid; without them when it is forged or revoked (and without `click_id` "
+        "for link-preview bots and crawlers).",
     )
     @blp.alt_response(429, **RATE_LIMITED)
     def get(self, code):
@@ -144,31 +145,40 @@ class ShareLink(MethodView):
 
         With the program's `landing_mode` at `welcome`, a valid code gets a page (200) naming the
         referrer by first name and the friend's offer, in the visitor's language, with a button to
-        the landing page carrying `ref` and `click_id`. A forged, mistyped or revoked code still
-        lands the visitor on the landing page, without attribution: a friend never meets a
-        broken link. The click id is also kept in a signed cookie for the attribution window.
+        the landing page carrying `ref` and `click_id`, and Open Graph tags for link previews. A
+        forged, mistyped or revoked code still lands the visitor on the landing page, without
+        attribution: a friend never meets a broken link. A code mangled on the way (a trailing
+        `/`, punctuation, zero-width characters, look-alike dashes) is read as typed codes are.
+        The click id is also kept in a signed cookie for the attribution window. Link-preview
+        bots and crawlers get the same answer without a click, a `click_id` or a cookie; the same
+        visitor (address and user agent) on the same code within an hour gets their earlier
+        click back.
         """
         try:
             active = codes.lookup(code)
         except (InvalidCode, NotFound):
             return _redirect(_landing())
-        seen = fraud.visit_evidence(request.remote_addr, request.user_agent.string)
-        seen["referer_host"] = fraud.referer_host(request.referrer)
-        click_id = current_app.extensions["clicks"].record(
-            active.code_id, active.referrer_id, request.args.get("via"), utcnow(), seen
-        )
+        user_agent = request.user_agent.string
+        click_id = None
+        if not clicks.is_bot(user_agent):
+            seen = fraud.visit_evidence(request.remote_addr, user_agent)
+            seen["referer_host"] = fraud.referer_host(request.referrer)
+            click_id = clicks.visit(
+                active.code_id, active.referrer_id, request.args.get("via"), utcnow(), seen
+            )
         if program.settings()["landing_mode"] == "welcome":
             response = _welcome(active, click_id)
         else:
             response = _redirect(_landing(active.code, click_id))
-        response.set_cookie(
-            CLICK_COOKIE,
-            click_cookie_signer().sign(click_id).decode(),
-            max_age=program.settings()["attribution_window_days"] * 86400,
-            httponly=True,
-            samesite="Lax",
-            secure=request.is_secure,
-        )
+        if click_id is not None:
+            response.set_cookie(
+                CLICK_COOKIE,
+                click_cookie_signer().sign(click_id).decode(),
+                max_age=program.settings()["attribution_window_days"] * 86400,
+                httponly=True,
+                samesite="Lax",
+                secure=request.is_secure,
+            )
         return response
 
 
@@ -187,7 +197,7 @@ def _qr(code: str, fmt: str, size) -> object:
     return current_app.response_class(image.body, mimetype=image.mimetype, headers=headers)
 
 
-@blp.route("/r/<code>/qr.png")
+@blp.route("/r/<code>/qr.png", strict_slashes=False)
 class QrPng(MethodView):
     """The QR code of a share link as PNG."""
 
@@ -202,7 +212,7 @@ class QrPng(MethodView):
         return _qr(code, "png", request.args.get("size"))
 
 
-@blp.route("/r/<code>/qr.svg")
+@blp.route("/r/<code>/qr.svg", strict_slashes=False)
 class QrSvg(MethodView):
     """The QR code of a share link as SVG."""
 
@@ -229,11 +239,43 @@ def _page(template: str, status: int = 200, switch: tuple[str, dict] | None = No
         for code, name in LANGUAGE_NAMES.items()
     ]
     html = render_template(template, language=g.language, languages=languages, **context)
-    response = current_app.response_class(html, status=status, mimetype="text/html")
+    return _private(current_app.response_class(html, status=status, mimetype="text/html"))
+
+
+def _private(response):
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"  # the page's address never leaves it
     response.headers["X-Robots-Tag"] = "noindex"
     return response
+
+
+# What the error page says, by status: `link` (a link that does not lead anywhere), `expired`,
+# `busy` (rate limited) or `broken` (our fault).
+ERROR_KINDS = {404: "link", 405: "link", 410: "expired", 429: "busy"}
+
+
+def error_page(status: int):
+    """The HTML page of an error on a public path, for browsers (errors.py `wants_page`).
+
+    In the visitor's language, with a way on to the landing page; plain English when even the
+    program settings cannot be read (a database away).
+    """
+    try:
+        use_language()
+        landing = _landing()
+    except Exception:  # the error may be the database itself: say it without the settings
+        g.language = "en"
+        landing = f"{base_url()}/landing"
+    kind = ERROR_KINDS.get(status, "link" if status < 500 else "broken")
+    html = render_template(
+        "public/error.html", language=g.language, languages=[], kind=kind, landing=landing
+    )
+    return _private(current_app.response_class(html, status=status, mimetype="text/html"))
+
+
+@blp.record_once
+def _provide_error_page(state) -> None:
+    state.app.extensions["error_page"] = error_page
 
 
 def _welcome(active: codes.ActiveCode, click_id: str | None):
@@ -243,6 +285,7 @@ def _welcome(active: codes.ActiveCode, click_id: str | None):
     return _page(
         "public/welcome.html",
         switch=("public.Welcome", {"code": active.code, "click_id": click_id}),
+        share_url=share_url(active.code),
         referrer=portal.first_name_of(active.referrer_id),
         offer=sharing.friend_offer(settings["friend_offer"], settings["currency"], for_friend=True),
         offer_description=(settings["friend_offer"] or {}).get("description"),
@@ -251,7 +294,7 @@ def _welcome(active: codes.ActiveCode, click_id: str | None):
     )
 
 
-@blp.route("/r/<code>/welcome")
+@blp.route("/r/<code>/welcome", strict_slashes=False)
 class Welcome(MethodView):
     """The friend's welcome page again, in another language, for a click already recorded."""
 

@@ -5,8 +5,7 @@ Revises: 0009
 Create Date: 2026-11-30 00:00:00
 """
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+from alembic import op
 
 revision = "0010"
 down_revision = "0009"
@@ -15,8 +14,12 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    with op.batch_alter_table("clicks", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_clicks_visitor", ["code_id", "ip_hash", "ua_hash", "occurred_at"], unique=False
+        )
 
 
 def downgrade():
-    pass
+    with op.batch_alter_table("clicks", schema=None) as batch_op:
+        batch_op.drop_index("ix_clicks_visitor")
