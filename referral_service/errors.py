@@ -95,6 +95,13 @@ class OrderConflict(Conflict):
     message = "This order_id was already recorded for another order."
 
 
+class RefundConflict(Conflict):
+    """A `refund_id` already applied to the order with another amount."""
+
+    code = "refund_conflict"
+    message = "This refund_id was already applied with another amount."
+
+
 class Unauthorized(ReferralError):
     """No API key, or one that is unknown or revoked."""
 

@@ -75,8 +75,13 @@ def buy(client, shop, order_id: str, customer: str, amount: str, currency="EUR",
     return client.post("/api/v1/purchases", json=body, headers=headers)
 
 
-def refund(client, shop, order_id: str, amount: str | None = None):
-    body = {"order_id": order_id} if amount is None else {"order_id": order_id, "amount": amount}
+def refund(client, shop, order_id: str, amount: str | None = None, refund_id=None, **fields):
+    """POST /refunds: in full (no amount), or `amount` with its `refund_id` (default: one made
+    from the amount, so that the same call twice is a replay); `fields` such as
+    `refunded_total` go in the body as they are."""
+    body = {"order_id": order_id, **fields}
+    if amount is not None:
+        body.update(amount=amount, refund_id=refund_id or f"re-{order_id}-{amount}")
     return client.post("/api/v1/refunds", json=body, headers=shop)
 
 

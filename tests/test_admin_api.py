@@ -297,6 +297,7 @@ def test_stats_funnel_by_channel(app, client, shop, admin):
         "paid": {"count": 0, "amounts": {}},
         "rejected": {"count": 0, "amounts": {}},
         "reversed": {"count": 0, "amounts": {}},
+        "clawed_back": {"count": 0, "amounts": {}},
     }
     # before everything: empty
     empty = client.get(
@@ -376,11 +377,30 @@ def test_customer_stats_are_filled_in(app, client, shop, admin):
         "clicks": 2,
         "signups": 4,
         "conversions": 3,
-        "rewards": {"pending": 1, "awaiting_approval": 1, "approved": 0, "paid": 1},
+        "rewards": {
+            "pending": 1,
+            "awaiting_approval": 1,
+            "approved": 0,
+            "paid": 1,
+            "clawed_back": 0,
+        },
+        "amounts": {
+            "pending": {"EUR": "10.00"},
+            "awaiting_approval": {"EUR": "10.00"},
+            "approved": {},
+            "paid": {"EUR": "10.00"},
+            "clawed_back": {},
+        },
     }
     mature(app, utcnow() + timedelta(days=1))
     after = client.get("/api/v1/customers/ref-1", headers=shop).json["stats"]["rewards"]
-    assert after == {"pending": 0, "awaiting_approval": 2, "approved": 0, "paid": 1}
+    assert after == {
+        "pending": 0,
+        "awaiting_approval": 2,
+        "approved": 0,
+        "paid": 1,
+        "clawed_back": 0,
+    }
 
 
 # --- scopes --------------------------------------------------------------------------------------

@@ -210,13 +210,14 @@ def test_referral_page_tells_the_story_in_order(app, client, shop, story):
     assert approved.status_code == 302 and approved.headers["Location"] == path
     assert refund(client, shop, "o-1", "20.00").status_code == 200
     page = html(client, path)
-    assert kinds(page) == ["click", "signup", "purchase", "reward", "decision"]
+    assert kinds(page) == ["click", "signup", "purchase", "reward", "decision", "refund"]
     timeline = re.search(r'<ol class="timeline" id="timeline">(.*?)</ol>', page, re.S).group(1)
     stamps = re.findall(r'<time datetime="([^"]+)"', timeline)
-    assert stamps == sorted(stamps) and len(stamps) == 5
+    assert stamps == sorted(stamps) and len(stamps) == 6
     assert "Channel: whatsapp" in timeline
     assert "Signed up, credited to ref-1" in timeline and "through a click" in timeline
     assert "Purchase o-1: 50.00 EUR" in timeline and "Refunded 20.00 EUR" in timeline
+    assert "Refund of o-1: 20.00 EUR" in timeline and "Refund id re-o-1-20.00" in timeline
     assert f"Reward #{story['reward']} created: 10.00 EUR for the referrer (ref-1)" in timeline
     assert f"Reward #{story['reward']} approved" in timeline and f"by admin:{email}" in timeline
     assert "awaiting approval → approved" in timeline
@@ -231,7 +232,15 @@ def test_referral_page_tells_the_story_in_order(app, client, shop, story):
     }
     assert client.post("/admin/rewards/decide", data=form).headers["Location"] == path
     page = html(client, path)
-    assert kinds(page) == ["click", "signup", "purchase", "reward", "decision", "decision"]
+    assert kinds(page) == [
+        "click",
+        "signup",
+        "purchase",
+        "reward",
+        "decision",
+        "refund",
+        "decision",
+    ]
     assert "approved → rejected" in page and "Note: Paid outside the program" in page
     with app.app_context():
         assert db.session.get(Reward, story["reward"]).status == "rejected"

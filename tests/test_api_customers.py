@@ -47,7 +47,20 @@ def test_get_has_stats_with_zero_counters(client, shop):
         "clicks": 0,
         "signups": 0,
         "conversions": 0,
-        "rewards": {"pending": 0, "awaiting_approval": 0, "approved": 0, "paid": 0},
+        "rewards": {
+            "pending": 0,
+            "awaiting_approval": 0,
+            "approved": 0,
+            "paid": 0,
+            "clawed_back": 0,
+        },
+        "amounts": {
+            "pending": {},
+            "awaiting_approval": {},
+            "approved": {},
+            "paid": {},
+            "clawed_back": {},
+        },
     }
 
 

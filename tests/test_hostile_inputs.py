@@ -116,10 +116,18 @@ TABLE = {
     "purchase huge integer": Hostile("post", "/api/v1/purchases", status=400, raw=LONG_INT),
     # --- refunds
     "refund over-precise": Hostile(
-        "post", "/api/v1/refunds", {"order_id": "o-friend-1", "amount": "0.001"}, 422, "amount"
+        "post",
+        "/api/v1/refunds",
+        {"order_id": "o-friend-1", "amount": "0.001", "refund_id": "r-1"},
+        422,
+        "amount",
     ),
     "refund more than paid": Hostile(
-        "post", "/api/v1/refunds", {"order_id": "o-friend-1", "amount": "999.00"}, 422, "amount"
+        "post",
+        "/api/v1/refunds",
+        {"order_id": "o-friend-1", "amount": "999.00", "refund_id": "r-1"},
+        422,
+        "amount",
     ),
     "refund order_id object": Hostile(
         "post", "/api/v1/refunds", {"order_id": {"$ne": None}}, 422, "order_id"

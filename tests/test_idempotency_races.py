@@ -215,10 +215,14 @@ def test_refund_with_a_key_refunds_once(app, client, shop, friend):
     client.post("/api/v1/purchases", json=ORDER, headers=shop)
     headers = key_header(shop, "refund-1")
     first = client.post(
-        "/api/v1/refunds", json={"order_id": "o-1", "amount": "9.95"}, headers=headers
+        "/api/v1/refunds",
+        json={"order_id": "o-1", "refund_id": "r-1", "amount": "9.95"},
+        headers=headers,
     )
     again = client.post(
-        "/api/v1/refunds", json={"order_id": "o-1", "amount": "9.95"}, headers=headers
+        "/api/v1/refunds",
+        json={"order_id": "o-1", "refund_id": "r-1", "amount": "9.95"},
+        headers=headers,
     )
     assert first.status_code == again.status_code == 200
     assert again.headers["Idempotent-Replayed"] == "true"
@@ -389,12 +393,15 @@ def test_concurrent_refunds_never_refund_more_than_the_order(app, client, shop, 
     results = together(
         8,
         lambda i: post_from_thread(
-            app, "/api/v1/refunds", {"order_id": "o-1", "amount": "10.00"}, shop
+            app,
+            "/api/v1/refunds",
+            {"order_id": "o-1", "refund_id": f"r-{i}", "amount": "10.00"},
+            shop,
         ),
     )
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] * 4 + [422] * 4
     with app.app_context():
         assert db.session.scalar(select(Purchase.refunded_minor)) == 4000
-    assert refund(client, shop, "o-1").json["refunded"] == "9.95"
+    assert refund(client, shop, "o-1").json["refunded_total"] == "49.95"
     assert buy(client, shop, "o-1", "friend-1", "49.95").status_code == 200

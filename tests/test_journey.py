@@ -91,7 +91,20 @@ def test_journey(app, client, shop, admin):
         "clicks": 1,
         "signups": 1,
         "conversions": 1,
-        "rewards": {"pending": 0, "awaiting_approval": 0, "approved": 0, "paid": 1},
+        "rewards": {
+            "pending": 0,
+            "awaiting_approval": 0,
+            "approved": 0,
+            "paid": 1,
+            "clawed_back": 0,
+        },
+        "amounts": {
+            "pending": {},
+            "awaiting_approval": {},
+            "approved": {},
+            "paid": {"EUR": "10.00"},
+            "clawed_back": {},
+        },
     }
     funnel = client.get("/api/v1/stats", headers=admin).json
     assert funnel["by_channel"]["email"] == {"clicks": 1, "signups": 1, "conversions": 1}

@@ -60,16 +60,14 @@ def test_full_refund_reverses_unpaid_rewards(app, client, shop, both_rewards):
     response = refund(client, shop, "o-friend-1")
     assert response.status_code == 200
     body = response.json
-    assert (body["order_id"], body["refunded"], body["remaining"], body["currency"]) == (
+    assert (body["order_id"], body["refunded_total"], body["remaining"], body["currency"]) == (
         "o-friend-1",
         "49.95",
         "0.00",
         "EUR",
     )
     assert body["clawbacks"] == []
-    assert sorted(
-        (r["beneficiary"], r["amount"], r["status"]) for r in body["reversed_rewards"]
-    ) == [
+    assert sorted((r["beneficiary"], r["amount"], r["status"]) for r in body["rewards"]) == [
         ("friend", "5.00", "reversed"),
         ("referrer", "5.00", "reversed"),
     ]
@@ -85,7 +83,7 @@ def test_full_refund_reverses_rewards_awaiting_or_approved(app, client, shop, ad
     body = converted_friend(client, shop)
     if status == "approved":
         assert approve(client, admin, body["rewards"][0]["id"]).status_code == 200
-    reversed_rewards = refund(client, shop, "o-friend-1").json["reversed_rewards"]
+    reversed_rewards = refund(client, shop, "o-friend-1").json["rewards"]
     assert [(r["amount"], r["status"]) for r in reversed_rewards] == [("10.00", "reversed")]
     assert approve(client, admin, body["rewards"][0]["id"]).status_code == 409
 
@@ -94,11 +92,15 @@ def test_partial_refund_leaving_less_than_the_minimum_reverses(app, client, shop
     set_program(client, admin, min_order_amount="20.00")
     converted_friend(client, shop, amount="30.00")
     kept = refund(client, shop, "o-friend-1", "10.00").json
-    assert (kept["refunded"], kept["remaining"], kept["reversed_rewards"]) == ("10.00", "20.00", [])
+    assert (kept["refunded_total"], kept["remaining"]) == ("10.00", "20.00")
+    assert [(r["amount"], r["status"]) for r in kept["rewards"]] == [("10.00", "pending")]
     assert reward_states(app) == {("ref-1", "referrer"): ("10.00", "pending")}
     under = refund(client, shop, "o-friend-1", "0.01").json
     assert under["remaining"] == "19.99"
-    assert [r["status"] for r in under["reversed_rewards"]] == ["reversed"]
+    assert (under["refunded_total"], [r["status"] for r in under["rewards"]]) == (
+        "10.01",
+        ["reversed"],
+    )
     assert reward_states(app) == {("ref-1", "referrer"): ("10.00", "reversed")}
 
 
@@ -111,7 +113,11 @@ def test_partial_refund_recomputes_percent_rewards_on_what_remains(
         "friend": ("5.00", "pending"),
     }
     first = refund(client, shop, "o-friend-1", "10.00").json
-    assert (first["remaining"], first["reversed_rewards"], first["clawbacks"]) == ("39.95", [], [])
+    assert (first["remaining"], first["clawbacks"]) == ("39.95", [])
+    assert sorted((r["beneficiary"], r["amount"]) for r in first["rewards"]) == [
+        ("friend", "5.00"),
+        ("referrer", "4.00"),
+    ]
     # 10% of 39.95 = 3.995 -> 4.00; the fixed friend reward stays
     assert reward_states(app) == {
         ("ref-1", "referrer"): ("4.00", "pending"),
@@ -154,10 +160,10 @@ def test_refund_of_an_order_without_rewards(client, shop):
     body = refund(client, shop, "o-plain", "2.00").json
     assert body == {
         "order_id": "o-plain",
-        "refunded": "2.00",
+        "refunded_total": "2.00",
         "remaining": "10.00",
         "currency": "EUR",
-        "reversed_rewards": [],
+        "rewards": [],
         "clawbacks": [],
     }
 
@@ -201,12 +207,15 @@ def paid_referrer(app, client, shop, admin):
 
 def test_refund_after_payout_records_a_clawback(app, client, shop, paid_referrer):
     partial = refund(client, shop, "o-friend-1", "40.00").json
-    assert partial["reversed_rewards"] == []
+    assert [(r["amount"], r["status"]) for r in partial["rewards"]] == [("10.00", "paid")]
     assert partial["clawbacks"] == [
         {"reward_id": paid_referrer, "amount": "4.00", "currency": "EUR"}
     ]
     rest = refund(client, shop, "o-friend-1").json
-    assert rest["clawbacks"] == [{"reward_id": paid_referrer, "amount": "6.00", "currency": "EUR"}]
+    assert rest["clawbacks"] == [  # every clawback of the order, the earlier one too
+        {"reward_id": paid_referrer, "amount": "4.00", "currency": "EUR"},
+        {"reward_id": paid_referrer, "amount": "6.00", "currency": "EUR"},
+    ]
     assert reward_states(app) == {("ref-1", "referrer"): ("10.00", "paid")}  # paid stays paid
     with app.app_context():
         amounts = sorted(db.session.scalars(select(Clawback.amount_minor)))
@@ -263,7 +272,9 @@ def test_next_payout_nets_the_clawback(app, client, shop, admin, paid_referrer):
     ]
 
 
-def test_clawback_larger_than_the_next_payout_waits(app, client, shop, admin, paid_referrer):
+def test_clawback_larger_than_the_next_payout_takes_what_it_can(
+    app, client, shop, admin, paid_referrer
+):
     refund(client, shop, "o-friend-1")  # clawback 10.00
     small = converted_friend(client, shop, "friend-2", amount="50.00")  # 5.00
     first = client.post(
@@ -272,7 +283,7 @@ def test_clawback_larger_than_the_next_payout_waits(app, client, shop, admin, pa
         headers=admin,
     ).json
     assert [(line["gross"], line["clawbacks"], line["net"]) for line in first["lines"]] == [
-        ("5.00", "0.00", "5.00")
+        ("5.00", "5.00", "0.00")
     ]
     big = converted_friend(client, shop, "friend-3", amount="120.00")  # 12.00
     second = client.post(
@@ -281,7 +292,7 @@ def test_clawback_larger_than_the_next_payout_waits(app, client, shop, admin, pa
         headers=admin,
     ).json
     assert [(line["gross"], line["clawbacks"], line["net"]) for line in second["lines"]] == [
-        ("12.00", "10.00", "2.00")
+        ("12.00", "5.00", "7.00")
     ]
 
 
@@ -325,7 +336,17 @@ def test_refund_shrinking_a_batched_reward_keeps_the_batch_net_non_negative(
     refund(client, shop, "o-friend-2", "20.00")  # the batched reward becomes 4.00
     shown = client.get(f"/api/v1/payouts/{batch['id']}", headers=admin).json
     assert [(line["gross"], line["clawbacks"], line["net"]) for line in shown["lines"]] == [
-        ("4.00", "0.00", "4.00")
+        ("4.00", "4.00", "0.00")
+    ]
+    # the 1.00 it no longer covers waits for the next batch
+    later = converted_friend(client, shop, "friend-3", amount="30.00")  # 3.00
+    again = client.post(
+        "/api/v1/payouts",
+        json={"reward_ids": ready_for_payout(app, client, admin, later)},
+        headers=admin,
+    ).json
+    assert [(line["gross"], line["clawbacks"], line["net"]) for line in again["lines"]] == [
+        ("3.00", "1.00", "2.00")
     ]
 
 

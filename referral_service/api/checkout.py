@@ -6,6 +6,7 @@ from flask import jsonify, make_response
 from flask.views import MethodView
 
 from referral_service.api import schemas
+from referral_service.api.admin import actor
 from referral_service.api.auth import requires
 from referral_service.api.blueprint import Blueprint
 from referral_service.api.idempotency import idempotent
@@ -102,8 +103,26 @@ class Refunds(MethodView):
     @requires(blp, "shop")
     @idempotent(blp)
     @blp.arguments(schemas.RefundIn())
-    @blp.response(200, schemas.RefundOut)
+    @blp.response(200, schemas.RefundOut, description="Applied, or a replay that changed nothing.")
     @blp.alt_response(404, schema=ErrorEnvelope, description="Unknown order.")
+    @blp.alt_response(
+        409, schema=ErrorEnvelope, description="A `refund_id` already applied with another amount."
+    )
+    @blp.alt_response(
+        422,
+        schema=ErrorEnvelope,
+        description="An `amount` without `refund_id`, or beyond what is left of the order.",
+    )
     def post(self, body):
-        """Refund an order in full (no `amount`) or in part; its rewards follow the refund."""
-        return refunds.refund(body["order_id"], body.get("amount"))
+        """Refund an order once: in full (no amount), one partial refund (`refund_id` +
+        `amount`), or up to the order's cumulative `refunded_total`. Retries and late figures
+        change nothing, for ever. Rewards not yet paid are reversed or recomputed; paid ones
+        are clawed back from later payouts. If the friend's qualifying order is refunded in
+        full before payout, the referral goes back to `attributed`."""
+        return refunds.refund(
+            body["order_id"],
+            body.get("amount"),
+            refund_id=body.get("refund_id"),
+            refunded_total=body.get("refunded_total"),
+            actor=actor(),
+        )

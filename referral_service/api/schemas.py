@@ -19,6 +19,7 @@ from referral_service.domain import customers, fraud, portal, program
 from referral_service.domain.clock import CLOCK_SKEW
 from referral_service.domain.money import AMOUNT_PATTERN, CURRENCIES
 from referral_service.domain.pages import MAX_ID, MAX_LIMIT
+from referral_service.domain.refunds import MAX_REFUND_ID
 from referral_service.domain.rewards import MAX_ORDER_ID, PURCHASE_REASONS
 from referral_service.errors import ValidationFailed
 from referral_service.models.program import LANDING_MODES
@@ -291,6 +292,32 @@ class RewardCounts(Schema):
     awaiting_approval = fields.Integer(required=True)
     approved = fields.Integer(required=True)
     paid = fields.Integer(required=True)
+    clawed_back = fields.Integer(
+        required=True,
+        metadata={"description": "Paid rewards with money taken back: their order was refunded."},
+    )
+
+
+def amounts_by_currency(description: str):
+    """`{currency: "12.50"}`: sums of money per ISO 4217 currency."""
+    return fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        required=True,
+        metadata={"description": description},
+    )
+
+
+class RewardAmounts(Schema):
+    """The customer's rewards in each state, summed per currency."""
+
+    pending = amounts_by_currency("Held: refunds can still reverse them.")
+    awaiting_approval = amounts_by_currency("Waiting for an admin.")
+    approved = amounts_by_currency("Approved, not yet paid.")
+    paid = amounts_by_currency("Paid, net of what was clawed back.")
+    clawed_back = amounts_by_currency(
+        "Taken back from paid rewards (refunds after payout), netted off later payouts."
+    )
 
 
 class CustomerStats(Schema):
@@ -300,6 +327,7 @@ class CustomerStats(Schema):
     signups = fields.Integer(required=True)
     conversions = fields.Integer(required=True)
     rewards = fields.Nested(RewardCounts, required=True)
+    amounts = fields.Nested(RewardAmounts, required=True)
 
 
 class CustomerOut(Schema):
@@ -634,19 +662,47 @@ class PurchaseOut(Schema):
     )
 
 
+REFUND_FIELDS = ("refund_id", "amount", "refunded_total")
+
+
 class RefundIn(StrictSchema):
-    """`POST /refunds`: all of an order (no amount) or part of it."""
+    """`POST /refunds`: all of an order, one partial refund by its id, or the refunded total."""
 
     order_id = identifier(MAX_ORDER_ID, required=True)
+    refund_id = identifier(
+        MAX_REFUND_ID,
+        metadata={
+            "description": "The partial refund's own id at the shop or payment platform, sent "
+            "with its `amount`: applied once for ever; the same id again changes nothing (200), "
+            "with another amount it is a 409 `refund_conflict`."
+        },
+        allow_none=True,
+    )
     amount = money_amount(
-        "What is refunded (default: all that is left), at most what is left of the order, "
-        "with at most its currency's decimals.",
+        "What this partial refund gives back (with its `refund_id`), at most what is left of "
+        "the order, with at most its currency's decimals.",
+        allow_none=True,
+    )
+    refunded_total = money_amount(
+        "Instead of `refund_id` + `amount`: the order's refunded amount so far, as payment "
+        "platforms report it. A figure at or below what is already applied changes nothing.",
         allow_none=True,
     )
 
+    OPENAPI = {  # full (none of them), `refund_id` + `amount`, or `refunded_total` alone
+        "oneOf": [
+            {"not": {"anyOf": [{"required": [f]} for f in REFUND_FIELDS]}},
+            {"required": ["refund_id", "amount"], "not": {"required": ["refunded_total"]}},
+            {
+                "required": ["refunded_total"],
+                "not": {"anyOf": [{"required": ["refund_id"]}, {"required": ["amount"]}]},
+            },
+        ]
+    }
+
 
 class Clawback(Schema):
-    """Money to take back from a paid reward."""
+    """Money to take back from a paid reward, netted off the beneficiary's later payouts."""
 
     reward_id = fields.Integer(required=True)
     amount = fields.String(required=True)
@@ -654,14 +710,24 @@ class Clawback(Schema):
 
 
 class RefundOut(Schema):
-    """What the refund did to the order's rewards."""
+    """The order after the refund (a replay answers the same): its rewards and clawbacks."""
 
     order_id = fields.String(required=True)
-    refunded = fields.String(required=True)
-    remaining = fields.String(required=True)
     currency = fields.String(required=True)
-    reversed_rewards = fields.List(fields.Nested(RewardBrief), required=True)
-    clawbacks = fields.List(fields.Nested(Clawback), required=True)
+    refunded_total = fields.String(
+        required=True, metadata={"description": "All that was refunded of the order so far."}
+    )
+    remaining = fields.String(required=True, metadata={"description": "What is left of it."})
+    rewards = fields.List(
+        fields.Nested(RewardBrief),
+        required=True,
+        metadata={"description": "The order's rewards after the refund."},
+    )
+    clawbacks = fields.List(
+        fields.Nested(Clawback),
+        required=True,
+        metadata={"description": "Every clawback recorded on the order's paid rewards."},
+    )
 
 
 # --- reading: referrals, rewards, stats ----------------------------------------------------------
@@ -869,7 +935,15 @@ class StatsOut(Schema):
     clicks = fields.Integer(required=True)
     signups = fields.Integer(required=True)
     conversions = fields.Integer(required=True)
-    rewards = fields.Dict(keys=fields.String(), values=fields.Nested(RewardTotals), required=True)
+    rewards = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(RewardTotals),
+        required=True,
+        metadata={
+            "description": "By reward status, and `clawed_back`: the paid rewards with money "
+            "taken back by a refund and how much. `paid` amounts are net of it."
+        },
+    )
     by_channel = fields.Dict(
         keys=fields.String(), values=fields.Nested(ChannelCounts), required=True
     )

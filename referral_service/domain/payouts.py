@@ -1,5 +1,9 @@
 """Payout batches: approved rewards grouped per beneficiary, net of open clawbacks, then paid.
 
+A clawback (a refund after its reward was paid) takes what each later batch's line of its
+beneficiary and currency can give, never below zero, and carries the rest to the next batch; the
+parts are settlements. A batch left with no rewards (all reversed or rejected) cannot be paid.
+
 Four eyes: a batch whose total is above `PAYOUT_APPROVAL_THRESHOLD` (an amount in the program
 currency, default 500.00) is marked paid only after a second approver, never its creator, has
 approved it. A total in any other currency cannot be compared with the threshold, so such a batch
@@ -13,16 +17,27 @@ from collections import defaultdict
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from referral_service.domain import audit, program
 from referral_service.domain.money import from_minor, to_minor
 from referral_service.errors import Conflict, NotFound, ValidationFailed
 from referral_service.extensions import db
-from referral_service.models import Clawback, Customer, Payout, Reward, utcnow
+from referral_service.models import (
+    Clawback,
+    ClawbackSettlement,
+    Customer,
+    Payout,
+    Reward,
+    utcnow,
+)
 from referral_service.models.base import begin_write
 
 MAX_REFERENCE = 200
+EMPTY = (
+    "holds no rewards any more (each was reversed by a refund of its order, or rejected, "
+    "after the batch was made)"
+)
 
 
 def create(
@@ -75,7 +90,10 @@ def create(
 
 
 def _settle_clawbacks(payout_id: int) -> None:
-    """Net open clawbacks off the batch, oldest first, as far as each beneficiary's gross allows."""
+    """Net open clawbacks off the batch's lines, oldest first, each taking what its beneficiary's
+    line in its currency can still give (never below zero); the rest stays open for later
+    batches. Each part is a settlement; the clawback's `settled_minor` is raised by a conditional
+    UPDATE, so that the database never lets a clawback be taken beyond its amount."""
     gross: dict[tuple[int, str], int] = defaultdict(int)
     for customer_id, currency, amount in db.session.execute(
         select(Reward.customer_id, Reward.currency, Reward.amount_minor).where(
@@ -83,33 +101,87 @@ def _settle_clawbacks(payout_id: int) -> None:
         )
     ):
         gross[(customer_id, currency)] += amount
-    open_clawbacks = db.session.scalars(
-        select(Clawback)
-        .where(Clawback.payout_id.is_(None), Clawback.customer_id.in_([c for c, _ in gross]))
+    if not gross:
+        return
+    open_clawbacks = db.session.execute(
+        select(Clawback.id, Clawback.customer_id, Clawback.currency)
+        .where(
+            Clawback.customer_id.in_({c for c, _ in gross}),
+            Clawback.settled_minor < Clawback.amount_minor,
+        )
         .order_by(Clawback.id)
         .with_for_update()
-    )
-    for clawback in open_clawbacks:
-        key = (clawback.customer_id, clawback.currency)
-        if gross.get(key, 0) >= clawback.amount_minor:
-            gross[key] -= clawback.amount_minor
-            clawback.payout_id = payout_id
+    ).all()
+    for clawback_id, customer_id, currency in open_clawbacks:
+        key = (customer_id, currency)
+        if gross.get(key, 0) <= 0:
+            continue
+        # read after the lock: what other batches took meanwhile is counted
+        amount, settled = db.session.execute(
+            select(Clawback.amount_minor, Clawback.settled_minor).where(Clawback.id == clawback_id)
+        ).one()
+        take = min(amount - settled, gross[key])
+        if take <= 0:
+            continue
+        taken = db.session.execute(
+            update(Clawback)
+            .where(
+                Clawback.id == clawback_id, Clawback.settled_minor + take <= Clawback.amount_minor
+            )
+            .values(settled_minor=Clawback.settled_minor + take)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken:
+            db.session.execute(
+                insert(ClawbackSettlement).values(
+                    clawback_id=clawback_id, payout_id=payout_id, amount_minor=take
+                )
+            )
+            gross[key] -= take
 
 
 def resettle(payout_id: int) -> None:
     """Net the clawbacks of an unpaid batch again, after one of its rewards left it or shrank.
 
-    Runs in the transaction that changed the reward, so a batch never nets more clawbacks than
-    its rewards cover: what no longer fits waits, open, for the beneficiary's next batch.
+    Runs in the transaction that changed the reward (which holds that reward's lock), so a
+    batch never nets more clawbacks than its rewards cover: what it no longer covers is open
+    again for the beneficiary's next batch. Raises Conflict if the batch is already paid (a
+    reward of a paid batch is paid and never leaves it).
     """
     db.session.flush()
-    db.session.execute(
-        update(Clawback)
-        .where(Clawback.payout_id == payout_id)
-        .values(payout_id=None)
-        .execution_options(synchronize_session="fetch")
-    )
+    payout = db.session.scalar(select(Payout).where(Payout.id == payout_id).with_for_update())
+    if payout is None or payout.status != "created":
+        raise Conflict(f"Payout {payout_id} is already paid; its lines cannot change.")
+    settlements = db.session.execute(
+        select(
+            ClawbackSettlement.id, ClawbackSettlement.clawback_id, ClawbackSettlement.amount_minor
+        )
+        .where(ClawbackSettlement.payout_id == payout_id)
+        .order_by(ClawbackSettlement.clawback_id)
+    ).all()
+    for settlement_id, clawback_id, amount in settlements:
+        db.session.execute(
+            update(Clawback)
+            .where(Clawback.id == clawback_id)
+            .values(settled_minor=Clawback.settled_minor - amount)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.execute(delete(ClawbackSettlement).where(ClawbackSettlement.id == settlement_id))
     _settle_clawbacks(payout_id)
+
+
+def clawed_back(reward_ids: list[int]) -> dict[int, int]:
+    """`{reward id: minor units clawed back so far}` of these rewards (settled or not)."""
+    if not reward_ids:
+        return {}
+    return {
+        reward_id: int(total)
+        for reward_id, total in db.session.execute(
+            select(Clawback.reward_id, func.sum(Clawback.amount_minor))
+            .where(Clawback.reward_id.in_(reward_ids))
+            .group_by(Clawback.reward_id)
+        )
+    }
 
 
 def _lines(payout_id: int) -> list[dict]:
@@ -143,9 +215,9 @@ def _lines(payout_id: int) -> list[dict]:
         line["rewards"] += 1
         line["gross_minor"] += amount
     for customer_id, currency, amount in db.session.execute(
-        select(Clawback.customer_id, Clawback.currency, Clawback.amount_minor).where(
-            Clawback.payout_id == payout_id
-        )
+        select(Clawback.customer_id, Clawback.currency, ClawbackSettlement.amount_minor)
+        .join(Clawback, Clawback.id == ClawbackSettlement.clawback_id)
+        .where(ClawbackSettlement.payout_id == payout_id)
     ):
         lines[(customer_id, currency)]["clawbacks_minor"] += amount
     return list(lines.values())
@@ -296,9 +368,14 @@ def list_payouts(before: int | None = None, limit: int = 50) -> tuple[list[dict]
         totals[payout_id][currency] += int(amount)
         counts[payout_id] += count
     for payout_id, currency, amount in db.session.execute(
-        select(Clawback.payout_id, Clawback.currency, func.sum(Clawback.amount_minor))
-        .where(Clawback.payout_id.in_(ids))
-        .group_by(Clawback.payout_id, Clawback.currency)
+        select(
+            ClawbackSettlement.payout_id,
+            Clawback.currency,
+            func.sum(ClawbackSettlement.amount_minor),
+        )
+        .join(Clawback, Clawback.id == ClawbackSettlement.clawback_id)
+        .where(ClawbackSettlement.payout_id.in_(ids))
+        .group_by(ClawbackSettlement.payout_id, Clawback.currency)
     ):
         totals[payout_id][currency] -= int(amount)
     items = [
@@ -335,6 +412,8 @@ def approval_refusal(summary: dict, actor: str) -> str | None:
     """Why `actor` may not approve this batch (as `get` returns it), or None when they may."""
     if summary["status"] == "paid":
         return f"Payout {summary['id']} is already paid; there is nothing left to approve."
+    if summary["reward_count"] == 0:
+        return f"Payout {summary['id']} {EMPTY}; there is nothing to approve."
     if summary["approved_by"] is not None:
         return f"Payout {summary['id']} is already approved by {summary['approved_by']}."
     if summary["created_by"] == actor:
@@ -378,6 +457,11 @@ def paid_refusal(summary: dict) -> str | None:
     """Why this batch (as `get` returns it) cannot be marked paid now, or None when it can."""
     if summary["status"] == "paid":
         return f"Payout {summary['id']} is already paid."
+    if summary["reward_count"] == 0:
+        return (
+            f"Payout {summary['id']} {EMPTY}: there is nothing to pay. Rewards approved since "
+            "go into a new batch."
+        )
     if summary["needs_approval"] and summary["approved_by"] is None:
         amount, currency = approval_threshold()
         totals = ", ".join(f"{t['amount']} {t['currency']}" for t in summary["totals"])
@@ -391,13 +475,17 @@ def paid_refusal(summary: dict) -> str | None:
 def mark_paid(payout_id: int, reference: str, actor: str, now=None) -> dict:
     """Mark a batch paid with the bank's reference; its rewards become `paid`.
 
-    Raises ValidationFailed for an empty reference, NotFound, and Conflict when already paid or
-    when its total is above the approval threshold and no second approver has approved it.
+    Raises ValidationFailed for an empty reference, NotFound, and Conflict when already paid,
+    when no reward is left in it (all reversed or rejected), or when its total is above the
+    approval threshold and no second approver has approved it. A batch whose lines net to zero
+    (clawbacks took all) is paid all the same: that settles its rewards and clawbacks.
     """
     now = now or utcnow()
     if not isinstance(reference, str) or not 1 <= len(reference.strip()) <= MAX_REFERENCE:
         raise ValidationFailed(fields={"reference": ["Give the payment's reference (1-200)."]})
     begin_write(db.session)
+    # its rewards first, then the batch: the order in which a refund or a rejection locks them
+    db.session.execute(select(Reward.id).where(Reward.payout_id == payout_id).with_for_update())
     payout = _locked(payout_id)
     refusal = paid_refusal(_summary(payout))
     if refusal:

@@ -11,10 +11,11 @@ from referral_service.domain.money import from_minor
 from referral_service.domain.pages import page
 from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
-from referral_service.models import Click, Customer, Purchase, Referral, Reward, utcnow
+from referral_service.models import Clawback, Click, Customer, Purchase, Referral, Reward, utcnow
 from referral_service.models.referral import REWARD_STATUSES
 
 DEFAULT_RANGE = timedelta(days=30)
+CLAWED_BACK = "clawed_back"  # beside the reward statuses in the totals: paid, then taken back
 
 
 def top_referrers(start: datetime, end: datetime, limit: int = 5) -> list[dict]:
@@ -41,8 +42,9 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
 
     Clicks count by visit time, sign-ups by attribution time, conversions by conversion time,
     rewards by the date of the order that earned them (as conversions do, whenever the shop
-    reported it). Raises ValidationFailed when `start` is not before `end`, or for a time with
-    no date in UTC.
+    reported it): `rewards` is `{status: {count, amounts: {currency: "12.50"}}}`
+    with `paid` net of clawbacks and `clawed_back` (see `_reward_totals`). Raises
+    ValidationFailed when `start` is not before `end`, or for a time with no date in UTC.
     """
     flush_pending()
     end = utc(end, "to") if end else now or utcnow()
@@ -74,15 +76,8 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
         .group_by(Referral.channel)
     ):
         channels[channel]["conversions"] = count
-    rewards = {status: {"count": 0, "amounts": {}} for status in REWARD_STATUSES}
     ordered = select(Purchase.id).where(Purchase.occurred_at >= start, Purchase.occurred_at < end)
-    for status, currency, count, total in db.session.execute(
-        select(Reward.status, Reward.currency, func.count(), func.sum(Reward.amount_minor))
-        .where(Reward.purchase_id.in_(ordered))
-        .group_by(Reward.status, Reward.currency)
-    ):
-        rewards[status]["count"] += count
-        rewards[status]["amounts"][currency] = from_minor(int(total), currency)
+    rewards = _reward_totals(Reward.purchase_id.in_(ordered))
     totals = {
         key: sum(c[key] for c in channels.values()) for key in ("clicks", "signups", "conversions")
     }
@@ -95,8 +90,44 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     }
 
 
+def _reward_totals(*where) -> dict:
+    """`{status: {count, amounts: {currency: "12.50"}}}` of the rewards matching `where`, with
+    `paid` net of clawbacks and `clawed_back`: how many paid rewards had money taken back,
+    and how much (whether later payouts have netted it yet or not)."""
+    minor: dict[str, dict[str, int]] = {status: {} for status in (*REWARD_STATUSES, CLAWED_BACK)}
+    counts = dict.fromkeys(minor, 0)
+    for status, currency, count, total in db.session.execute(
+        select(Reward.status, Reward.currency, func.count(), func.sum(Reward.amount_minor))
+        .where(*where)
+        .group_by(Reward.status, Reward.currency)
+    ):
+        counts[status] += count
+        minor[status][currency] = int(total)
+    for currency, count, total in db.session.execute(
+        select(
+            Reward.currency, func.count(func.distinct(Reward.id)), func.sum(Clawback.amount_minor)
+        )
+        .join(Clawback, Clawback.reward_id == Reward.id)
+        .where(*where)
+        .group_by(Reward.currency)
+    ):
+        counts[CLAWED_BACK] += count
+        minor[CLAWED_BACK][currency] = int(total)
+        paid = minor["paid"]
+        paid[currency] = paid.get(currency, 0) - int(total)
+    return {
+        status: {
+            "count": counts[status],
+            "amounts": {c: from_minor(a, c) for c, a in sorted(amounts.items())},
+        }
+        for status, amounts in minor.items()
+    }
+
+
 def customer_stats(customer_id: int) -> dict:
-    """A referrer's counters: clicks, sign-ups, conversions, and their rewards by status."""
+    """A referrer's counters: clicks, sign-ups, conversions; their rewards counted by status
+    (`clawed_back`: paid rewards with money taken back by a refund), and `amounts` of each
+    status per currency (`{currency: "12.50"}`), `paid` net of clawbacks."""
     flush_pending()
     clicks = db.session.scalar(
         select(func.count()).select_from(Click).where(Click.referrer_id == customer_id)
@@ -108,21 +139,14 @@ def customer_stats(customer_id: int) -> dict:
             .group_by(Referral.status)
         ).all()
     )
-    rewards = dict(
-        db.session.execute(
-            select(Reward.status, func.count())
-            .where(Reward.customer_id == customer_id)
-            .group_by(Reward.status)
-        ).all()
-    )
+    rewards = _reward_totals(Reward.customer_id == customer_id)
+    shown = ("pending", "awaiting_approval", "approved", "paid", CLAWED_BACK)
     return {
         "clicks": clicks or 0,
         "signups": sum(referrals.values()),
         "conversions": referrals.get("converted", 0),
-        "rewards": {
-            status: rewards.get(status, 0)
-            for status in ("pending", "awaiting_approval", "approved", "paid")
-        },
+        "rewards": {status: rewards[status]["count"] for status in shown},
+        "amounts": {status: rewards[status]["amounts"] for status in shown},
     }
 
 

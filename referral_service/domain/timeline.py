@@ -1,8 +1,10 @@
 """Read-only views for the admin console: customer search, a customer's page, a referral's story.
 
 Nothing here writes. The story of a referral is put together from the rows the service keeps
-(click, sign-up, purchases, rewards) and from the audit log (decisions on its rewards, payouts
-of them); a refund is known only by the amount refunded so far, not by its time.
+(click, sign-up, purchases, refunds, rewards, clawbacks) and from the audit log (decisions on its
+rewards, payouts of them, the referral's requalification when its qualifying order was refunded).
+Refunds applied before refunds were recorded one by one are known only by the amount refunded so
+far, not by their time.
 """
 
 from dataclasses import dataclass, field
@@ -18,11 +20,13 @@ from referral_service.errors import NotFound, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import (
     AuditRecord,
+    Clawback,
     Click,
     Customer,
     Purchase,
     Referral,
     ReferralCode,
+    Refund,
     Reward,
     Signup,
     utcnow,
@@ -182,7 +186,7 @@ class Event:
     """One line of a referral's timeline."""
 
     at: datetime
-    kind: str  # click, signup, purchase, reward, decision, payout
+    kind: str  # click, signup, purchase, refund, reward, clawback, decision, referral, payout
     title: str
     details: list[str] = field(default_factory=list)
     actor: str | None = None
@@ -204,6 +208,8 @@ AUDIT_TITLES = {
     "payout.create": "Payout #{id} created with reward {rewards}",
     "payout.approve": "Payout #{id} approved",
     "payout.mark_paid": "Payout #{id} marked paid: reward {rewards} paid",
+    "referral.requalified": "Referral back to attributed: its qualifying order was refunded "
+    "before payout, so a later qualifying order converts it again",
 }
 
 
@@ -255,16 +261,49 @@ def referral_story(referral_id: int, now: datetime | None = None) -> dict:
         .order_by(Purchase.occurred_at, Purchase.id)
         .limit(LIST_LIMIT)
     ).all()
+    earning = set(
+        db.session.scalars(select(Reward.purchase_id).where(Reward.referral_id == referral.id))
+    )
+    refunds: dict[int, list[Refund]] = {}
+    for item in db.session.scalars(
+        select(Refund)
+        .where(Refund.purchase_id.in_([purchase.id for purchase in purchases]))
+        .order_by(Refund.id)
+    ):
+        refunds.setdefault(item.purchase_id, []).append(item)
     for purchase in purchases:
         details = []
         if purchase.order_id == referral.order_id:
-            details.append("The qualifying first purchase: the referral converted")
+            first = " first" if purchase is purchases[0] else ""
+            details.append(f"The qualifying{first} purchase: the referral converted")
+        elif purchase.id in earning:
+            details.append("Converted the referral, until it was refunded")
         if purchase.refunded_minor:
             whole = purchase.refunded_minor == purchase.amount_minor
+            recorded = sum(item.amount_minor for item in refunds.get(purchase.id, []))
             details.append(
                 f"Refunded {_money(purchase.refunded_minor, purchase.currency)}"
                 + (" (all of it)" if whole else "")
-                + " (the time of a refund is not recorded)"
+                + (
+                    " (the time of a refund is not recorded)"
+                    if recorded < purchase.refunded_minor
+                    else ""
+                )
+            )
+        currency = purchase.currency
+        for item in refunds.get(purchase.id, []):
+            events.append(
+                Event(
+                    item.created_at,
+                    "refund",
+                    f"Refund of {purchase.order_id}: {_money(item.amount_minor, currency)}",
+                    [
+                        f"Refund id {item.refund_id}" if item.refund_id else "No refund id",
+                        f"Refunded so far: {_money(item.refunded_total_minor, purchase.currency)}"
+                        f" of {_money(purchase.amount_minor, purchase.currency)}",
+                    ],
+                    order=2,
+                )
             )
         events.append(
             Event(
@@ -297,6 +336,25 @@ def referral_story(referral_id: int, now: datetime | None = None) -> dict:
         )
         if reward.payout_id is not None:
             by_payout.setdefault(reward.payout_id, []).append(reward.id)
+    for clawback in db.session.scalars(
+        select(Clawback)
+        .where(Clawback.reward_id.in_([reward.id for reward in rewards]))
+        .order_by(Clawback.id)
+    ):
+        events.append(
+            Event(
+                clawback.created_at,
+                "clawback",
+                f"Clawback of {_money(clawback.amount_minor, clawback.currency)} on paid reward "
+                f"#{clawback.reward_id}",
+                [
+                    "Its order was refunded after payout",
+                    f"Netted off later payouts so far: "
+                    f"{_money(clawback.settled_minor, clawback.currency)}",
+                ],
+                order=3,
+            )
+        )
 
     reward_ids = [str(reward.id) for reward in rewards]
     subjects = [
@@ -334,7 +392,9 @@ def referral_story(referral_id: int, now: datetime | None = None) -> dict:
             )
         if after.get("reference"):
             details.append(f"Reference: {after['reference']}")
-        kind = "payout" if record.subject_type == "payout" else "decision"
+        if after.get("order_id") is None and before.get("order_id"):
+            details.append(f"Refunded order: {before['order_id']}")
+        kind = {"payout": "payout", "referral": "referral"}.get(record.subject_type, "decision")
         events.append(
             Event(record.at, kind, title, details, record.actor, after.get("note"), order=4)
         )

@@ -9,10 +9,12 @@ from referral_service.models.program import Program
 from referral_service.models.referral import (
     AuditRecord,
     Clawback,
+    ClawbackSettlement,
     IdempotencyKey,
     Payout,
     Purchase,
     Referral,
+    Refund,
     Reward,
     Signup,
 )
@@ -23,6 +25,7 @@ __all__ = [
     "AuditRecord",
     "Base",
     "Clawback",
+    "ClawbackSettlement",
     "Click",
     "Customer",
     "IdempotencyKey",
@@ -31,6 +34,7 @@ __all__ = [
     "Purchase",
     "Referral",
     "ReferralCode",
+    "Refund",
     "Reward",
     "SignInFailure",
     "Signup",

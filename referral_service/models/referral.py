@@ -1,4 +1,4 @@
-"""Sign-ups, referrals, purchases, rewards, clawbacks, payouts, idempotency keys, audit log."""
+"""Sign-ups, referrals, purchases, refunds, rewards, clawbacks, payouts, idempotency, audit log."""
 
 from datetime import datetime
 
@@ -12,6 +12,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -113,11 +114,21 @@ class Purchase(Base):
 
 
 class Reward(Base):
-    """A bonus owed to the referrer or the friend; one of each kind per referral, at most."""
+    """A bonus owed to the referrer or the friend; one live (not reversed) of each kind per
+    referral, at most."""
 
     __tablename__ = "rewards"
     __table_args__ = (
-        UniqueConstraint("referral_id", "beneficiary", name="uq_rewards_referral_beneficiary"),
+        # one live reward per friend and beneficiary; a reversed one (its order refunded before
+        # payout) makes way for the reward of the order that requalifies the referral
+        Index(
+            "uq_rewards_live_referral_beneficiary",
+            "referral_id",
+            "beneficiary",
+            unique=True,
+            sqlite_where=text("status <> 'reversed'"),
+            postgresql_where=text("status <> 'reversed'"),
+        ),
         CheckConstraint("beneficiary IN ('referrer', 'friend')", name="beneficiary"),
         CheckConstraint(
             "status IN ('pending', 'awaiting_approval', 'approved', 'paid', 'rejected', "
@@ -152,22 +163,66 @@ class Reward(Base):
     customer: Mapped[Customer] = relationship()
 
 
+class Refund(Base):
+    """A refund applied to an order, once: a shop's `refund_id` is unique per order for ever.
+
+    A full refund or a cumulative `refunded_total` has no `refund_id` (NULLs are distinct): the
+    order's `refunded_minor`, changed under a lock on the order, makes those idempotent.
+    """
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        UniqueConstraint("purchase_id", "refund_id", name="uq_refunds_purchase_refund_id"),
+        CheckConstraint("amount_minor > 0", name="amount"),
+        CheckConstraint("refunded_total_minor >= amount_minor", name="total"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id", ondelete="CASCADE"))
+    refund_id: Mapped[str | None] = mapped_column(String(128))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    refunded_total_minor: Mapped[int] = mapped_column(BigInteger)  # the order's, after this one
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Clawback(Base):
-    """Money to take back from a customer's next payout: a refund after the reward was paid."""
+    """Money to take back from a customer's later payouts: a refund after the reward was paid.
+
+    Payouts settle it in parts (`ClawbackSettlement`), each taking what its lines can give;
+    `settled_minor` is their sum, never above the amount.
+    """
 
     __tablename__ = "clawbacks"
     __table_args__ = (
         CheckConstraint("amount_minor > 0", name="amount"),
-        Index("ix_clawbacks_customer_open", "customer_id", "payout_id"),
+        CheckConstraint("settled_minor >= 0 AND settled_minor <= amount_minor", name="settled"),
+        Index("ix_clawbacks_customer_id", "customer_id", "id"),
+        Index("ix_clawbacks_reward_id", "reward_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     reward_id: Mapped[int] = mapped_column(ForeignKey("rewards.id", ondelete="CASCADE"))
     amount_minor: Mapped[int] = mapped_column(BigInteger)
+    settled_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    payout_id: Mapped[int | None] = mapped_column(ForeignKey("payouts.id"))
+
+
+class ClawbackSettlement(Base):
+    """The part of a clawback that one payout batch nets off its beneficiary's line."""
+
+    __tablename__ = "clawback_settlements"
+    __table_args__ = (
+        UniqueConstraint("clawback_id", "payout_id", name="uq_clawback_settlements_clawback_id"),
+        CheckConstraint("amount_minor > 0", name="amount"),
+        Index("ix_clawback_settlements_payout_id", "payout_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    clawback_id: Mapped[int] = mapped_column(ForeignKey("clawbacks.id", ondelete="CASCADE"))
+    payout_id: Mapped[int] = mapped_column(ForeignKey("payouts.id", ondelete="CASCADE"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
 
 
 class Payout(Base):
