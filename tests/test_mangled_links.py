@@ -9,11 +9,12 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from sqlalchemy import select
 
+from referral_service import create_app
 from referral_service.domain import codes
 from referral_service.domain.codes import display
 from referral_service.extensions import db
 from referral_service.models import Click
-from tests.conftest import BASE_URL
+from tests.conftest import BASE_URL, app_config
 from tests.journey_helpers import enrol, set_program, sign_up
 from tests.test_admin_console import signed_in_as
 
@@ -204,3 +205,30 @@ def test_welcome_mode_reads_a_mangled_link_too(app, client, admin, code):
     assert response.status_code == 200
     [click] = clicks(app)
     assert f"click_id={click.id}" in response.get_data(as_text=True)
+
+
+def test_a_browser_over_the_rate_limit_gets_an_html_429(database_url, shop):
+    limited = create_app(
+        app_config(
+            database_url,
+            RATELIMIT_ENABLED=True,
+            RATELIMIT_PUBLIC="2/minute",
+            RATELIMIT_STORAGE_URI="memory://",
+        )
+    )
+    try:
+        client = limited.test_client()
+        code = enrol(client, shop, "ref-1")
+        for _ in range(2):
+            assert client.get(f"/r/{code}", headers=BROWSER).status_code == 302
+        response = client.get(f"/r/{code}", headers=BROWSER)
+        assert_html_page(response, 429, "Too many visits at once")
+        assert int(response.headers["Retry-After"]) > 0
+        response = client.get(f"/r/{code}/qr.png")  # an image fetcher: the envelope
+        assert response.status_code == 429
+        assert response.json["error"]["code"] == "rate_limited"
+    finally:
+        with limited.app_context():
+            limited.extensions["clicks"].flush()
+            db.session.remove()
+            db.engine.dispose()

@@ -10,9 +10,10 @@ clicks, counting the ones it sheds in `dropped`; a row the database refuses is d
 
 A click is a person, not a fetch: link-preview bots and crawlers (`is_bot`) get no click, and the
 same visitor (keyed hashes of address and user agent) on the same code within `REVISIT_WINDOW`
-gets their earlier click back (`visit`). Two processes that see a visitor's first visit at the
-same time make the same click id (a keyed hash of code, visitor and hour), so the database keeps
-one row: the buffer inserts with `ON CONFLICT DO NOTHING` on the primary key.
+gets their earlier click back (`visit`), without a query: a visitor's click id in a clock hour
+is a keyed hash of code, visitor and hour, the same in every process, and the buffer inserts
+with `ON CONFLICT DO NOTHING` on the primary key, so the database keeps one row however many
+processes see the visits.
 """
 
 import atexit
@@ -31,7 +32,6 @@ from functools import lru_cache
 from crawlerdetect import CrawlerDetect
 from flask import current_app
 from itsdangerous import Signer
-from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -258,46 +258,37 @@ def visitor_click_id(code_id: int, ip_hash: str, ua_hash: str, at: datetime) -> 
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-_EARLIER_CLICK = (
-    select(Click.id)
-    .where(
-        Click.code_id == bindparam("code_id"),
-        Click.ip_hash == bindparam("ip_hash"),
-        Click.ua_hash == bindparam("ua_hash"),
-        Click.occurred_at > bindparam("since"),
-        Click.occurred_at <= bindparam("at"),
-    )
-    .order_by(Click.occurred_at.desc())
-    .limit(1)
-)
+def visit(
+    code_id: int,
+    referrer_id: int,
+    via: str | None,
+    at: datetime,
+    evidence: dict,
+    earlier: tuple[str, datetime] | None = None,
+) -> str:
+    """The click id of a person's visit of a share link: the click of their earlier visit of
+    the same code within REVISIT_WINDOW (no new row), else a new click. Makes no query.
 
-
-def visit(code_id: int, referrer_id: int, via: str | None, at: datetime, evidence: dict) -> str:
-    """The click id of a person's visit of a share link: their earlier click of the same code
-    within REVISIT_WINDOW (no new row), else a new click.
-
-    `evidence` is `{ip_hash, ua_hash, referer_host}` (domain/fraud.py `visit_evidence`); without
-    an address or user agent the visitor cannot be recognised and every visit is a click. One
-    indexed query (`ix_clicks_visitor`) finds the earlier click; callers check `is_bot` first.
+    `evidence` is `{ip_hash, ua_hash, referer_host}` (domain/fraud.py `visit_evidence`);
+    `earlier` the click id and time the visitor's browser brought back (the signed click
+    cookie), if any. The same visitor in the same clock hour gets the same id (a keyed hash,
+    `visitor_click_id`), kept once by the database; across the turn of the hour the earlier
+    click is found in the cookie, or in this process's buffer. Without an address or user
+    agent a visitor cannot be recognised and every visit is a click. Callers check `is_bot`
+    first.
     """
     recorder: ClickRecorder = current_app.extensions["clicks"]
     ip_hash, ua_hash = evidence.get("ip_hash"), evidence.get("ua_hash")
     if not (ip_hash and ua_hash):
         return recorder.record(code_id, referrer_id, via, at, evidence)
-    earlier = recorder.pending_visit(code_id, ip_hash, ua_hash, at - REVISIT_WINDOW)
-    if earlier is not None:  # not written yet: a second visit within half a second
-        return earlier
-    earlier = db.session.execute(
-        _EARLIER_CLICK,
-        {
-            "code_id": code_id,
-            "ip_hash": ip_hash,
-            "ua_hash": ua_hash,
-            "since": at - REVISIT_WINDOW,
-            "at": at,
-        },
-    ).scalar()
-    if earlier is not None:
-        return earlier
     click_id = visitor_click_id(code_id, ip_hash, ua_hash, at)
+    if earlier is not None and at - REVISIT_WINDOW < earlier[1] <= at:
+        earlier_id = earlier[0]
+        if earlier_id == click_id or earlier_id == visitor_click_id(  # the hour before
+            code_id, ip_hash, ua_hash, at - REVISIT_WINDOW
+        ):
+            return earlier_id
+    pending = recorder.pending_visit(code_id, ip_hash, ua_hash, at - REVISIT_WINDOW)
+    if pending is not None:  # not written yet: a visit just before the turn of the hour
+        return pending
     return recorder.record(code_id, referrer_id, via, at, evidence, click_id=click_id)

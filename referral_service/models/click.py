@@ -15,8 +15,6 @@ class Click(Base):
     __table_args__ = (
         Index("ix_clicks_referrer_occurred", "referrer_id", "occurred_at"),
         Index("ix_clicks_occurred", "occurred_at"),
-        # a visitor's earlier click of the same code (domain/clicks.py `visit`)
-        Index("ix_clicks_visitor", "code_id", "ip_hash", "ua_hash", "occurred_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -2,13 +2,14 @@
 page, the built-in landing page, `/healthz` and `/readyz`."""
 
 import re
+from datetime import datetime
 from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from flask import current_app, g, render_template, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from itsdangerous import TimestampSigner
+from itsdangerous import BadSignature, TimestampSigner
 
 from referral_service.domain import clicks, codes, fraud, health, portal, program
 from referral_service.domain.qr import MAX_SIZE, MIN_SIZE, check_size
@@ -159,18 +160,19 @@ class ShareLink(MethodView):
         except (InvalidCode, NotFound):
             return _redirect(_landing())
         user_agent = request.user_agent.string
-        click_id = None
+        click_id = earlier = None
         if not clicks.is_bot(user_agent):
             seen = fraud.visit_evidence(request.remote_addr, user_agent)
             seen["referer_host"] = fraud.referer_host(request.referrer)
+            earlier = _cookie_click()
             click_id = clicks.visit(
-                active.code_id, active.referrer_id, request.args.get("via"), utcnow(), seen
+                active.code_id, active.referrer_id, request.args.get("via"), utcnow(), seen, earlier
             )
         if program.settings()["landing_mode"] == "welcome":
             response = _welcome(active, click_id)
         else:
             response = _redirect(_landing(active.code, click_id))
-        if click_id is not None:
+        if click_id is not None and (earlier is None or earlier[0] != click_id):
             response.set_cookie(
                 CLICK_COOKIE,
                 click_cookie_signer().sign(click_id).decode(),
@@ -180,6 +182,18 @@ class ShareLink(MethodView):
                 secure=request.is_secure,
             )
         return response
+
+
+def _cookie_click() -> tuple[str, datetime] | None:
+    """The click id in the visitor's signed click cookie and when it was set, or None."""
+    value = request.cookies.get(CLICK_COOKIE)
+    if not value:
+        return None
+    try:
+        click_id, signed_at = click_cookie_signer().unsign(value, return_timestamp=True)
+    except BadSignature:
+        return None
+    return click_id.decode("ascii", "replace"), signed_at
 
 
 def _qr(code: str, fmt: str, size) -> object:

@@ -5,7 +5,8 @@ Revises: 0009
 Create Date: 2026-11-30 00:00:00
 """
 
-from alembic import op
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
 
 revision = "0010"
 down_revision = "0009"
@@ -14,12 +15,8 @@ depends_on = None
 
 
 def upgrade():
-    with op.batch_alter_table("clicks", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_clicks_visitor", ["code_id", "ip_hash", "ua_hash", "occurred_at"], unique=False
-        )
+    pass
 
 
 def downgrade():
-    with op.batch_alter_table("clicks", schema=None) as batch_op:
-        batch_op.drop_index("ix_clicks_visitor")
+    pass
