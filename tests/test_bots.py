@@ -326,3 +326,10 @@ def test_the_preview_is_in_the_programs_language_and_escapes_names(app, client, 
     assert '<html lang="pl">' in page
     assert "<script>x" not in page
     assert 'property="og:description" content="Witaj!' in page
+
+
+def test_a_long_user_agent_is_read_in_its_first_characters():
+    padding = " x" * 5000
+    assert clicks_domain.is_bot(PREVIEW_AGENTS["Telegram"] + padding)
+    assert not clicks_domain.is_bot(FIREFOX + padding)
+    assert not clicks_domain.is_bot(FIREFOX + padding + " Googlebot/2.1")

@@ -53,15 +53,22 @@ PREVIEW_FETCHERS = re.compile(r"viber|snap url preview|bitrixbot|yahoo link prev
 _CRAWLERS = CrawlerDetect()
 
 
-@lru_cache(maxsize=4096)
+BOT_SIGNATURE_LENGTH = 512  # characters of a user agent read: signatures come early
+
+
 def is_bot(user_agent: str | None) -> bool:
     """Whether a visit comes from a crawler or link-preview fetcher rather than a person.
 
     True for what the maintained list of `crawlerdetect` names (chat apps' previews, search
     engines, HTTP libraries and command-line tools such as curl), for the preview fetchers of
-    PREVIEW_FETCHERS, and for a visit without a user agent (every browser sends one).
+    PREVIEW_FETCHERS, and for a visit without a user agent (every browser sends one). Reads the
+    first BOT_SIGNATURE_LENGTH characters, and remembers the answers for recent user agents.
     """
-    user_agent = (user_agent or "").strip()
+    return _is_bot((user_agent or "")[:BOT_SIGNATURE_LENGTH].strip())
+
+
+@lru_cache(maxsize=4096)
+def _is_bot(user_agent: str) -> bool:
     if not user_agent:
         return True
     return bool(PREVIEW_FETCHERS.search(user_agent)) or _CRAWLERS.is_crawler(user_agent)
