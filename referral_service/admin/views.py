@@ -158,8 +158,7 @@ def logout():
 # --- dashboard -----------------------------------------------------------------------------------
 
 
-@blp.get("")
-@blp.get("/")
+@blp.get("", strict_slashes=False)  # `/admin/` is the console too
 def dashboard():
     days = request.args.get("days", type=int)
     days = days if days in PERIODS else 30
