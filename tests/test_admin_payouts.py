@@ -400,3 +400,35 @@ def test_threshold_from_the_environment(monkeypatch):
         monkeypatch.setenv("PAYOUT_APPROVAL_THRESHOLD", bad)
         with pytest.raises(ValueError, match="PAYOUT_APPROVAL_THRESHOLD"):
             config.payout_settings()
+
+
+# --- batches left empty, and clawbacks netted in part, in the console ----------------------------
+
+
+def test_console_will_not_pay_a_batch_whose_rewards_were_all_refunded(app, client, shop, approved):
+    anna = console(app, "anna@example.com")
+    payout_id = create(anna, reward_ids=str(approved[0]))
+    refunded = client.post("/api/v1/refunds", json={"order_id": "o-f-1"}, headers=shop)
+    assert refunded.json["rewards"][0]["status"] == "reversed"
+    shown = page(anna, f"/admin/payouts/{payout_id}")
+    assert 'id="paid-refusal"' in shown and "holds no rewards any more" in shown
+    assert f"/admin/payouts/{payout_id}/mark-paid" not in shown
+    refused = flashed(anna, mark_paid(anna, payout_id, "SEPA-1"))  # a form left open meanwhile
+    assert "there is nothing to pay" in refused
+    assert batch(app, payout_id).status == "created"
+    assert reward_statuses(app) == {"reversed", "approved"}
+
+
+def test_console_shows_a_clawback_taken_in_part(app, client, shop, admin, approved):
+    anna = console(app, "anna@example.com")
+    first = create(anna, reward_ids=str(approved[0]))  # ref-1: 300.00
+    assert f"Payout #{first} is paid" in flashed(anna, mark_paid(anna, first, "SEPA-1"))
+    client.post("/api/v1/refunds", json={"order_id": "o-f-1"}, headers=shop)  # clawback of 300.00
+    set_program(client, admin, referrer_reward={"type": "fixed", "value": "120.00"})
+    reward_id = converted_friend(client, shop, "f-3", referrer="ref-1")["rewards"][0]["id"]
+    assert approve(client, admin, reward_id).status_code == 200
+    second = create(anna, reward_ids=str(reward_id))
+    shown = page(anna, f"/admin/payouts/{second}")
+    assert re.search(r"120\.00.*?120\.00.*?0\.00", shown, re.S), shown
+    with app.app_context():
+        assert payouts.get(second)["lines"][0]["clawbacks"] == "120.00"

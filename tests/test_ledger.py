@@ -553,3 +553,151 @@ def test_a_requalified_referral_converts_once_under_concurrent_orders(
         referral = db.session.scalar(select(Referral))
         assert referral.status == "converted" and referral.order_id.startswith("o-new-")
         assert referral.converted_at > utcnow() - timedelta(minutes=5)
+
+
+# --- races between refunds and payouts -----------------------------------------------------------
+
+
+def test_mark_paid_and_a_full_refund_at_once_leave_one_consistent_outcome(
+    app, client, shop, admin, ten_percent
+):
+    for round_ in range(3):
+        friend = f"friend-race-{round_}"
+        made = batch_of(app, client, admin, converted_friend(client, shop, friend, amount="100.00"))
+
+        def act(i, payout_id=made["id"], order_id=f"o-{friend}"):
+            browser = app.test_client()
+            if i == 0:
+                path, body, headers = (
+                    f"/api/v1/payouts/{payout_id}/mark-paid",
+                    {"reference": "R"},
+                    admin,
+                )
+            else:
+                path, body, headers = "/api/v1/refunds", {"order_id": order_id}, shop
+            return browser.post(path, json=body, headers=headers).status_code
+
+        paid, refunded = together(2, act)
+        assert refunded == 200
+        with app.app_context():
+            reward = db.session.scalar(select(Reward).where(Reward.id == made["reward_ids"][0]))
+            clawed = db.session.scalars(
+                select(Clawback.amount_minor).where(Clawback.reward_id == reward.id)
+            ).all()
+            if paid == 200:  # paid first: the refund claws it back
+                assert (reward.status, clawed) == ("paid", [1000])
+            else:  # refunded first: the batch is empty and cannot be paid
+                assert paid == 409
+                assert (reward.status, reward.payout_id, clawed) == ("reversed", None, [])
+
+
+def test_two_batches_made_at_once_never_take_one_clawback_twice(
+    app, client, shop, admin, clawback_of_ten
+):
+    ids = [
+        ready_for_payout(
+            app, client, admin, converted_friend(client, shop, f"friend-{n}", amount="60.00")
+        )[0]
+        for n in (2, 3)
+    ]
+
+    def make(i):
+        return (
+            app.test_client()
+            .post("/api/v1/payouts", json={"reward_ids": [ids[i]]}, headers=admin)
+            .json
+        )
+
+    made = together(2, make)
+    taken = sorted(batch["lines"][0]["clawbacks"] for batch in made)
+    assert taken == ["4.00", "6.00"]
+    with app.app_context():
+        assert db.session.scalar(select(Clawback.settled_minor)) == 1000
+
+
+# --- migration 0007 keeps what payouts netted ----------------------------------------------------
+
+
+@pytest.fixture
+def fresh_database_url(backend, tmp_path, request):
+    """An empty database of the test's backend, its own (migrations go up and down in it)."""
+    from tests.conftest import _pg_url, drop_pg_database, make_pg_database
+
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
+        return
+    pg_admin = request.getfixturevalue("pg_admin")
+    name = make_pg_database(pg_admin)
+    yield _pg_url(name)
+    drop_pg_database(pg_admin, name)
+
+
+def test_migration_0007_turns_netted_clawbacks_into_settlements_and_back(fresh_database_url):
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import text
+
+    from referral_service import create_app
+    from tests.conftest import app_config
+
+    app = create_app(app_config(fresh_database_url))
+    now = utcnow()
+    rows = {
+        "customers": [
+            {"id": n, "external_id": f"c-{n}", "email": f"c{n}@example.com", "updated_at": now}
+            | {"email_key": f"c{n}@example.com"}
+            for n in (1, 2)
+        ],
+        "purchases": [
+            {"id": 1, "order_id": "o-1", "customer_id": 2, "amount_minor": 10000}
+            | {"refunded_minor": 10000, "currency": "EUR", "occurred_at": now, "response": "{}"}
+        ],
+        "referrals": [
+            {"id": 1, "referrer_id": 1, "friend_id": 2, "channel": "code", "status": "converted"}
+            | {"attributed_at": now, "risk_score": 0, "risk_reasons": "[]"}
+        ],
+        "payouts": [{"id": n, "status": "paid", "created_by": "admin:a"} for n in (1, 2)],
+        "rewards": [
+            {"id": 1, "referral_id": 1, "purchase_id": 1, "customer_id": 1, "payout_id": 1}
+            | {"beneficiary": "referrer", "rule_type": "fixed", "rule_value": "10.00"}
+            | {"amount_minor": 1000, "currency": "EUR", "status": "paid", "available_at": now}
+            | {"updated_at": now}
+        ],
+        "clawbacks": [
+            {"id": 1, "customer_id": 1, "reward_id": 1, "amount_minor": 300, "payout_id": 2}
+            | {"currency": "EUR"},
+            {"id": 2, "customer_id": 1, "reward_id": 1, "amount_minor": 700, "payout_id": None}
+            | {"currency": "EUR"},
+        ],
+    }
+    with app.app_context():
+        upgrade(revision="0006")
+        with db.engine.begin() as connection:
+            for table, items in rows.items():
+                for item in items:
+                    values = {**({} if table == "referrals" else {"created_at": now}), **item}
+                    names = ", ".join(values)
+                    marks = ", ".join(f":{name}" for name in values)
+                    connection.execute(
+                        text(f"INSERT INTO {table} ({names}) VALUES ({marks})"), values
+                    )
+        upgrade(revision="0007")
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT id, status FROM rewards")).all() == [(1, "paid")]
+            assert connection.execute(
+                text("SELECT clawback_id, payout_id, amount_minor FROM clawback_settlements")
+            ).all() == [(1, 2, 300)]
+            assert connection.execute(
+                text("SELECT id, settled_minor FROM clawbacks ORDER BY id")
+            ).all() == [(1, 300), (2, 0)]
+        downgrade(revision="0006")
+        with db.engine.connect() as connection:
+            assert connection.execute(
+                text("SELECT id, payout_id FROM clawbacks ORDER BY id")
+            ).all() == [(1, 2), (2, None)]
+            assert connection.execute(text("SELECT id, status FROM rewards")).all() == [(1, "paid")]
+        upgrade(revision="0007")  # and up again
+        with db.engine.connect() as connection:
+            assert connection.execute(
+                text("SELECT clawback_id, amount_minor FROM clawback_settlements")
+            ).all() == [(1, 300)]
+        db.engine.dispose()

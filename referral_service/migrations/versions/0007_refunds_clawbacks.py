@@ -20,6 +20,11 @@ branch_labels = None
 depends_on = None
 
 LIVE = sa.text("status <> 'reversed'")
+# SQLite rebuilds a table to change it, and dropping the old one deletes its rows first, which
+# cascades to the rows that reference them (clawbacks of rewards, settlements of clawbacks): the
+# clawbacks are kept aside in a plain table while `rewards` and `clawbacks` are rebuilt.
+KEEP = "clawbacks_kept_0007"
+CLAWBACK_COLUMNS = "id, customer_id, reward_id, amount_minor, currency, created_at"
 
 
 def upgrade():
@@ -41,6 +46,34 @@ def upgrade():
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_refunds")),
         sa.UniqueConstraint("purchase_id", "refund_id", name="uq_refunds_purchase_refund_id"),
+    )
+
+    op.execute(f"CREATE TABLE {KEEP} AS SELECT {CLAWBACK_COLUMNS}, payout_id FROM clawbacks")
+    op.execute("DELETE FROM clawbacks")
+    with op.batch_alter_table("rewards", schema=None) as batch_op:
+        batch_op.drop_constraint("uq_rewards_referral_beneficiary", type_="unique")
+    op.create_index(
+        "uq_rewards_live_referral_beneficiary",
+        "rewards",
+        ["referral_id", "beneficiary"],
+        unique=True,
+        sqlite_where=LIVE,
+        postgresql_where=LIVE,
+    )
+    with op.batch_alter_table("clawbacks", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("settled_minor", sa.BigInteger(), nullable=False))
+        batch_op.drop_index("ix_clawbacks_customer_open")
+        batch_op.drop_constraint("fk_clawbacks_payout_id_payouts", type_="foreignkey")
+        batch_op.drop_column("payout_id")
+        batch_op.create_check_constraint(
+            "settled", "settled_minor >= 0 AND settled_minor <= amount_minor"
+        )
+        batch_op.create_index("ix_clawbacks_customer_id", ["customer_id", "id"], unique=False)
+        batch_op.create_index("ix_clawbacks_reward_id", ["reward_id"], unique=False)
+    # a clawback netted by a payout so far was netted whole by that one payout
+    op.execute(
+        f"INSERT INTO clawbacks ({CLAWBACK_COLUMNS}, settled_minor) SELECT {CLAWBACK_COLUMNS}, "
+        f"CASE WHEN payout_id IS NULL THEN 0 ELSE amount_minor END FROM {KEEP}"
     )
     op.create_table(
         "clawback_settlements",
@@ -67,51 +100,34 @@ def upgrade():
     op.create_index(
         "ix_clawback_settlements_payout_id", "clawback_settlements", ["payout_id"], unique=False
     )
-
-    with op.batch_alter_table("clawbacks", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("settled_minor", sa.BigInteger(), nullable=False, server_default="0")
-        )
-    # a clawback netted by a payout so far was netted whole by that one payout
     op.execute(
         "INSERT INTO clawback_settlements (clawback_id, payout_id, amount_minor) "
-        "SELECT id, payout_id, amount_minor FROM clawbacks WHERE payout_id IS NOT NULL"
+        f"SELECT id, payout_id, amount_minor FROM {KEEP} WHERE payout_id IS NOT NULL"
     )
-    op.execute("UPDATE clawbacks SET settled_minor = amount_minor WHERE payout_id IS NOT NULL")
-    with op.batch_alter_table("clawbacks", schema=None) as batch_op:
-        batch_op.alter_column("settled_minor", server_default=None)
-        batch_op.drop_index("ix_clawbacks_customer_open")
-        batch_op.drop_constraint("fk_clawbacks_payout_id_payouts", type_="foreignkey")
-        batch_op.drop_column("payout_id")
-        batch_op.create_check_constraint(
-            "settled", "settled_minor >= 0 AND settled_minor <= amount_minor"
-        )
-        batch_op.create_index("ix_clawbacks_customer_id", ["customer_id", "id"], unique=False)
-        batch_op.create_index("ix_clawbacks_reward_id", ["reward_id"], unique=False)
-
-    with op.batch_alter_table("rewards", schema=None) as batch_op:
-        batch_op.drop_constraint("uq_rewards_referral_beneficiary", type_="unique")
-    op.create_index(
-        "uq_rewards_live_referral_beneficiary",
-        "rewards",
-        ["referral_id", "beneficiary"],
-        unique=True,
-        sqlite_where=LIVE,
-        postgresql_where=LIVE,
-    )
+    op.drop_table(KEEP)
 
 
 def downgrade():
+    # only a clawback settled whole keeps a payout (the last one that took part of it)
+    op.execute(
+        f"CREATE TABLE {KEEP} AS SELECT {CLAWBACK_COLUMNS}, CASE WHEN settled_minor = "
+        "amount_minor THEN (SELECT max(s.payout_id) FROM clawback_settlements s WHERE "
+        "s.clawback_id = clawbacks.id) END AS payout_id FROM clawbacks"
+    )
+    op.execute("DELETE FROM clawbacks")
+    op.drop_index("ix_clawback_settlements_payout_id", table_name="clawback_settlements")
+    op.drop_table("clawback_settlements")
+
     op.drop_index("uq_rewards_live_referral_beneficiary", table_name="rewards")
     with op.batch_alter_table("rewards", schema=None) as batch_op:  # fails if one earned twice
         batch_op.create_unique_constraint(
             "uq_rewards_referral_beneficiary", ["referral_id", "beneficiary"]
         )
-
     with op.batch_alter_table("clawbacks", schema=None) as batch_op:
         batch_op.drop_index("ix_clawbacks_reward_id")
         batch_op.drop_index("ix_clawbacks_customer_id")
         batch_op.drop_constraint("settled", type_="check")
+        batch_op.drop_column("settled_minor")
         batch_op.add_column(sa.Column("payout_id", sa.Integer(), nullable=True))
         batch_op.create_foreign_key(
             "fk_clawbacks_payout_id_payouts", "payouts", ["payout_id"], ["id"]
@@ -119,13 +135,9 @@ def downgrade():
         batch_op.create_index(
             "ix_clawbacks_customer_open", ["customer_id", "payout_id"], unique=False
         )
-    # only a clawback settled whole keeps a payout (the last one that took part of it)
     op.execute(
-        "UPDATE clawbacks SET payout_id = (SELECT max(s.payout_id) FROM clawback_settlements s "
-        "WHERE s.clawback_id = clawbacks.id) WHERE settled_minor = amount_minor"
+        f"INSERT INTO clawbacks ({CLAWBACK_COLUMNS}, payout_id) "
+        f"SELECT {CLAWBACK_COLUMNS}, payout_id FROM {KEEP}"
     )
-    with op.batch_alter_table("clawbacks", schema=None) as batch_op:
-        batch_op.drop_column("settled_minor")
-    op.drop_index("ix_clawback_settlements_payout_id", table_name="clawback_settlements")
-    op.drop_table("clawback_settlements")
+    op.drop_table(KEEP)
     op.drop_table("refunds")
