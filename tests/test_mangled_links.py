@@ -232,3 +232,21 @@ def test_a_browser_over_the_rate_limit_gets_an_html_429(database_url, shop):
             limited.extensions["clicks"].flush()
             db.session.remove()
             db.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        (404, "This link does not work"),
+        (405, "This link does not work"),
+        (410, "This link has expired"),
+        (429, "Too many visits at once"),
+        (500, "Something went wrong on our side"),
+        (503, "Something went wrong on our side"),
+    ],
+)
+def test_the_error_page_says_what_happened(app, status, words):
+    from referral_service.public.views import error_page
+
+    with app.test_request_context("/somewhere", headers=BROWSER):
+        assert_html_page(error_page(status), status, words)
