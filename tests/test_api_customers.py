@@ -65,9 +65,11 @@ def test_get_has_stats_with_zero_counters(client, shop):
 
 
 def test_clicks_are_counted(client, shop):
+    """Three friends' visits are three clicks; the same friend again within the hour is not."""
     code = put(client, shop).json["referral"]["code"]
-    for via in ("link", "qr", "whatsapp"):
-        assert client.get(f"/r/{code}?via={via}").status_code == 302
+    for i, via in enumerate(("link", "qr", "whatsapp", "whatsapp")):
+        friend = {"REMOTE_ADDR": f"2001:db8::{min(i, 2)}"}
+        assert client.get(f"/r/{code}?via={via}", environ_base=friend).status_code == 302
     client.application.extensions["clicks"].flush()
     assert client.get("/api/v1/customers/c1", headers=shop).json["stats"]["clicks"] == 3
 

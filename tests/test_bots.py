@@ -46,10 +46,6 @@ PREVIEW_AGENTS = {
     "Applebot": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_5) AppleWebKit/605.1.15 (KHTML, "
     "like Gecko) Version/13.1.1 Safari/605.1.15 (Applebot/0.1; +http://www.apple.com/go/applebot)",
     "YandexBot": "Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)",
-    "curl": "curl/8.5.0",
-    "Wget": "Wget/1.21.4",
-    "python-requests": "python-requests/2.32.3",
-    "no user agent": "",
 }
 # People, including the in-app browsers of the same apps.
 BROWSERS = {
@@ -68,6 +64,19 @@ BROWSERS = {
     "605.1.15 (KHTML, like Gecko) Mobile/15E148 Snapchat/13.10.0.40 (like Safari/8618.2.12)",
     "LINE in-app": "Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/119.0 Mobile Safari/537.36 Line/13.1.0",
+}
+# What shops and developers open their links with: the crawler list names these too, but they are
+# people testing, not previews.
+DEVELOPER_CLIENTS = {
+    "curl": "curl/8.5.0",
+    "Wget": "Wget/1.21.4",
+    "python-requests": "python-requests/2.32.3",
+    "httpx": "python-httpx/0.28.1",
+    "urllib": "Python-urllib/3.11",
+    "Go": "Go-http-client/1.1",
+    "Headless Chrome": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "HeadlessChrome/131.0.0.0 Safari/537.36",
+    "no user agent": "",
 }
 FIREFOX = BROWSERS["Firefox on Linux"]
 T0 = datetime(2026, 6, 1, 10, 30, tzinfo=UTC)
@@ -119,7 +128,11 @@ def test_a_link_preview_is_answered_but_is_no_click(app, client, code, user_agen
     assert stored(app) == []
 
 
-@pytest.mark.parametrize("user_agent", BROWSERS.values(), ids=BROWSERS.keys())
+@pytest.mark.parametrize(
+    "user_agent",
+    [*BROWSERS.values(), *DEVELOPER_CLIENTS.values()],
+    ids=[*BROWSERS.keys(), *DEVELOPER_CLIENTS.keys()],
+)
 def test_a_person_is_a_click(app, client, code, user_agent):
     response = visit(client, code, user_agent)
     [click] = stored(app)
@@ -130,7 +143,9 @@ def test_a_person_is_a_click(app, client, code, user_agent):
 def test_is_bot_knows_the_tables():
     assert all(clicks_domain.is_bot(agent) for agent in PREVIEW_AGENTS.values())
     assert not any(clicks_domain.is_bot(agent) for agent in BROWSERS.values())
-    assert clicks_domain.is_bot(None) and clicks_domain.is_bot("   ")
+    assert not any(clicks_domain.is_bot(agent) for agent in DEVELOPER_CLIENTS.values())
+    assert not clicks_domain.is_bot(None) and not clicks_domain.is_bot("   ")
+    assert clicks_domain.is_bot("Mozilla/5.0 (compatible; Googlebot/2.1) python-requests/2.32")
 
 
 def test_the_same_person_twice_within_an_hour_is_one_click(app, client, code, clock):

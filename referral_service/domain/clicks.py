@@ -50,6 +50,14 @@ CLICK_ID_SALT = "referral-service.click-id"
 
 # Link-preview fetchers that the crawler list does not name (checked in tests/test_bots.py).
 PREVIEW_FETCHERS = re.compile(r"viber|snap url preview|bitrixbot|yahoo link preview", re.I)
+# HTTP libraries, command-line tools and automated browsers, which the crawler list names too:
+# people testing their links, not previews or crawlers (checked in tests/test_bots.py).
+DEVELOPER_CLIENTS = re.compile(
+    r"^(curl|wget|httpie|python-requests|python-httpx|python-urllib|aiohttp|go-http-client"
+    r"|okhttp|axios|node-fetch|undici|postmanruntime|insomnia|java/|ruby|php|guzzlehttp"
+    r"|libwww-perl)\b|headlesschrome|playwright|puppeteer",
+    re.I,
+)
 _CRAWLERS = CrawlerDetect()
 
 
@@ -60,17 +68,20 @@ def is_bot(user_agent: str | None) -> bool:
     """Whether a visit comes from a crawler or link-preview fetcher rather than a person.
 
     True for what the maintained list of `crawlerdetect` names (chat apps' previews, search
-    engines, HTTP libraries and command-line tools such as curl), for the preview fetchers of
-    PREVIEW_FETCHERS, and for a visit without a user agent (every browser sends one). Reads the
-    first BOT_SIGNATURE_LENGTH characters, and remembers the answers for recent user agents.
+    engines, SEO and feed crawlers) and for the preview fetchers of PREVIEW_FETCHERS. HTTP
+    libraries, command-line tools and automated browsers (DEVELOPER_CLIENTS: curl,
+    python-requests, HeadlessChrome, ...), which the list also names, count as people: they are
+    how a shop and its developers open and test their links, and no chat app or search engine
+    announces itself with them; so does a visit without a user agent. Reads the first
+    BOT_SIGNATURE_LENGTH characters, and remembers the answers for recent user agents.
     """
     return _is_bot((user_agent or "")[:BOT_SIGNATURE_LENGTH].strip())
 
 
 @lru_cache(maxsize=4096)
 def _is_bot(user_agent: str) -> bool:
-    if not user_agent:
-        return True
+    if not user_agent or DEVELOPER_CLIENTS.search(user_agent):
+        return False
     return bool(PREVIEW_FETCHERS.search(user_agent)) or _CRAWLERS.is_crawler(user_agent)
 
 
