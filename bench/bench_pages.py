@@ -8,7 +8,9 @@ What it measures, for each of these pages (in every language of `--languages`, b
     with a first purchase (`POST /api/v1/purchases`), so that the page shows full lists (50 of
     the 60 friends, all 40 rewards) and totals;
   * `GET /r/<code>`: the friend's welcome page, with the program's `landing_mode` at `welcome`
-    and a friend offer of 10% (`PATCH /api/v1/program`); each visit records a click, as in use;
+    and a friend offer of 10% (`PATCH /api/v1/program`); each visit records a click, as in use:
+    every request (timed or under wrk) is a new visitor, a browser's user agent with a visitor
+    number of its own, since the service counts the same visitor on a link once an hour;
   * `GET /share/<expired token>`: the expired-link page (410), for a token signed like the
     service's but with an expiry an hour ago;
 
@@ -58,6 +60,7 @@ nothing but it), 1 on a failure, 130 when interrupted.
 
 import argparse
 import gzip
+import itertools
 import json
 import math
 import os
@@ -77,8 +80,10 @@ from urllib.parse import urljoin, urlsplit
 
 from bench_public import (
     BENCH,
+    BROWSER_AGENT,
     HOST,
     ROOT,
+    VISITORS_SCRIPT,
     WRK_SCRIPT,
     BenchError,
     Load,
@@ -98,6 +103,7 @@ from itsdangerous import URLSafeSerializer
 from referral_service.domain.portal import SALT as PORTAL_SALT
 
 SECRET = "bench-pages"
+_visitors = itertools.count(1)
 LIMIT = 100_000  # bytes: "under 100 kB without the QR image"
 FRIENDS, BUYERS = 60, 40
 ALL_LANGUAGES = ("en", "pl", "hu", "el", "bg")
@@ -131,9 +137,11 @@ class Fetch:
 
 
 def fetch(port: int, path: str, timeout: float = 10.0) -> Fetch:
-    """GET on a fresh connection (connected before the clock starts), read to the end."""
+    """GET on a fresh connection (connected before the clock starts), read to the end; each
+    request a new visitor (its own user agent)."""
+    agent = f"{BROWSER_AGENT} bench-pages/{next(_visitors)}"
     message = (
-        f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: bench-pages\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: {agent}\r\n"
         "Accept: text/html,*/*\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
     ).encode()
     with socket.create_connection((HOST, port), timeout=timeout) as sock:
@@ -444,8 +452,8 @@ def time_pages(pages: list[Page], requests: int, warmup: int) -> None:
 
 def load_pages(args, tmp: Path, pages: list[Page]) -> None:
     """Requests per second under wrk, one page at a time, each after a warm-up."""
-    script = tmp / "report.lua"
-    script.write_text(WRK_SCRIPT)
+    script = tmp / "visitors.lua"  # each request a new visitor, on every page alike
+    script.write_text(VISITORS_SCRIPT + WRK_SCRIPT)
     for page in pages:
         server = page.server
         if args.warmup:

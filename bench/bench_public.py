@@ -9,9 +9,14 @@ What it measures: requests per second, latency (p50/p99) and server CPU time per
   * `GET /r/<code>/qr.png` and `GET /r/<code>/qr.svg` (served from the QR cache once drawn);
 
 each as a ratio of the baseline, printed beside its target (redirect >= 0.5, cached QR >= 0.7).
-After the redirect loads the service is stopped gracefully (SIGTERM to the gunicorn master) and
-the rows of the `clicks` table are counted: every request the service answered must have left
-one click, so the in-memory click buffer loses nothing on a clean shutdown.
+Every request is a new visitor: the service counts the same visitor (client address and user
+agent) on the same link once an hour, and wrk is one address, so a Lua script gives each request
+a browser's user agent with a visitor number of its own (a random prefix per wrk thread and a
+counter), in every load, the bare app's too, so that both sides of a ratio build their requests
+alike. Each redirect is thus a first visit that records a new click, the service's costliest
+case. After the redirect loads the service is stopped gracefully (SIGTERM to the gunicorn
+master) and the rows of the `clicks` table are counted: every request the service answered must
+have left one click, so the in-memory click buffer loses nothing on a clean shutdown.
 
 Both applications run under gunicorn with the same settings (sync workers, `--workers 2` by
 default, bound to free ports on 127.0.0.1) and are loaded one endpoint at a time with `wrk`, so
@@ -63,6 +68,28 @@ STOP_TIMEOUT = 40.0  # the service's graceful_timeout is 30 s
 QUIET = 0.05  # a round is quiet if other work took at most this share of the CPUs
 QUIET_RULE = "the lower median of the quiet ones (other <= 5%), else the least disturbed"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+# A browser's user agent; each request of a load adds a visitor's number to it.
+BROWSER_AGENT = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Mobile Safari/537.36"
+)
+
+# Each request a new visitor: the service counts the same visitor (address and user agent) on
+# the same link once an hour, and wrk is one address. Every Lua state (one per wrk thread) draws
+# its own random prefix, so user agents are unique across threads and runs.
+VISITORS_SCRIPT = f"""\
+local urandom = io.open("/dev/urandom", "rb")
+local prefix = (urandom:read(6):gsub(".", function(c) return string.format("%02x", c:byte()) end))
+urandom:close()
+local n = 0
+
+request = function()
+  n = n + 1
+  wrk.headers["User-Agent"] = "{BROWSER_AGENT} visitor/" .. prefix .. "-" .. n
+  return wrk.format()
+end
+"""
 
 # wrk calls done() once at the end; it prints one machine-readable line (latencies in µs).
 WRK_SCRIPT = """\
@@ -394,7 +421,8 @@ def count_rows(database: Path, table: str) -> int:
 
 
 def check_redirect(port: int, code: str) -> None:
-    status, headers, _ = request(port, "GET", f"/r/{code}?via=link")
+    agent = {"User-Agent": f"{BROWSER_AGENT} visitor/check"}
+    status, headers, _ = request(port, "GET", f"/r/{code}?via=link", headers=agent)
     location = headers.get("Location", "")
     if status != 302 or f"ref={code}" not in location or "click_id=" not in location:
         raise BenchError(f"GET /r/<code> answered {status} to {location!r}, not a 302 with ref")
@@ -445,8 +473,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args, tmp: Path, servers: list[Server]) -> bool:
     """The whole benchmark; True if every target is met and no click is lost."""
     database = tmp / "bench.sqlite3"
-    script = tmp / "report.lua"
-    script.write_text(WRK_SCRIPT)
+    script = tmp / "visitors.lua"  # every load, so that both sides of a ratio build requests alike
+    script.write_text(VISITORS_SCRIPT + WRK_SCRIPT)
     bare_port, service_port = free_port(), free_port()
     env = service_env(database, service_port)
 

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -69,7 +70,10 @@ def put_customer(base: str, key: str, external_id: str) -> str:
 
 
 def test_gunicorn_clean_shutdown_keeps_every_click(tmp_path):
-    """Clicks are buffered in memory; SIGTERM to gunicorn writes every one of them."""
+    """Clicks are buffered in memory; SIGTERM to gunicorn writes every one of them.
+
+    Each visit comes with a user agent of its own, a visitor of its own: the same visitor on
+    the same link counts once an hour, and every visit here must be a click."""
     database = tmp_path / "svc.sqlite3"
     port = free_port()
     env = {
@@ -103,16 +107,26 @@ def test_gunicorn_clean_shutdown_keeps_every_click(tmp_path):
         code = put_customer(base, key, "c1")
         opener = urllib.request.build_opener(NoRedirect)
         visits = 150
-        for _ in range(visits):
+        click_ids = set()
+        for i in range(visits):
+            request = urllib.request.Request(
+                f"{base}/r/{code}?via=qr", headers={"User-Agent": f"shutdown-test/{i}"}
+            )
             try:
-                opener.open(f"{base}/r/{code}?via=qr", timeout=5)
+                opener.open(request, timeout=5)
             except urllib.error.HTTPError as error:
                 assert error.code == 302
+                location = urllib.parse.urlsplit(error.headers["Location"])
+                click_ids.update(urllib.parse.parse_qs(location.query)["click_id"])
+            else:
+                raise AssertionError("the share link did not redirect")
+        assert len(click_ids) == visits  # each visit a click of its own
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     with sqlite3.connect(database) as connection:
-        assert connection.execute("SELECT count(*) FROM clicks").fetchone()[0] == visits
+        kept = {row[0] for row in connection.execute("SELECT id FROM clicks")}
+    assert kept == click_ids
 
 
 def test_wheel_installs_and_runs_from_any_directory(tmp_path):

@@ -17,6 +17,11 @@ from referral_service.models import AuditRecord
 PASSWORD = "correct horse battery staple"
 desktop_only = pytest.mark.parametrize("viewport", ["desktop"], indirect=True)
 _runs = itertools.count(1)
+_friends = itertools.count(1)
+FRIENDS_BROWSER = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Mobile Safari/537.36"
+)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -70,9 +75,15 @@ class Api:
         return {item["id"]: item for item in answer["items"]}
 
     def click(self, code: str, via: str) -> str:
-        """Open the share link `/r/<code>?via=...` as a friend would; the click id it gives."""
+        """Open the share link `/r/<code>?via=...` as a friend would; the click id it gives.
+
+        Each call is a friend of its own (a browser's user agent with a number): the same
+        person visiting the same link within an hour counts once."""
         opener = urllib.request.build_opener(_NoRedirects)
-        request = urllib.request.Request(f"{self.url}/r/{code}?via={via}")
+        request = urllib.request.Request(
+            f"{self.url}/r/{code}?via={via}",
+            headers={"User-Agent": f"{FRIENDS_BROWSER} friend/{next(_friends)}"},
+        )
         try:
             opener.open(request, timeout=10)
         except urllib.error.HTTPError as error:

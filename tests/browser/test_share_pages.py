@@ -150,7 +150,7 @@ def test_copy_buttons_copy_the_link_and_the_code(page, live_server, api):
 
 
 @desktop_only
-def test_share_buttons_carry_their_channel_and_count_its_clicks(page, api):
+def test_share_buttons_carry_their_channel_and_count_its_clicks(page, open_page, api):
     share_link = enrol(api, "via-ref")["share_url"]
     page.goto(portal_link(api, "via-ref")["url"])
     hrefs = dict(
@@ -159,15 +159,29 @@ def test_share_buttons_carry_their_channel_and_count_its_clicks(page, api):
         )
     )
     assert list(hrefs) == CHANNELS
+    browser_agent = page.evaluate("navigator.userAgent")
 
+    # The same person counts once an hour, so each channel's link reaches a friend of their own:
+    # a browser context (own cookies) with a user agent of its own.
+    friends, click_ids = {}, {}
     for via, href in hrefs.items():
         assert share_link not in href  # only URL-encoded inside the channel's own address
         values = [v for vs in parse_qs(urlsplit(href).query).values() for v in vs]
         inside = [link for v in values for link in re.findall(re.escape(share_link) + r"\S*", v)]
         assert inside == [f"{share_link}?via={via}"], href
-        page.goto(inside[0])  # the friend follows it
-        assert urlsplit(page.url).path == "/landing"
+        friend = friends[via] = open_page(user_agent=f"{browser_agent} friend-{via}")
+        friend.goto(inside[0])  # the friend follows it
+        landed = urlsplit(friend.url)
+        assert landed.path == "/landing"
+        (click_ids[via],) = parse_qs(landed.query)["click_id"]
 
+    assert len(set(click_ids.values())) == len(CHANNELS)
+    assert clicks_by_channel(api) == dict.fromkeys(CHANNELS, 1)
+
+    # A friend who follows their link again within the hour is the same click, not a new one.
+    first = CHANNELS[0]
+    friends[first].goto(f"{share_link}?via={first}")
+    assert parse_qs(urlsplit(friends[first].url).query)["click_id"] == [click_ids[first]]
     assert clicks_by_channel(api) == dict.fromkeys(CHANNELS, 1)
 
 
