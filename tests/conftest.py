@@ -201,3 +201,15 @@ def quick_hashes(monkeypatch):
     from referral_service.domain import admins
 
     monkeypatch.setattr(admins, "SCRYPT_N", 2**10)
+
+
+@pytest.fixture
+def fresh_database_url(backend, tmp_path, request):
+    """An empty database of the test's backend, its own (migrations go up and down in it)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
+        return
+    pg_admin = request.getfixturevalue("pg_admin")
+    name = make_pg_database(pg_admin)
+    yield _pg_url(name)
+    drop_pg_database(pg_admin, name)

@@ -618,20 +618,6 @@ def test_two_batches_made_at_once_never_take_one_clawback_twice(
 # --- migration 0007 keeps what payouts netted ----------------------------------------------------
 
 
-@pytest.fixture
-def fresh_database_url(backend, tmp_path, request):
-    """An empty database of the test's backend, its own (migrations go up and down in it)."""
-    from tests.conftest import _pg_url, drop_pg_database, make_pg_database
-
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
-        return
-    pg_admin = request.getfixturevalue("pg_admin")
-    name = make_pg_database(pg_admin)
-    yield _pg_url(name)
-    drop_pg_database(pg_admin, name)
-
-
 def test_migration_0007_turns_netted_clawbacks_into_settlements_and_back(fresh_database_url):
     from flask_migrate import downgrade, upgrade
     from sqlalchemy import text

@@ -89,9 +89,37 @@ def run_migrations_online():
 
     with connectable.connect() as connection:
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
+        if connection.dialect.name == "sqlite":
+            _migrate_sqlite(connection)
+        else:
+            with context.begin_transaction():
+                context.run_migrations()
 
+
+def _migrate_sqlite(connection):
+    """Migrate SQLite with its foreign keys off, then check them.
+
+    SQLite changes a table by rebuilding it (Alembic's batch mode): a new table, the rows copied,
+    the old table dropped. Dropping a table deletes its rows first, and with foreign keys on that
+    cascades to (or is refused by) every row that refers to them: a referral's rewards and
+    sign-ups, a reward's clawbacks. So the keys are off while migrating (a setting SQLite only
+    takes outside a transaction), every key is checked afterwards (a broken one fails the upgrade
+    loudly), and they are back on before the connection returns to the pool.
+    """
+    driver = connection.connection.driver_connection
+    driver.execute("PRAGMA foreign_keys=OFF")
+    try:
         with context.begin_transaction():
             context.run_migrations()
+        if connection.in_transaction():
+            connection.commit()
+        broken = driver.execute("PRAGMA foreign_key_check").fetchall()
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+        driver.execute("PRAGMA foreign_keys=ON")
+    if broken:
+        raise RuntimeError(f"the migration left rows with broken foreign keys: {broken}")
 
 
 if context.is_offline_mode():
