@@ -165,7 +165,7 @@ def dashboard():
     now = utcnow()
     funnel = stats.funnel(now - timedelta(days=days), now)
     leaders = stats.top_referrers(now - timedelta(days=days), now)
-    totals = rewards.totals_by_status()
+    totals = stats.reward_totals()
     reward_count = sum(s["count"] for s in funnel["rewards"].values())
     steps = [
         ("Clicks", funnel["clicks"]),

@@ -5,8 +5,10 @@ A reward is `pending` until `available_at` (purchase time + `hold_days`), then
 referral carries no risk flag. An admin approves or rejects; a payout makes it `paid`. A refund of
 the qualifying order (domain/refunds.py) before payout makes it `reversed`; after payout it
 records a clawback.
-Exactly one reward per friend and beneficiary is guaranteed by a unique key on
-(referral, beneficiary), and purchases of one customer are serialized by a lock on that customer.
+At most one live reward per friend and beneficiary is guaranteed by a unique index on
+(referral, beneficiary) over the rewards not reversed (a referral requalified after its
+qualifying order was refunded earns anew), and purchases of one customer are serialized by a lock
+on that customer.
 
 An `order_id` names one order for ever: sent again with the same customer, amount and currency it
 gets the saved answer; with another, it is refused (OrderConflict), never answered as the first.
@@ -35,7 +37,6 @@ from referral_service.errors import Conflict, NotFound, OrderConflict, Validatio
 from referral_service.extensions import db
 from referral_service.models import Customer, Purchase, Referral, Reward, utcnow
 from referral_service.models.base import begin_write
-from referral_service.models.referral import REWARD_STATUSES
 
 OPEN = ("pending", "awaiting_approval", "approved")
 MAX_ORDER_ID = 128
@@ -541,16 +542,3 @@ def list_rewards(
         )
     items, next_cursor = page(query, Reward.id, cursor, limit)
     return [reward_dict(r, with_referral=True) for r in items], next_cursor
-
-
-def totals_by_status() -> dict:
-    """Every reward counted by status: `{status: {"count", "amounts": {currency: "12.50"}}}`."""
-    totals = {status: {"count": 0, "amounts": {}} for status in REWARD_STATUSES}
-    for status, currency, count, total in db.session.execute(
-        select(Reward.status, Reward.currency, func.count(), func.sum(Reward.amount_minor))
-        .group_by(Reward.status, Reward.currency)
-        .order_by(Reward.currency)
-    ):
-        totals[status]["count"] += count
-        totals[status]["amounts"][currency] = from_minor(int(total), currency)
-    return totals

@@ -43,7 +43,7 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     Clicks count by visit time, sign-ups by attribution time, conversions by conversion time,
     rewards by the date of the order that earned them (as conversions do, whenever the shop
     reported it): `rewards` is `{status: {count, amounts: {currency: "12.50"}}}`
-    with `paid` net of clawbacks and `clawed_back` (see `_reward_totals`). Raises
+    with `paid` net of clawbacks and `clawed_back` (see `reward_totals`). Raises
     ValidationFailed when `start` is not before `end`, or for a time with no date in UTC.
     """
     flush_pending()
@@ -77,7 +77,7 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     ):
         channels[channel]["conversions"] = count
     ordered = select(Purchase.id).where(Purchase.occurred_at >= start, Purchase.occurred_at < end)
-    rewards = _reward_totals(Reward.purchase_id.in_(ordered))
+    rewards = reward_totals(Reward.purchase_id.in_(ordered))
     totals = {
         key: sum(c[key] for c in channels.values()) for key in ("clicks", "signups", "conversions")
     }
@@ -90,7 +90,7 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     }
 
 
-def _reward_totals(*where) -> dict:
+def reward_totals(*where) -> dict:
     """`{status: {count, amounts: {currency: "12.50"}}}` of the rewards matching `where`, with
     `paid` net of clawbacks and `clawed_back`: how many paid rewards had money taken back,
     and how much (whether later payouts have netted it yet or not)."""
@@ -139,7 +139,7 @@ def customer_stats(customer_id: int) -> dict:
             .group_by(Referral.status)
         ).all()
     )
-    rewards = _reward_totals(Reward.customer_id == customer_id)
+    rewards = reward_totals(Reward.customer_id == customer_id)
     shown = ("pending", "awaiting_approval", "approved", "paid", CLAWED_BACK)
     return {
         "clicks": clicks or 0,
