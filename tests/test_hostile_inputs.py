@@ -69,6 +69,9 @@ TABLE = {
     "signup email on .test": signup("email", "a@example.test", "email"),
     "signup email of 300": signup("email", "a" * 290 + "@example.com", "email"),
     "signup lone surrogate name": signup("name", "Ada\ud800", "name"),
+    "signup isolate in name": signup("name", "Ada\u2067x\u2069", "name"),
+    "signup tags smuggled in name": signup("name", "Ada\U000e0041\U000e0042", "name"),
+    "signup line break in name": signup("name", "Ada\nLovelace", "name"),
     "signup lone surrogate agent": signup("user_agent", "\udfff", "user_agent"),
     "signup lone surrogate code": signup("referral_code", "\ud800", "referral_code"),
     "signup not an IP": signup("ip", "999.1.1.1", "ip"),
@@ -141,6 +144,9 @@ TABLE = {
     ),
     "customer zero-width name": Hostile(
         "put", "/api/v1/customers/ref-9", {"email": "a@e.com", "name": "A\u200bda"}, 422, "name"
+    ),
+    "customer bidi override name": Hostile(
+        "put", "/api/v1/customers/ref-9", {"email": "a@e.com", "name": "Ada\u202e"}, 422, "name"
     ),
     # --- program settings
     "program paused as string": program({"paused": "true"}, "paused"),

@@ -7,7 +7,10 @@ string carry a custom OpenAPI `format` that says what JSON Schema cannot:
 * `identifier` (ids of customers and orders): printable characters only, as Python's
   `str.isprintable` (no control, formatting or separator characters but the plain space), and no
   space at either end; a customer's id has no `/` either (it is a segment of their address);
-* `printable` (names): printable characters only;
+* `printable` (share messages): printable characters only;
+* `person-name` (people's names): the domain's one rule for names (customers.NAME_RULE), which
+  lets in the joiners, variation selectors and bidirectional marks that scripts and emoji need;
+  its `pattern` states it exactly (ECMA-262 with the `u` flag);
 * `locale`: a locale Babel knows, such as `pl`, `pl-PL` or `en_GB`.
 """
 
@@ -29,10 +32,9 @@ from referral_service.models.referral import REFERRAL_STATUSES, REWARD_STATUSES
 _CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
 TEXT_PATTERN = rf"^[^{_CONTROL}]*$"
 NOT_BLANK_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}\s][^{_CONTROL}]*$"
-# what JSON Schema can say of `identifier` and `printable`: no C0/C1 control, DEL or end spaces
+# what JSON Schema can say of `identifier`: no C0/C1 control, DEL or end spaces
 IDENTIFIER_PATTERN = r"^[^\x00-\x20\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f])?$"
 EXTERNAL_ID_PATTERN = r"^[^\x00-\x20\x7f-\x9f/]([^\x00-\x1f\x7f-\x9f/]*[^\x00-\x20\x7f-\x9f/])?$"
-PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 MESSAGE_PATTERN = r"^[^\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"  # printable, and line breaks
 LOCALE_PATTERN = r"^([A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*)?$"
 EMAIL_PATTERN = (  # what email-validator adds to `format: email`: no quotes, no IP, no test TLDs
@@ -179,14 +181,22 @@ def email_address(**kwargs):
 
 
 def display_name(**kwargs):
-    """A display name: printable characters (spaces at either end are dropped)."""
+    """A person's name, by the domain's one rule (customers.check_name, NAME_PATTERN).
+
+    Its length is said in words, not as `maxLength`: a tool that folds `maxLength` into the
+    pattern (Schemathesis) writes characters beyond the BMP as `\\U...` escapes, which no
+    ECMA-262 validator reads.
+    """
     return fields.String(
-        validate=[
-            validate.Length(max=customers.MAX_NAME),
-            validate.Regexp(PRINTABLE_PATTERN, error="Must not contain control characters."),
-            printable,
-        ],
-        metadata={"format": "printable", "example": "Ada Kowalska"},
+        validate=domain_rule(customers.check_name),
+        metadata={
+            "format": "person-name",
+            "pattern": customers.NAME_PATTERN,
+            "example": "Ada Kowalska",
+            "description": f"A person's name of at most {customers.MAX_NAME} characters. "
+            f"{customers.NAME_RULE} Spaces at either end are dropped; blank is none. The "
+            "pattern is ECMA-262 with the `u` flag.",
+        },
         **kwargs,
     )
 

@@ -114,7 +114,11 @@ def _class(ranges) -> str:
 # (the flags of England, Scotland, Wales). It may not hold control characters (tab and line breaks
 # included), line or paragraph separators, surrogates, private-use characters, noncharacters,
 # bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069), nor any other
-# invisible format character (soft hyphen, zero-width space, word joiner, byte order mark, ...).
+# invisible format character (soft hyphen, zero-width space, word joiner, byte order mark, ...),
+# nor the unassigned code points Unicode keeps for such characters, nor the compatibility Hangul
+# fillers (blank letters).
+# Lone surrogates (which JSON can smuggle in as `\ud800`) are no Unicode text at all: refused
+# before the pattern, which speaks of Unicode characters (regex engines cannot name surrogates).
 NAME_REFUSED = (
     (0x0000, 0x001F),  # C0 controls
     (0x007F, 0x009F),  # DEL, C1 controls
@@ -128,23 +132,30 @@ NAME_REFUSED = (
     (0x2028, 0x2029),  # line and paragraph separators
     (0x202A, 0x202E),  # bidirectional embeddings and overrides
     (0x2060, 0x206F),  # word joiner, invisible operators, bidirectional isolates, deprecated
-    (0xD800, 0xDFFF),  # surrogates
     (0xE000, 0xF8FF),  # private use
     (0xFDD0, 0xFDEF),  # noncharacters
     (0xFEFF, 0xFEFF),  # byte order mark
-    (0xFFF9, 0xFFFB),  # interlinear annotation
+    (0x3164, 0x3164),  # Hangul filler (compatibility): only ever used to make a name look blank
+    (0xFFA0, 0xFFA0),  # halfwidth Hangul filler, likewise
+    (0xFFF0, 0xFFFB),  # interlinear annotation, and unassigned code points kept for formats
     (0xFFFE, 0xFFFF),
     (0x110BD, 0x110BD),
     (0x110CD, 0x110CD),
     (0x13430, 0x1343F),  # Egyptian hieroglyph format controls
     (0x1BCA0, 0x1BCA3),  # shorthand format controls
     (0x1D173, 0x1D17A),  # musical symbol format controls
-    (0xE0001, 0xE0001),  # language tag
-    (0xE0020, 0xE007F),  # tag characters (allowed in an emoji tag sequence only)
+    (0xE0000, 0xE00FF),  # tags (allowed in an emoji tag sequence only), language tag, reserved
+    (0xE01F0, 0xE0FFF),  # unassigned, kept for format characters
     (0xF0000, 0x10FFFF),  # supplementary private use areas
     *((plane + 0xFFFE, plane + 0xFFFF) for plane in range(0x10000, 0xF0000, 0x10000)),
 )
-_EMOJI_TAG_SEQUENCE = f"\U0001f3f4[{_class(((0xE0020, 0xE007E),))}]+\U000e007f"
+# a subdivision flag (UTS #51): the black flag, the subdivision's id in tag letters (its region's
+# two letters and one to four letters or digits: `gbsct`), and the cancel tag
+_TAG_LETTERS = _class(((0xE0061, 0xE007A),))
+_EMOJI_TAG_SEQUENCE = (
+    f"\U0001f3f4[{_TAG_LETTERS}]{{2}}[{_class(((0xE0030, 0xE0039),))}{_TAG_LETTERS}]{{1,4}}"
+    "\U000e007f"
+)
 _NAME_BODY = f"(?:{_EMOJI_TAG_SEQUENCE}|[^{_class(NAME_REFUSED)}])*"  # the sequence first
 NAME_PATTERN = f"^{_NAME_BODY}$"
 NAME_RULE = (
@@ -152,10 +163,11 @@ NAME_RULE = (
     "zero-width (non-)joiners, variation selectors and bidirectional marks (LRM, RLM, ALM) that "
     "scripts and emoji need; no control characters or line breaks, no bidirectional embeddings, "
     "overrides or isolates (U+202A-U+202E, U+2066-U+2069), no other invisible format characters "
-    "(soft hyphen, zero-width space, word joiner, byte order mark, tags outside an emoji flag), "
-    "no private-use characters or noncharacters."
+    "(soft hyphen, zero-width space, word joiner, byte order mark, tags outside an emoji flag, "
+    "blank Hangul fillers), no private-use characters or noncharacters."
 )
 _NAME = re.compile(_NAME_BODY)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_name(value: str | None) -> str | None:
@@ -168,6 +180,8 @@ def check_name(value: str | None) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > MAX_NAME:
         raise ValidationFailed(fields={"name": [f"At most {MAX_NAME} characters."]})
+    if _SURROGATE.search(value):
+        raise ValidationFailed(fields={"name": ["Must be valid Unicode text (no lone surrogate)."]})
     position = _NAME.match(value).end()  # how far the name follows the rule
     if position < len(value):
         char = value[position]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+import regex
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import and_, func, select
@@ -28,6 +29,8 @@ DEFAULT_EXPIRES_IN = 30 * 86400
 MIN_EXPIRES_IN = 60
 MAX_EXPIRES_IN = 365 * 86400
 LIST_LIMIT = 50
+_GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster (Unicode UAX #29)
+_FORMAT_ONLY = regex.compile(r"\p{Cf}+")
 # how a reward's status counts in the totals of the page
 TOTALS = {
     "pending": "in_progress",
@@ -154,13 +157,32 @@ def open_link(token: str) -> int:
     return customer_id
 
 
+def _initial(word: str) -> str:
+    """The first grapheme cluster of `word` that shows something, or "".
+
+    A cluster is what a reader sees as one character: a flag (two regional indicators), an emoji
+    ZWJ sequence, a letter with its combining accents; it is never cut. Clusters of format
+    characters alone (a bidirectional mark, a stray joiner) show nothing and are passed over.
+    """
+    for cluster in _GRAPHEME.findall(word):
+        if not _FORMAT_ONLY.fullmatch(cluster):
+            return cluster
+    return ""
+
+
+def _upper(cluster: str) -> str:
+    upper = cluster.upper()  # `ß` would become `SS`, two letters: such a cluster stays as it is
+    return upper if len(_GRAPHEME.findall(upper)) == 1 else cluster
+
+
 def mask_name(name: str | None, email: str) -> str:
-    """A friend's name as their referrer sees it: `A*** K.` (initials), or `a***` from the email."""
-    words = (name or "").split()
-    if not words:
-        return email[:1].lower() + "***"
-    masked = words[0][:1].upper() + "***"
-    return f"{masked} {words[-1][:1].upper()}." if len(words) > 1 else masked
+    """A friend's name as their referrer sees it: `A*** K.` (the initials of the first and last
+    words), or `a***` from the email when there is no name; initials are grapheme clusters."""
+    initials = [initial for initial in map(_initial, (name or "").split()) if initial]
+    if not initials:
+        return _initial(email).lower() + "***"
+    masked = _upper(initials[0]) + "***"
+    return f"{masked} {_upper(initials[-1])}." if len(initials) > 1 else masked
 
 
 def first_name(name: str | None) -> str | None:
