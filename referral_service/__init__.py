@@ -102,6 +102,10 @@ Authenticate with `Authorization: Bearer <api key>` (create keys with
 major units with an ISO 4217 currency; times are ISO 8601 with a zone.
 
 String formats of our own: `identifier` (printable characters as Python's `str.isprintable`
-has them, no space at either end), `printable` (printable characters), `locale` (a locale
-Babel knows, such as `pl`, `pl-PL` or `en_GB`).
+has them, no space at either end), `printable` (printable characters), `person-name` (a
+person's name in any script: letters, marks, spaces and emoji, with the zero-width joiners,
+variation selectors and bidirectional marks that scripts and emoji need; control characters,
+bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) and other
+invisible characters are refused; the field's `pattern` states the rule exactly), `locale` (a
+locale Babel knows, such as `pl`, `pl-PL` or `en_GB`).
 """
