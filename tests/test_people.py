@@ -14,7 +14,7 @@ from referral_service import create_app
 from referral_service.domain import attribution, customers
 from referral_service.extensions import db
 from referral_service.models import Click, Customer, Referral, ReferralCode, utcnow
-from tests.conftest import _pg_url, app_config, drop_pg_database, make_pg_database
+from tests.conftest import app_config
 from tests.journey_helpers import ago, buy, click, count, enrol, sign_up
 
 
@@ -259,20 +259,8 @@ def test_concurrent_signups_of_one_person_under_two_ids_refer_once(app, client, 
 # --- the migration -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def empty_database(backend, tmp_path, request):
-    """A database of its own, not migrated yet."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'people.sqlite3'}"
-        return
-    pg_admin = request.getfixturevalue("pg_admin")
-    name = make_pg_database(pg_admin)
-    yield _pg_url(name)
-    drop_pg_database(pg_admin, name)
-
-
-def test_migration_backfills_the_key_and_keeps_the_first_of_repeated_emails(empty_database):
-    app = create_app(app_config(empty_database))
+def test_migration_backfills_the_key_and_keeps_the_first_of_repeated_emails(fresh_database_url):
+    app = create_app(app_config(fresh_database_url))
     now = utcnow()
     with app.app_context():
         upgrade(revision="0008")
