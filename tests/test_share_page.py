@@ -19,7 +19,10 @@ from tests.journey_helpers import (
     converted_friend,
     count,
     enrol,
+    pay,
+    ready_for_payout,
     referred_friend,
+    refund,
     set_program,
     sign_up,
 )
@@ -187,6 +190,24 @@ def test_friends_are_masked_and_rewards_totalled(client, shop, admin, app):
     in_progress = re.search(r'id="total-in_progress"><dt>[^<]+</dt><dd>([^<]+)</dd>', response.text)
     assert in_progress.group(1) == "€10.00"
     assert "Signed up, no purchase yet" in text
+
+
+def test_paid_out_is_net_of_clawbacks(client, shop, admin, app):
+    """A paid 10.00 reward whose order is then refunded by 40 % shows 6.00 paid out."""
+    set_program(
+        client,
+        admin,
+        referrer_reward={"type": "percent", "value": "10"},
+        friend_reward={"type": "none"},
+        min_order_amount="0",
+    )
+    purchase = converted_friend(client, shop, "f-1", "ref-1", amount="100.00")
+    pay(client, admin, ready_for_payout(app, client, admin, purchase))
+    assert refund(client, shop, "o-f-1", "40.00").status_code == 200
+    put_customer(client, shop)
+    response = client.get(portal_path(client, shop))
+    paid = re.search(r'id="total-paid"><dt>[^<]+</dt><dd>([^<]+)</dd>', response.text)
+    assert paid.group(1) == "€6.00"
 
 
 def test_money_and_dates_follow_the_language(client, shop, admin):

@@ -16,13 +16,14 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import aliased
 
-from referral_service.domain import audit
+from referral_service.domain import audit, stats
 from referral_service.domain.customers import active_code, check_external_id, find
 from referral_service.domain.money import from_minor
 from referral_service.errors import InvalidLink, LinkExpired, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Customer, Referral, Reward, utcnow
 from referral_service.models.base import begin_write
+from referral_service.models.referral import REWARD_STATUSES
 
 SALT = "referral-service.portal-link"
 DEFAULT_EXPIRES_IN = 30 * 86400
@@ -239,16 +240,12 @@ def share_page(customer_id: int) -> SharePage:
         .order_by(Reward.created_at.desc(), Reward.id.desc())
         .limit(LIST_LIMIT)
     ).all()
-    sums = db.session.execute(
-        select(Reward.status, Reward.currency, func.sum(Reward.amount_minor), func.count())
-        .where(Reward.customer_id == customer_id)
-        .group_by(Reward.status, Reward.currency)
-    ).all()
-    totals: dict[str, dict[str, int]] = {}
-    for status, currency, minor, _ in sums:
-        if status in TOTALS:
-            group = totals.setdefault(TOTALS[status], {})
-            group[currency] = group.get(currency, 0) + int(minor)
+    sums = stats.reward_totals(Reward.customer_id == customer_id)  # `paid` net of clawbacks
+    totals: dict[str, dict[str, Decimal]] = {}
+    for status, group_name in TOTALS.items():
+        for currency, amount in sums[status]["amounts"].items():
+            group = totals.setdefault(group_name, {})
+            group[currency] = group.get(currency, Decimal(0)) + Decimal(amount)
     return SharePage(
         first_name=first_name(customer.name),
         locale=customer.locale,
@@ -278,12 +275,9 @@ def share_page(customer_id: int) -> SharePage:
                 rewards
             )
         ],
-        rewards_total=sum(count for *_, count in sums),
+        rewards_total=sum(sums[status]["count"] for status in REWARD_STATUSES),
         totals={
-            group: [
-                (Decimal(from_minor(minor, currency)), currency)
-                for currency, minor in sorted(by_currency.items())
-            ]
+            group: [(amount, currency) for currency, amount in sorted(by_currency.items())]
             for group, by_currency in totals.items()
         },
     )
