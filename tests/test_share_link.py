@@ -102,3 +102,40 @@ def test_builtin_landing_page(client, code):
 def test_share_url_uses_public_base_url(client, shop, code):
     body = client.get("/api/v1/customers/c1", headers=shop).json
     assert body["referral"]["share_url"].startswith(BASE_URL)
+
+
+@pytest.mark.parametrize(
+    "landing",
+    [
+        "https://shop.example:99999/",
+        "https://shop.example:65536/",
+        "https://shop.example:abc/",
+        "https://:443/",
+        "https://[::1/",
+    ],
+)
+def test_a_landing_url_that_cannot_be_redirected_to_is_refused(client, admin, landing):
+    response = client.patch("/api/v1/program", json={"landing_url": landing}, headers=admin)
+    assert response.status_code == 422, response.json
+    assert "landing_url" in response.json["error"]["fields"]
+
+
+def test_a_broken_landing_url_saved_earlier_lands_on_the_builtin_page(app, client, code):
+    """Saved before ports were checked, it sends the friend to the built-in page, never a 500."""
+    from referral_service.models import Program
+
+    with app.app_context():
+        db.session.execute(db.update(Program).values(landing_url="https://shop.example:99999/"))
+        db.session.commit()
+    for path in (f"/r/{code}", f"/r/{code}?via=qr", "/r/FORGED-CODE"):
+        response = client.get(path)
+        assert response.status_code == 302
+        assert response.headers["Location"].startswith(f"{BASE_URL}/landing")
+
+
+def test_the_shops_own_query_is_kept_byte_for_byte(client, admin, code):
+    landing = "https://shop.example/welcome?a=%ff&ref=old&b=x+y&click_id=old2"
+    response = client.patch("/api/v1/program", json={"landing_url": landing}, headers=admin)
+    assert response.status_code == 200, response.json
+    location = client.get(f"/r/{code}").headers["Location"]
+    assert location.startswith(f"https://shop.example/welcome?a=%ff&b=x+y&ref={code}&click_id=")

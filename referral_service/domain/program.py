@@ -86,21 +86,29 @@ def as_dict(program: Program) -> dict:
 # --- validation of a whole set of settings -------------------------------------------------------
 
 
-def _check_url(value, field: str) -> str | None:
+def check_url(value, field: str) -> str | None:
+    """An http(s) URL with a host and a valid port, or None; raises ValidationFailed."""
     if value is None:
         return None
     try:
         parts = urlsplit(value) if isinstance(value, str) else None
-    except ValueError:  # "http://[" : an unclosed IPv6 host
+        if parts is not None:
+            parts.port  # noqa: B018 (raises ValueError for a port out of 0-65535 or not a number)
+    except ValueError:  # "http://[" (an unclosed IPv6 host), "https://shop.example:99999/"
         parts = None
     if (
         parts is None
         or parts.scheme not in ("http", "https")
-        or not parts.netloc
+        or not parts.hostname
         or len(value) > 2048
     ):
         raise ValidationFailed(
-            fields={field: ["Must be an http(s) URL of at most 2048 characters."]}
+            fields={
+                field: [
+                    "Must be an http(s) URL with a host (and a port from 0 to 65535, if any) "
+                    "of at most 2048 characters."
+                ]
+            }
         )
     return value
 
@@ -280,7 +288,7 @@ def update(changes: dict, actor: str | None = None) -> dict:
 
     currency = check(check_currency, merged["currency"]) or program.currency
     values = {
-        "landing_url": check(_check_url, merged["landing_url"], "landing_url"),
+        "landing_url": check(check_url, merged["landing_url"], "landing_url"),
         "currency": currency,
         "friend_offer": check(_check_offer, merged["friend_offer"], currency),
         "min_order_amount": check(

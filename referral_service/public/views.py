@@ -4,7 +4,7 @@ page, the built-in landing page, `/healthz` and `/readyz`."""
 import re
 from datetime import datetime
 from functools import lru_cache
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from flask import current_app, g, render_template, request, url_for
 from flask.views import MethodView
@@ -20,6 +20,7 @@ from referral_service.errors import (
     LinkExpired,
     NotFound,
     RevokedCode,
+    ValidationFailed,
 )
 from referral_service.i18n import LANGUAGE_NAMES, use_language
 from referral_service.links import base_url, share_url
@@ -51,18 +52,32 @@ def click_cookie_signer() -> TimestampSigner:
 def _landing_prefix(landing: str) -> tuple[str, str]:
     """The landing URL without any `ref`/`click_id` of its own, and the separator to append."""
     parts = urlsplit(landing)
-    query = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if k not in ("ref", "click_id")
-    ]
-    url = urlunsplit(parts._replace(query=urlencode(query), fragment=""))
+    # the shop's own parameters are kept as they are written, byte for byte
+    query = "&".join(
+        pair
+        for pair in parts.query.split("&")
+        if pair and unquote_plus(pair.partition("=")[0]) not in ("ref", "click_id")
+    )
+    url = urlunsplit(parts._replace(query=query, fragment=""))
     return url, ("&" if query else "?")
+
+
+@lru_cache(maxsize=16)
+def _usable(landing: str) -> bool:
+    """Whether a saved landing URL can be redirected to (one saved before the program checked
+    its port cannot: the friend lands on the built-in page instead of an error)."""
+    try:
+        program.check_url(landing, "landing_url")
+    except ValidationFailed:
+        return False
+    return True
 
 
 def _landing(code: str | None = None, click_id: str | None = None) -> str:
     """The landing page's address, with `ref` (and `click_id`) when there is an attribution."""
-    landing = program.settings()["landing_url"] or f"{base_url()}/landing"
+    landing = program.settings()["landing_url"]
+    if not landing or not _usable(landing):
+        landing = f"{base_url()}/landing"
     if code is None:
         return _landing_prefix(landing)[0]
     url, separator = _landing_prefix(landing)
