@@ -17,13 +17,17 @@ from referral_service.domain.qr import QrCache
 from referral_service.errors import register_error_handlers
 from referral_service.extensions import api, babel, csrf, db, migrate
 from referral_service.public.views import blp as public_blp
-from referral_service.security import register_body_limit, register_security_headers
+from referral_service.security import (
+    register_body_limit,
+    register_security_headers,
+    register_url_check,
+)
 from referral_service.sessions import CookieSessions
 
 
 def create_app(config: dict | None = None) -> Flask:
     """Build the application: settings, extensions, services, blueprints, error handlers,
-    security headers and the body size limit."""
+    security headers, the body size limit and the check that API addresses are UTF-8."""
     app = Flask(__name__)
     register_settings(app, config)
     register_extensions(app)
@@ -32,6 +36,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_error_handlers(app)
     register_security_headers(app)
     register_body_limit(app)
+    register_url_check(app)
     logs.install()
     return app
 

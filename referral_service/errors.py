@@ -26,6 +26,12 @@ class ReferralError(Exception):
         self.fields = fields
 
 
+class BadUrl(ReferralError):
+    """The request's address does not decode as UTF-8 (RFC 3986 percent-escapes of its bytes)."""
+
+    code = "bad_url"
+
+
 class ValidationFailed(ReferralError):
     """Input that breaks a rule; `fields` says which field and why."""
 

@@ -7,15 +7,20 @@ SHA-256 hashes. A header a view set itself (the share link's `Referrer-Policy: n
 say) is left as the view set it.
 
 A body over `MAX_CONTENT_LENGTH` is a 413 whether it declares its length or is sent in chunks.
+An API address whose path or query is not UTF-8 is a 400: decoded with replacement characters,
+`/customers/%FF%FE` and `/customers/%FE%FF` would name one customer.
 """
 
 import base64
 import hashlib
 import io
 import re
+from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, request
 from werkzeug.wsgi import get_content_length
+
+from referral_service.errors import BadUrl
 
 NOTHING = "default-src 'none'; frame-ancestors 'none'"
 HEADERS = {
@@ -121,3 +126,32 @@ def _read_up_to(stream, size: int) -> bytes:
 def register_body_limit(app: Flask) -> None:
     """Bodies over `MAX_CONTENT_LENGTH` are refused with 413, streamed ones too."""
     app.wsgi_app = StreamedBodyLimit(app, app.wsgi_app)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def register_url_check(app: Flask) -> None:
+    """API paths and query strings must be UTF-8 once percent-decoded, or the request is a 400.
+
+    Werkzeug decodes a path's bytes as UTF-8 with U+FFFD for each bad byte, so two different ids
+    (`%FF%FE`, `%FE%FF`) could meet as one: a path holding U+FFFD is refused (no id needs that
+    character), and so is a query string whose bytes are not UTF-8. Public pages are left alone:
+    a share link mangled that way is still read as far as it can be.
+    """
+
+    @app.before_request
+    def refuse_undecodable_urls():
+        if not request.path.startswith("/api/"):
+            return
+        query = request.environ.get("QUERY_STRING", "").encode("latin-1", "replace")
+        if "\ufffd" in request.path or not _is_utf8(unquote_to_bytes(query)):
+            raise BadUrl(
+                "The address is not valid UTF-8: percent-escape each character's UTF-8 bytes "
+                "(%C3%A9 for é)."
+            )

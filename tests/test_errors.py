@@ -96,3 +96,32 @@ def test_unexpected_exception_is_500_envelope_without_details(app):
     error = envelope(response, 500, "internal_error")
     assert "secret" not in response.get_data(as_text=True)
     assert "fields" not in error
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/v1/customers/%FF%FE"),
+        ("PUT", "/api/v1/customers/%FE%FF"),
+        ("GET", "/api/v1/customers/%C0%AF"),
+        ("GET", "/api/v1/customers/ok%E9"),
+        ("GET", "/api/v1/referrals?referrer=%FF"),
+        ("GET", "/api/v1/referrals?status=%C3"),
+    ],
+)
+def test_an_address_that_is_not_utf8_is_400_and_names_no_one(app, client, shop, method, path):
+    """Decoded with replacement characters, `%FF%FE` and `%FE%FF` would be one customer."""
+    response = client.open(path, method=method, json={"email": "a@example.com"}, headers=shop)
+    envelope(response, 400, "bad_url")
+    assert customers_count(app) == 0
+
+
+def test_a_utf8_address_is_read(client, shop):
+    body = {"email": "z@example.com"}
+    response = client.put("/api/v1/customers/Zo%C3%AB", json=body, headers=shop)
+    assert response.status_code == 201
+    assert response.json["external_id"] == "Zoë"
+
+
+def test_a_share_link_with_a_stray_byte_still_lands(client):
+    assert client.get("/r/ABC%FF").status_code == 302

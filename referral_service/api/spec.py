@@ -4,8 +4,8 @@ A request schema may carry an `OPENAPI` dict of JSON Schema keywords about the o
 (`anyOf`, `minProperties`, ...), which marshmallow cannot express field by field; a nullable
 nested object admits null alone (see `_null_means_null`). Every operation that reads a JSON body
 may also answer 400 (the body is not JSON) and 413 (the body is too large), and every one with a
-path parameter 404 (a path that names nothing); those come from the app, not from a view, so
-they are documented here once for all.
+path parameter 404 (a path that names nothing), and every API operation 400 for an address that
+is not UTF-8; those come from the app, not from a view, so they are documented here once for all.
 """
 
 from apispec import BasePlugin
@@ -15,6 +15,7 @@ BODY_ERRORS = {
     "400": "The body is not readable JSON (`invalid_json`).",
     "413": "The body is larger than the service accepts (`payload_too_large`).",
 }
+BAD_URL = "The address (path or query) is not valid UTF-8 once percent-decoded (`bad_url`)."
 
 
 def _error(description: str) -> dict:
@@ -55,3 +56,10 @@ class SpecRules(BasePlugin):
                     responses.setdefault(status, _error(description))
             if "{" in (path or ""):
                 responses.setdefault("404", _error(NOT_FOUND))
+            if (path or "").startswith("/api/"):
+                if "400" in responses:
+                    described = responses["400"]["description"]
+                    if "bad_url" not in described:
+                        responses["400"]["description"] = f"{described} {BAD_URL}"
+                else:
+                    responses["400"] = _error(BAD_URL)
