@@ -68,8 +68,10 @@ def test_same_person_under_another_external_id_is_already_referred(app, client, 
         ("d.o.r.a@gmail.com", "Dora+x@googlemail.com", "dora@gmail.com"),
         ("dora@bücher.example", "Dora@xn--bcher-kva.example", "dora@bücher.example"),
         ("Zoë@example.org", "zoe\u0308@example.org", "zoë@example.org"),  # NFC
+        # full-width letters (NFKC)
+        ("wanda@example.org", "\uff37\uff21\uff2e\uff24\uff21@example.org", "wanda@example.org"),
     ],
-    ids=["case", "tags", "gmail", "idn", "nfc"],
+    ids=["case", "tags", "gmail", "idn", "nfc", "nfkc"],
 )
 def test_every_spelling_of_one_mailbox_is_one_person(
     app, client, shop, first_email, second_email, key

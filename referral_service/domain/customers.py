@@ -79,12 +79,13 @@ def email_key(email: str) -> str:
     """The mailbox an address reaches, for spotting one person behind two spellings.
 
     `email` is an address as `check_email` returns it (its domain lower case, in Unicode rather
-    than `xn--` form). The key is the address in Unicode NFC and lower case, without a
+    than `xn--` form). The key is the address in Unicode NFKC (full-width and other compatibility
+    forms of letters are the letters themselves) and lower case, without a
     sub-address (`+tag`, kept when nothing comes before the `+`), for every provider; Gmail also
     ignores dots in the local part and answers to googlemail.com. So `Dora+2@Example.org` and
     `dora@example.org` are one person; `D.o.r.a@googlemail.com` and `dora@gmail.com` too.
     """
-    local, _, domain = unicodedata.normalize("NFC", email.strip()).lower().rpartition("@")
+    local, _, domain = unicodedata.normalize("NFKC", email.strip()).lower().rpartition("@")
     base, plus, _tag = local.partition("+")
     if plus and base:
         local = base
