@@ -205,6 +205,17 @@ def paid_referrer(app, client, shop, admin):
     return ids[0]
 
 
+def batch_of(app, client, admin, purchase_body: dict) -> dict:
+    """A payout batch of a purchase's rewards, matured and approved for it."""
+    ids = ready_for_payout(app, client, admin, purchase_body)
+    return client.post("/api/v1/payouts", json={"reward_ids": ids}, headers=admin).json
+
+
+def nets(batch: dict) -> list[tuple[str, str, str]]:
+    """`(gross, clawbacks, net)` of each line of a batch."""
+    return [(line["gross"], line["clawbacks"], line["net"]) for line in batch["lines"]]
+
+
 def test_refund_after_payout_records_a_clawback(app, client, shop, paid_referrer):
     partial = refund(client, shop, "o-friend-1", "40.00").json
     assert [(r["amount"], r["status"]) for r in partial["rewards"]] == [("10.00", "paid")]
@@ -267,9 +278,7 @@ def test_next_payout_nets_the_clawback(app, client, shop, admin, paid_referrer):
     later = converted_friend(client, shop, "friend-4", amount="30.00")
     ids = ready_for_payout(app, client, admin, later)
     again = client.post("/api/v1/payouts", json={"reward_ids": ids}, headers=admin).json
-    assert [(line["gross"], line["clawbacks"], line["net"]) for line in again["lines"]] == [
-        ("3.00", "0.00", "3.00")
-    ]
+    assert nets(again) == [("3.00", "0.00", "3.00")]
 
 
 def test_clawback_larger_than_the_next_payout_takes_what_it_can(
@@ -277,23 +286,11 @@ def test_clawback_larger_than_the_next_payout_takes_what_it_can(
 ):
     refund(client, shop, "o-friend-1")  # clawback 10.00
     small = converted_friend(client, shop, "friend-2", amount="50.00")  # 5.00
-    first = client.post(
-        "/api/v1/payouts",
-        json={"reward_ids": ready_for_payout(app, client, admin, small)},
-        headers=admin,
-    ).json
-    assert [(line["gross"], line["clawbacks"], line["net"]) for line in first["lines"]] == [
-        ("5.00", "5.00", "0.00")
-    ]
+    first = batch_of(app, client, admin, small)
+    assert nets(first) == [("5.00", "5.00", "0.00")]
     big = converted_friend(client, shop, "friend-3", amount="120.00")  # 12.00
-    second = client.post(
-        "/api/v1/payouts",
-        json={"reward_ids": ready_for_payout(app, client, admin, big)},
-        headers=admin,
-    ).json
-    assert [(line["gross"], line["clawbacks"], line["net"]) for line in second["lines"]] == [
-        ("12.00", "5.00", "7.00")
-    ]
+    second = batch_of(app, client, admin, big)
+    assert nets(second) == [("12.00", "5.00", "7.00")]
 
 
 def test_rejecting_a_batched_reward_gives_its_clawback_back(
@@ -313,14 +310,8 @@ def test_rejecting_a_batched_reward_gives_its_clawback_back(
     assert (shown.json["reward_ids"], shown.json["lines"], shown.json["totals"]) == ([], [], [])
     # the clawback is open again, and the next payout nets it
     later = converted_friend(client, shop, "friend-3", amount="60.00")
-    again = client.post(
-        "/api/v1/payouts",
-        json={"reward_ids": ready_for_payout(app, client, admin, later)},
-        headers=admin,
-    ).json
-    assert [(line["gross"], line["clawbacks"], line["net"]) for line in again["lines"]] == [
-        ("6.00", "4.00", "2.00")
-    ]
+    again = batch_of(app, client, admin, later)
+    assert nets(again) == [("6.00", "4.00", "2.00")]
 
 
 def test_refund_shrinking_a_batched_reward_keeps_the_batch_net_non_negative(
@@ -330,24 +321,14 @@ def test_refund_shrinking_a_batched_reward_keeps_the_batch_net_non_negative(
     body = converted_friend(client, shop, "friend-2", amount="60.00")  # 6.00
     ids = ready_for_payout(app, client, admin, body)
     batch = client.post("/api/v1/payouts", json={"reward_ids": ids}, headers=admin).json
-    assert [(line["gross"], line["clawbacks"], line["net"]) for line in batch["lines"]] == [
-        ("6.00", "5.00", "1.00")
-    ]
+    assert nets(batch) == [("6.00", "5.00", "1.00")]
     refund(client, shop, "o-friend-2", "20.00")  # the batched reward becomes 4.00
     shown = client.get(f"/api/v1/payouts/{batch['id']}", headers=admin).json
-    assert [(line["gross"], line["clawbacks"], line["net"]) for line in shown["lines"]] == [
-        ("4.00", "4.00", "0.00")
-    ]
+    assert nets(shown) == [("4.00", "4.00", "0.00")]
     # the 1.00 it no longer covers waits for the next batch
     later = converted_friend(client, shop, "friend-3", amount="30.00")  # 3.00
-    again = client.post(
-        "/api/v1/payouts",
-        json={"reward_ids": ready_for_payout(app, client, admin, later)},
-        headers=admin,
-    ).json
-    assert [(line["gross"], line["clawbacks"], line["net"]) for line in again["lines"]] == [
-        ("3.00", "1.00", "2.00")
-    ]
+    again = batch_of(app, client, admin, later)
+    assert nets(again) == [("3.00", "1.00", "2.00")]
 
 
 # --- payouts -------------------------------------------------------------------------------------
