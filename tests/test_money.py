@@ -37,11 +37,8 @@ def test_minor_units_are_iso_4217s(code, digits):
     assert len(from_minor(12345, code).partition(".")[2]) == digits
 
 
-def test_minor_units_do_not_follow_the_display_library(monkeypatch):
-    """A display library that changes a currency's rounding changes no stored amount."""
-    import babel.numbers
-
-    monkeypatch.setattr(babel.numbers, "get_currency_precision", lambda currency: 0)
+def test_a_forint_amount_keeps_its_filler():
+    """CLDR (Babel) rounds HUF to whole forints; ISO 4217, and so a stored amount, does not."""
     assert to_minor(money.parse_amount("1234.50", "HUF", "amount"), "HUF") == 123450
     assert from_minor(123450, "HUF") == "1234.50"
 
