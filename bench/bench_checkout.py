@@ -91,7 +91,7 @@ from bench_public import (
 
 from referral_service.domain.codes import CodeSigner
 
-SECRET = "bench"
+SECRET = "bench-secret-key-0123456789abcdefghij"
 SIGNUP_TARGET = 0.4
 PURCHASE_TARGET = 0.4
 SLOWDOWN_TARGET = 1.3
@@ -206,7 +206,7 @@ REWARD_COLUMNS = (
 class Population:
     """Rows written straight into the service's SQLite database (bypassing the service).
 
-    Referrers have real codes (signed like the service's, under SECRET_KEY=bench); friends get
+    Referrers have real codes (signed like the service's, under the bench's SECRET_KEY); friends get
     lower-case placeholder codes, which no code the service issues can equal. The purchase load
     uses a pool of attributed friends, `pool-00000000`, `pool-00000001`, ..., with no purchase.
     """

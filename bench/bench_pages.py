@@ -102,7 +102,7 @@ from itsdangerous import URLSafeSerializer
 
 from referral_service.domain.portal import SALT as PORTAL_SALT
 
-SECRET = "bench-pages"
+SECRET = "bench-pages-secret-key-0123456789abcdef"
 _visitors = itertools.count(1)
 LIMIT = 100_000  # bytes: "under 100 kB without the QR image"
 FRIENDS, BUYERS = 60, 40

@@ -663,7 +663,9 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-tmp", action="store_true", help="keep the databases and logs")
 
 
-def service_env(database: Path, port: int, secret: str = "bench") -> dict:
+def service_env(
+    database: Path, port: int, secret: str = "bench-secret-key-0123456789abcdefghij"
+) -> dict:
     """The service's environment: SQLite at `database`, its own key, no Redis, and rate limits
     it never reaches (wrk is one client address with one API key), so that every request is
     served and counted, none refused, while the limiter still does its work on each."""

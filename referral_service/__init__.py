@@ -47,6 +47,7 @@ def register_settings(app: Flask, config: dict | None) -> None:
     if not {"SECRET_KEY", "SQLALCHEMY_DATABASE_URI"} <= overrides.keys():
         app.config.update(settings.from_environment(app.instance_path))
     app.config.update(overrides)
+    settings.check_secret_key(app.config.get("SECRET_KEY"))
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"hide_parameters": True}
     app.json.sort_keys = False

@@ -3,6 +3,7 @@
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 SECRET_KEY_FILE = "secret_key"
@@ -21,23 +22,56 @@ def database_url(instance_path: str) -> str:
     return url
 
 
+MIN_SECRET_KEY = 32  # characters; a generated key has 64
+
+
+class SettingsError(ValueError):
+    """A setting the service refuses to start with; the message says what to do."""
+
+
+def check_secret_key(key: str | None, source: str = "SECRET_KEY") -> str:
+    """`key` if it is long enough to sign codes with, else SettingsError: an empty or short key
+    would let anyone forge referral codes and console sessions."""
+    if not key or len(key) < MIN_SECRET_KEY:
+        raise SettingsError(
+            f"{source} is {'empty' if not key else f'only {len(key)} characters'}: the secret key "
+            f"must have at least {MIN_SECRET_KEY} characters (generate one with "
+            '`python -c "import secrets; print(secrets.token_urlsafe(48))"`).'
+        )
+    return key
+
+
 def secret_key(instance_path: str) -> str:
-    """`SECRET_KEY`, or a key generated on first run and kept in the instance folder (mode 0600)."""
+    """`SECRET_KEY`, or a key generated on first run and kept in the instance folder (mode 0600).
+
+    The key file is written whole before it appears (a temporary file, then a hard link to the
+    final name, which fails if another process made it first), so processes starting at once on
+    a fresh instance folder all read one complete key. Raises SettingsError for an empty or short
+    key, given or read.
+    """
     key = os.environ.get("SECRET_KEY", "").strip()
     if key:
-        return key
+        return check_secret_key(key)
     path = Path(instance_path) / SECRET_KEY_FILE
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_key_file(path, secrets.token_urlsafe(48))
+    return check_secret_key(path.read_text().strip(), f"The key file {path}")
+
+
+def _create_key_file(path: Path, key: str) -> None:
+    """Write `key` to `path` unless it exists, never leaving a partial file under that name."""
+    fd, temporary = tempfile.mkstemp(prefix=".secret_key.", dir=path.parent)  # mode 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process generated it first: use theirs
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
-    return key
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, path)
+    except FileExistsError:  # another process generated it first: theirs is kept
+        pass
+    finally:
+        os.unlink(temporary)
 
 
 RATE_LIMITS = ("RATELIMIT_API", "RATELIMIT_PUBLIC", "RATELIMIT_SIGNUPS_PER_REFERRER")

@@ -214,7 +214,7 @@ def test_every_fallback_key_verifies():
 def test_rotated_app_looks_up_codes_of_the_old_key(app):
     with app.app_context():
         card = factories.customer()
-    config = {**app.config, "SECRET_KEY": "a-brand-new-key", "SECRET_KEY_FALLBACKS": []}
+    config = {**app.config, "SECRET_KEY": "a-brand-new-key-" + "b" * 32, "SECRET_KEY_FALLBACKS": []}
     rotated = create_app({**config, "SECRET_KEY_FALLBACKS": [app.config["SECRET_KEY"]]})
     without_fallback = create_app(config)
     try:

@@ -38,7 +38,7 @@ def test_readyz_unavailable_without_database(tmp_path):
 
     app = create_app(
         {
-            "SECRET_KEY": "x",
+            "SECRET_KEY": "x" * 32,
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/missing/dir/db.sqlite3",
         }
     )

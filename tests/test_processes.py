@@ -79,7 +79,7 @@ def test_gunicorn_clean_shutdown_keeps_every_click(tmp_path):
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{database}",
-        "SECRET_KEY": "s",
+        "SECRET_KEY": "s" * 32,
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
     }
     cli(env, "db", "upgrade")
@@ -175,7 +175,7 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
         **os.environ,
         "PYTHONPATH": str(target),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'w.sqlite3'}",
-        "SECRET_KEY": "w",
+        "SECRET_KEY": "w" * 32,
     }
     command = [sys.executable, "-c", "from referral_service.cli import main; main()"]
     where = subprocess.run(
@@ -211,14 +211,62 @@ def test_zero_configuration_uses_the_instance_folder(tmp_path, monkeypatch):
     from referral_service import config
 
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("SECRET_KEY", "k")
+    monkeypatch.setenv("SECRET_KEY", "k" * 32)
     instance = tmp_path / "not" / "yet"
     settings = config.from_environment(str(instance))
     assert instance.is_dir()
     assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{instance / config.SQLITE_FILE}"
-    assert settings["SECRET_KEY"] == "k"
+    assert settings["SECRET_KEY"] == "k" * 32
     monkeypatch.delenv("SECRET_KEY")
     generated = config.from_environment(str(instance))["SECRET_KEY"]
     assert len(generated) > 40
     assert config.from_environment(str(instance))["SECRET_KEY"] == generated  # kept
     assert (instance / config.SECRET_KEY_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_processes_starting_at_once_read_one_whole_key(tmp_path):
+    """Eight processes generating the key of one fresh instance folder at once all read the same
+    complete key (the file appears whole: a temporary file, then a hard link)."""
+    script = (
+        "import sys; from referral_service import config; print(config.secret_key(sys.argv[1]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    for trial in range(5):
+        instance = tmp_path / f"instance-{trial}"
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(instance)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        keys = {process.communicate(timeout=60)[0].strip() for process in processes}
+        assert all(process.returncode == 0 for process in processes)
+        assert len(keys) == 1 and len(keys.pop()) >= 64
+        assert [p.name for p in instance.iterdir()] == ["secret_key"]  # no temporary file left
+
+
+@pytest.mark.parametrize("key", ["", "   ", "short-key", "x" * 31])
+def test_an_empty_or_short_key_is_refused_at_start(tmp_path, monkeypatch, key):
+    from referral_service import config
+
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    (tmp_path / config.SECRET_KEY_FILE).write_text(key)
+    with pytest.raises(config.SettingsError, match="at least 32 characters"):
+        config.secret_key(str(tmp_path))
+    if key.strip():
+        monkeypatch.setenv("SECRET_KEY", key)
+        with pytest.raises(config.SettingsError, match="SECRET_KEY is only"):
+            config.secret_key(str(tmp_path / "other"))
+
+
+def test_the_cli_says_why_it_will_not_start_with_a_short_key(tmp_path):
+    env = {**os.environ, "SECRET_KEY": "short", "DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}"}
+    done = subprocess.run(
+        [str(BIN / "referral-service"), "db", "upgrade"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "SECRET_KEY is only 5 characters" in done.stderr

@@ -295,10 +295,10 @@ def test_links_survive_a_key_rotation(database_url, client, shop):
     put_customer(client, shop)
     path = portal_path(client, shop)
     rotated = create_app(
-        app_config(database_url, SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=[SECRET])
+        app_config(database_url, SECRET_KEY="new-key-" + "n" * 32, SECRET_KEY_FALLBACKS=[SECRET])
     )
     assert rotated.test_client().get(path).status_code == 200
-    forgotten = create_app(app_config(database_url, SECRET_KEY="new-key"))
+    forgotten = create_app(app_config(database_url, SECRET_KEY="new-key-" + "n" * 32))
     assert forgotten.test_client().get(path).status_code == 404
 
 
