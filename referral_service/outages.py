@@ -1,9 +1,11 @@
 """Outages of the service's dependencies (the database, Redis, ...): one log line each way.
 
 A dependency that fails is logged once, as a warning, when it goes away, and once when it is
-back (with how long it was away), never once per request. While one is away, `try_now()` lets
-a caller skip it instead of waiting for its timeout again on every request: one caller at a time
-probes it every `probe_seconds`, the others answer without it meanwhile.
+back (with how long it was away and how many attempts failed meanwhile), never once per request
+or per retry; a caller may add a detail of its own to either line (what waited, say). While one
+is away, `try_now()` lets a caller skip it instead of waiting for its timeout again on every
+request: one caller at a time probes it every `probe_seconds`, the others answer without it
+meanwhile.
 
 State is per process and application (each gunicorn worker logs its own outage once).
 """
@@ -36,6 +38,7 @@ class Dependency:
 
     @property
     def down(self) -> bool:
+        """Whether the dependency is away (its last attempt failed)."""
         return self.down_since is not None
 
     def try_now(self) -> bool:
@@ -51,9 +54,10 @@ class Dependency:
             self._next_probe = now + self.probe_seconds
             return True
 
-    def failed(self, error: BaseException | str | None = None) -> bool:
-        """Record a failure; logs one warning when the dependency was up. Returns whether it
-        went away just now."""
+    def failed(self, error: BaseException | str | None = None, detail: str | None = None) -> bool:
+        """Record a failure; logs one warning when the dependency was up, naming the error's
+        type (never its message, which may hold data) and `detail`, if given. Returns whether
+        it went away just now."""
         with self._lock:
             self.failures += 1
             self._next_probe = time.monotonic() + self.probe_seconds
@@ -61,12 +65,17 @@ class Dependency:
                 return False
             self.down_since = time.monotonic()
         reason = type(error).__name__ if isinstance(error, BaseException) else error
-        log.warning("%s is unavailable (%s); carrying on without it", self.name, reason or "?")
+        log.warning(
+            "%s is unavailable (%s); carrying on without it%s",
+            self.name,
+            reason or "?",
+            f"; {detail}" if detail else "",
+        )
         return True
 
-    def succeeded(self) -> bool:
-        """Record a success; logs one warning-level line when the dependency was away. Returns
-        whether it came back just now."""
+    def succeeded(self, detail: str | None = None) -> bool:
+        """Record a success; logs one warning-level line when the dependency was away (with how
+        long, in seconds, and `detail`, if given). Returns whether it came back just now."""
         if self.down_since is None:  # the common case, without the lock
             return False
         with self._lock:
@@ -75,15 +84,19 @@ class Dependency:
             away, failures = time.monotonic() - self.down_since, self.failures
             self.down_since, self.failures, self._next_probe = None, 0, 0.0
         log.warning(
-            "%s is back after %.1f s (%d failed attempts meanwhile)", self.name, away, failures
+            "%s is back after %.1f s (%d failed attempts meanwhile)%s",
+            self.name,
+            away,
+            failures,
+            f"; {detail}" if detail else "",
         )
         return True
 
 
 def dependency(name: str, probe_seconds: float = PROBE_SECONDS) -> Dependency:
     """The state of the dependency called `name` in the current application (made on first
-    use); needs an application context. Code without one (a writer thread) keeps its own
-    `Dependency`."""
+    use; `probe_seconds` counts only then); needs an application context. Code without one (a
+    writer thread) keeps its own `Dependency`."""
     found = current_app.extensions.setdefault("dependencies", {})
     if name not in found:
         with _registry_lock:
