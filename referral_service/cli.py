@@ -70,11 +70,23 @@ def revoke_key(key):
 
 @main.group("admins")
 def admins_group():
-    """Create, list and disable the admins who sign in to /admin."""
+    """Create, list and change the admins who sign in to /admin.
+
+    A new password, a new role, disabling and `sign-out` end every session of that admin.
+    """
 
 
 def _interactive() -> bool:
     return sys.stdin.isatty()
+
+
+def _read_password() -> str:
+    """The password, asked for twice on a terminal, else one line of standard input."""
+    if _interactive():
+        return click.prompt(
+            "Password (12 characters or more)", hide_input=True, confirmation_prompt=True
+        )
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 @admins_group.command("create")
@@ -90,13 +102,7 @@ def _interactive() -> bool:
 def create_admin(email, role):
     """Create an admin; the password is asked for (twice), or read as one line from standard
     input when it is not a terminal."""
-    if _interactive():
-        password = click.prompt(
-            "Password (12 characters or more)", hide_input=True, confirmation_prompt=True
-        )
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    admin = _or_fail(admins.create, email, password, role)
+    admin = _or_fail(admins.create, email, _read_password(), role)
     click.echo(f"Created admin {admin.id} {admin.email} with role {admin.role}.")
 
 
@@ -118,6 +124,35 @@ def disable_admin(email):
     """Disable an admin: they can no longer sign in, and their open sessions end."""
     admin = _or_fail(admins.disable, email)
     click.echo(f"Disabled admin {admin.id} {admin.email}.")
+
+
+@admins_group.command("set-password")
+@click.argument("email")
+@with_appcontext
+def set_admin_password(email):
+    """Give an admin a new password (asked for twice, or read as one line from standard input
+    when it is not a terminal); their open sessions end."""
+    admin = _or_fail(admins.set_password, email, _read_password())
+    click.echo(f"New password for admin {admin.id} {admin.email}; their sessions have ended.")
+
+
+@admins_group.command("set-role")
+@click.argument("email")
+@click.argument("role", type=click.Choice(ROLES))
+@with_appcontext
+def set_admin_role(email, role):
+    """Give an admin another role; their open sessions end (they sign in again under it)."""
+    admin = _or_fail(admins.set_role, email, role)
+    click.echo(f"Admin {admin.id} {admin.email} now has the role {admin.role}; sessions ended.")
+
+
+@admins_group.command("sign-out")
+@click.argument("email")
+@with_appcontext
+def sign_out_admin(email):
+    """End every open session of an admin (a lost laptop, a copied cookie)."""
+    admin = _or_fail(admins.sign_out_everywhere, email)
+    click.echo(f"Ended every session of admin {admin.id} {admin.email}.")
 
 
 @main.group("rewards")

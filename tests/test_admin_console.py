@@ -11,12 +11,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from referral_service import cli
+from referral_service import cli, create_app
 from referral_service.cli import main
 from referral_service.domain import admins
 from referral_service.errors import Throttled, Unauthorized
 from referral_service.extensions import db
 from referral_service.models import Admin, AuditRecord, Customer, Referral, Reward, utcnow
+from tests.conftest import app_config, empty_tables
 from tests.journey_helpers import at, buy, converted_friend, enrol, set_program, sign_up
 
 PASSWORD = "correct horse battery"
@@ -239,6 +240,82 @@ def test_sign_in_is_throttled_after_five_failures(app, client):
         with pytest.raises(Unauthorized):
             admins.authenticate("owner@example.com", "wrong password!", now=later)
         assert admins.authenticate("owner@example.com", PASSWORD, now=later).email
+
+
+def from_address(address: str) -> dict:
+    return {"environ_base": {"REMOTE_ADDR": address}}
+
+
+def sign_in_from(client, address: str, email="owner@example.com", password=PASSWORD):
+    form = {"email": email, "password": password}
+    form["csrf_token"] = TOKEN.search(
+        client.get("/admin/login", **from_address(address)).get_data(as_text=True)
+    ).group(1)
+    return client.post("/admin/login", data=form, **from_address(address))
+
+
+def test_sign_in_is_throttled_per_address_whatever_the_emails(app, client):
+    """15 emails guessed from one address: 10 refusals, then 429 for every email (the right
+    password too), while another address signs in; each email alone stays under its 5."""
+    make_admin(app)
+    answers = [
+        sign_in_from(client, "192.0.2.7", f"guess{n}@example.com", "wrong password!").status_code
+        for n in range(15)
+    ]
+    assert answers == [401] * admins.MAX_ADDRESS_FAILURES + [429] * 5
+    refused = sign_in_from(client, "192.0.2.7")
+    assert refused.status_code == 429
+    assert "Too many failed sign-ins for this address" in refused.get_data(as_text=True)
+    assert 0 < int(refused.headers["Retry-After"]) <= 15 * 60
+    assert sign_in_from(app.test_client(), "192.0.2.8").status_code == 302
+
+
+def test_sign_in_throttle_counts_the_address_the_rate_limits_see(database_url):
+    """Behind a trusted proxy, the forwarded client address is counted, not the proxy's; an
+    IPv6 client counts by its /64 network."""
+    app = create_app(app_config(database_url, TRUSTED_PROXIES=1))
+    with app.app_context():
+        empty_tables()
+    make_admin(app)
+    client = app.test_client()
+    try:
+        for n in range(admins.MAX_ADDRESS_FAILURES):
+            forwarded = {"X-Forwarded-For": f"2001:db8:1:2::{n + 1:x}"}
+            form = {"csrf_token": token(client), "email": f"g{n}@example.com", "password": "x"}
+            response = client.post(
+                "/admin/login", data=form, headers=forwarded, **from_address("10.0.0.1")
+            )
+            assert response.status_code == 401
+        for forwarded, status in (("2001:db8:1:2::ff", 429), ("2001:db8:1:3::1", 302)):
+            form = {"csrf_token": token(client), "email": "owner@example.com"}
+            form["password"] = PASSWORD
+            response = client.post(
+                "/admin/login",
+                data=form,
+                headers={"X-Forwarded-For": forwarded},
+                **from_address("10.0.0.1"),
+            )
+            assert response.status_code == status, forwarded
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def test_a_success_does_not_forget_the_failures_of_its_address(app):
+    """One known password does not reset the count of guesses at the others."""
+    make_admin(app)
+    with app.app_context():
+        for n in range(admins.MAX_ADDRESS_FAILURES - 1):
+            with pytest.raises(Unauthorized):
+                admins.authenticate(f"g{n}@example.com", "wrong password!", address="192.0.2.9")
+        assert admins.authenticate("owner@example.com", PASSWORD, address="192.0.2.9")
+        with pytest.raises(Unauthorized):
+            admins.authenticate("g@example.com", "wrong password!", address="192.0.2.9")
+        with pytest.raises(Throttled):
+            admins.authenticate("owner@example.com", PASSWORD, address="192.0.2.9")
+        later = utcnow() + admins.FAILURE_WINDOW + timedelta(seconds=1)
+        assert admins.authenticate("owner@example.com", PASSWORD, address="192.0.2.9", now=later)
 
 
 def test_disabled_admin_is_signed_out_and_cannot_sign_in(app, client, runner):

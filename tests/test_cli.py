@@ -1,4 +1,4 @@
-"""The command line: API keys and the import of existing customers.
+"""The command line: API keys, changes to admins and the import of existing customers.
 
 `runner` (Flask's CLI runner) gives the commands of `referral_service.cli.main` a ScriptInfo that
 loads the test app, so they work on the test database.
@@ -10,11 +10,12 @@ import re
 import pytest
 from sqlalchemy import func, select
 
+from referral_service import cli
 from referral_service.cli import main
-from referral_service.domain import customers
+from referral_service.domain import admins, customers
 from referral_service.domain.codes import lookup
 from referral_service.extensions import db
-from referral_service.models import ApiKey, Base, Customer, ReferralCode
+from referral_service.models import Admin, ApiKey, Base, Customer, ReferralCode
 from tests.factories import auth
 
 COLUMNS = "external_id,email,name,locale"
@@ -118,6 +119,75 @@ def test_bad_key_requests_fail_and_create_nothing(app, runner, args):
     assert not result.stdout and result.stderr
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(ApiKey)) == 0
+
+
+# --- changes to admins ----------------------------------------------------------------------
+
+PASSWORD = "correct horse battery"
+NEW_PASSWORD = "a brand new passphrase"
+
+
+def admin_row(app, email: str = "ann@example.com") -> tuple:
+    with app.app_context():
+        admin = db.session.scalar(select(Admin).where(Admin.email == email))
+        return admin.role, admin.session_generation, admin.password_hash
+
+
+@pytest.fixture
+def ann(app):
+    with app.app_context():
+        admins.create("ann@example.com", PASSWORD, "viewer")
+
+
+def test_set_password_from_stdin(app, runner, ann):
+    result = runner.invoke(
+        main, ["admins", "set-password", "Ann@Example.com"], input=NEW_PASSWORD + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "sessions have ended" in result.stdout and NEW_PASSWORD not in result.output
+    role, generation, stored = admin_row(app)
+    assert (role, generation) == ("viewer", 1)
+    assert admins.verify_password(NEW_PASSWORD, stored)
+
+
+def test_set_password_asks_twice_on_a_terminal(app, runner, ann, monkeypatch):
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    answers = f"{NEW_PASSWORD}\nsomething else!\n{NEW_PASSWORD}\n{NEW_PASSWORD}\n"
+    result = runner.invoke(main, ["admins", "set-password", "ann@example.com"], input=answers)
+    assert result.exit_code == 0, result.output
+    assert admins.verify_password(NEW_PASSWORD, admin_row(app)[2])
+
+
+def test_set_role_and_sign_out(app, runner, ann):
+    result = runner.invoke(main, ["admins", "set-role", "ann@example.com", "approver"])
+    assert result.exit_code == 0, result.output
+    assert "now has the role approver" in result.stdout
+    assert admin_row(app)[:2] == ("approver", 1)
+    result = runner.invoke(main, ["admins", "sign-out", "ann@example.com"])
+    assert result.exit_code == 0, result.output
+    assert "Ended every session" in result.stdout
+    assert admin_row(app)[:2] == ("approver", 2)
+    result = runner.invoke(main, ["admins", "disable", "ann@example.com"])
+    assert result.exit_code == 0, result.output
+    assert admin_row(app)[:2] == ("approver", 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "problem"),
+    [
+        (["set-password", "ann@example.com"], "too short\n", "password"),
+        (["set-password", "nobody@example.com"], NEW_PASSWORD + "\n", "No admin"),
+        (["set-role", "nobody@example.com", "owner"], "", "No admin"),
+        (["set-role", "ann@example.com", "emperor"], "", "emperor"),
+        (["sign-out", "nobody@example.com"], "", "No admin"),
+    ],
+)
+def test_bad_admin_changes_fail_and_change_nothing(app, runner, ann, args, stdin, problem):
+    before = admin_row(app)
+    result = runner.invoke(main, ["admins", *args], input=stdin)
+    assert failed_cleanly(result)
+    assert problem in result.stderr and not result.stdout
+    assert admin_row(app) == before
 
 
 # --- customers import ------------------------------------------------------------------------
