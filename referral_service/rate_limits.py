@@ -1,7 +1,9 @@
 """Rate limits (Flask-Limiter): per API key, per client address, and sign-ups per referrer.
 
-* The API, every call together, per API key (`RATELIMIT_API`); a request without a bearer key
-  counts against its client address.
+* The API, every call together, per API key (`RATELIMIT_API`); a request whose bearer key does
+  not authenticate (none, unknown, revoked) counts against its client address, so invented keys
+  share one budget per address while a valid key keeps its own, whatever other addresses do.
+  The key is looked up once per request: the view's authentication reuses the answer.
 * Share links and QR images, together, per client address (`RATELIMIT_PUBLIC`).
 * New sign-ups per referrer (`RATELIMIT_SIGNUPS_PER_REFERRER`): the referrer is the well-signed
   code the sign-up names, else its click id. Only sign-ups recorded anew (201) count; a replay,
@@ -11,22 +13,33 @@ Counters live in Redis when `REDIS_URL` is set, shared by every process and host
 process's memory. Limits are read from the settings at each request. Over a limit, the answer is
 a 429 in the error envelope (code `rate_limited`) with `Retry-After` in seconds; every limited
 answer carries `X-RateLimit-Limit`, `-Remaining` and `-Reset`. When Redis fails, counting goes
-on in this process's memory and no request fails for it.
+on in this process's memory and no request fails for it; the outage is logged once when Redis
+goes away and once when Flask-Limiter finds it back (it probes it after 1, 2, 4, ... 32 seconds).
+
+A client address is the address the request came from (or, behind `TRUSTED_PROXIES`, the one
+they forwarded); an IPv6 client counts by its /64 network, the block one subscriber gets.
 """
 
-import hashlib
+import ipaddress
+import logging
+import sys
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g, has_app_context, request
 from limits import parse_many
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from referral_service.domain import codes
 from referral_service.errors import ErrorEnvelope, InvalidCode
-from referral_service.extensions import limiter
+from referral_service.extensions import db, limiter
+from referral_service.outages import dependency
 
 LIMITS = ("RATELIMIT_API", "RATELIMIT_PUBLIC", "RATELIMIT_SIGNUPS_PER_REFERRER")
 MAX_KEY = 64  # characters of a click id kept in a counter's key
+STORAGE = "Redis"  # how the outage lines name the counters' storage
+# Flask-Limiter's own line when its storage fails and it counts in memory (flask_limiter/_extension)
+FALLBACK_WARNING = "Rate limit storage unreachable"
 
 RATE_LIMITED = {
     "schema": ErrorEnvelope,
@@ -53,18 +66,72 @@ def init_app(app: Flask) -> None:
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     limiter.init_app(app)
+    _watch_storage()
+
+
+class _StorageOutage(logging.Filter):
+    """Turns Flask-Limiter's warning that its storage failed into the outage's one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (has_app_context() and record.getMessage().startswith(FALLBACK_WARNING)):
+            return True
+        dependency(STORAGE).failed(sys.exc_info()[1])  # logged in Flask-Limiter's `except`
+        return False
+
+
+def _watch_storage() -> None:
+    """Log the storage's outages once each way, at the two places Flask-Limiter notices them:
+    its warning when a request finds the storage failing (then it counts in memory), and its
+    health check, which it runs only meanwhile, before it goes back to the storage."""
+    flask_limiter_log = logging.getLogger("flask-limiter")
+    if not any(isinstance(each, _StorageOutage) for each in flask_limiter_log.filters):
+        flask_limiter_log.addFilter(_StorageOutage())
+    storage = limiter._storage
+    if storage is None or getattr(storage.check, "watched", False):
+        return
+    check = storage.check
+
+    def watched_check() -> bool:
+        healthy = check()
+        if has_app_context():
+            if healthy:
+                dependency(STORAGE).succeeded()
+            else:
+                dependency(STORAGE).failed("no answer to a health check")
+        return healthy
+
+    watched_check.watched = True
+    storage.check = watched_check
 
 
 def client_address() -> str:
-    return request.remote_addr or "unknown"
+    """The client's address as every limit counts it: the peer's (or, behind TRUSTED_PROXIES,
+    the forwarded) address; an IPv6 address as its /64 network ("2001:db8:1:2::/64"), an
+    IPv4-mapped one as the IPv4 address; anything else as given ("unknown" when missing)."""
+    address = request.remote_addr or "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network((ip, 64), strict=False))
+    return address
 
 
 def api_client() -> str:
-    """Whom an API call counts against: its bearer key (hashed, never kept), else its address."""
-    credentials = request.authorization
-    if credentials is not None and credentials.type == "bearer" and credentials.token:
-        secret = credentials.token.encode("utf-8", "surrogatepass")
-        return "key:" + hashlib.blake2b(secret, digest_size=16, person=b"rate-limits").hexdigest()
+    """Whom an API call counts against: its key, when the bearer key authenticates (by the key's
+    id: the secret is never kept), else its client address."""
+    from referral_service.api.auth import presented_key  # api.auth imports this module
+
+    try:
+        key = presented_key()
+    except SQLAlchemyError:  # the database is away: the view meets it again and answers so
+        db.session.rollback()
+        key = None
+    if key is not None:
+        return f"key:{key.id}"
     return "address:" + client_address()
 
 
@@ -111,12 +178,19 @@ def _message(what: str, name: str):
 
 
 def per_api_key(blueprint) -> None:
-    """Limit every view of an API blueprint per API key, one budget for all of them."""
+    """Limit every view of an API blueprint per API key (per client address for requests whose
+    key does not authenticate), one budget for all of them."""
+    with_key = _message("requests with this API key", "RATELIMIT_API")
+    without_key = _message("requests without a valid API key from this address", "RATELIMIT_API")
+
+    def message() -> str:
+        return with_key() if api_client().startswith("key:") else without_key()
+
     limiter.shared_limit(
         _setting("RATELIMIT_API"),
         scope="api",
         key_func=api_client,
-        error_message=_message("requests with this API key", "RATELIMIT_API"),
+        error_message=message,
     )(blueprint)
 
 

@@ -6,6 +6,7 @@ keeps its Redis keys under a prefix of its own and deletes them at the end.
 """
 
 import os
+import time
 import uuid
 
 import pytest
@@ -132,7 +133,9 @@ def test_rate_limited_answer(make_app):
         client.get("/api/v1/program", headers=factories.auth(key))
     response = client.get("/api/v1/program", headers=factories.auth(key))
     assert_rate_limited(response)
-    assert "3 per 1 minute" in response.json["error"]["message"]
+    assert (
+        "requests with this API key (at most 3 per 1 minute)" in response.json["error"]["message"]
+    )
     assert key not in response.get_data(as_text=True)
 
 
@@ -351,3 +354,172 @@ def test_storage_follows_redis_url():
 def test_malformed_limit_fails_at_start():
     with pytest.raises(ValueError, match="lots"):
         create_app(app_config("sqlite://", RATELIMIT_PUBLIC="lots"))
+
+
+# --- keys that do not authenticate, addresses, and Redis outages ------------------------------
+
+
+def invented_key(n: int) -> dict:
+    return {"Authorization": f"Bearer rsk_invented-{n:04d}-{uuid.uuid4().hex}"}
+
+
+def test_invented_keys_count_against_their_address(make_app):
+    """40 made-up keys from one address: 20 x 401, then 429; valid keys keep their own budget,
+    from that address as from any other."""
+    app = make_app(RATELIMIT_API="20/minute")
+    key = data(app, factories.api_key)
+    client = app.test_client()
+    attacker = from_address("192.0.2.66")
+    answers = [
+        client.get("/api/v1/program", headers=invented_key(n), **attacker) for n in range(40)
+    ]
+    assert [answer.status_code for answer in answers] == [401] * 20 + [429] * 20
+    for answer in answers[:20]:
+        assert answer.json["error"]["code"] == "unauthorized"
+    for answer in answers[20:]:
+        assert_rate_limited(answer)
+        assert "without a valid API key from this address" in answer.json["error"]["message"]
+    assert_rate_limited(client.get("/api/v1/program", **attacker))  # no key: the same budget
+    for address in ("192.0.2.66", "192.0.2.67"):
+        response = client.get(
+            "/api/v1/program", headers=factories.auth(key), **from_address(address)
+        )
+        assert response.status_code == 200
+    assert response.headers["X-RateLimit-Remaining"] == "18"
+
+
+def test_a_revoked_key_counts_against_its_address(make_app):
+    from referral_service.domain import api_keys
+
+    app = make_app()
+    with app.app_context():
+        revoked = api_keys.create("old", "shop")
+        api_keys.revoke(str(revoked.id))
+    client = app.test_client()
+    address = from_address("192.0.2.70")
+    for _ in range(3):
+        response = client.get("/api/v1/program", headers=factories.auth(revoked.secret), **address)
+        assert response.status_code == 401
+    assert_rate_limited(
+        client.get("/api/v1/program", headers=factories.auth(revoked.secret), **address)
+    )
+    assert_rate_limited(client.get("/api/v1/program", headers=invented_key(1), **address))
+    response = client.get("/api/v1/program", headers=invented_key(2), **from_address("192.0.2.71"))
+    assert response.status_code == 401
+
+
+def test_a_wrong_scope_counts_against_the_key(make_app):
+    """A valid key refused for its scope (403) spends its own budget, not its address's."""
+    app = make_app()
+    shop_key = data(app, factories.api_key)
+    client = app.test_client()
+    address = from_address("192.0.2.72")
+    for _ in range(3):
+        response = client.patch(
+            "/api/v1/program", json={}, headers=factories.auth(shop_key), **address
+        )
+        assert response.status_code == 403
+    assert_rate_limited(client.get("/api/v1/program", headers=factories.auth(shop_key), **address))
+    assert client.get("/api/v1/program", **address).status_code == 401
+
+
+def test_the_key_is_looked_up_once_per_request(make_app, monkeypatch):
+    from referral_service.domain import api_keys
+
+    app = make_app()
+    key = data(app, factories.api_key)
+    calls = []
+    find = api_keys.find
+    monkeypatch.setattr(api_keys, "find", lambda secret: calls.append(secret) or find(secret))
+    client = app.test_client()
+    assert client.get("/api/v1/program", headers=factories.auth(key)).status_code == 200
+    assert client.get("/api/v1/program", headers=invented_key(1)).status_code == 401
+    assert len(calls) == 2
+
+
+def test_a_database_error_in_the_key_lookup_is_no_storage_outage(make_app, monkeypatch, caplog):
+    """The limiter's key lookup failing (the database away for a moment) counts the request
+    against its address; it never makes the limiter give up its storage or log an outage."""
+    from sqlalchemy.exc import OperationalError
+
+    from referral_service.domain import api_keys
+
+    app = make_app()
+    key = data(app, factories.api_key)
+    find, calls = api_keys.find, []
+
+    def first_fails(secret):
+        calls.append(secret)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, ConnectionError("gone"))
+        return find(secret)
+
+    monkeypatch.setattr(api_keys, "find", first_fails)
+    response = app.test_client().get("/api/v1/program", headers=factories.auth(key))
+    assert response.status_code == 200
+    assert len(calls) == 2  # the view looked again
+    assert not limiter._storage_dead
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_ipv6_clients_count_by_their_64_network(make_app):
+    app = make_app()
+    code = data(app, factories.customer).code
+    client = app.test_client()
+    for address in ("2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::9"):
+        assert client.get(f"/r/{code}", **from_address(address)).status_code == 302
+    assert_rate_limited(client.get(f"/r/{code}", **from_address("2001:db8:5:6::77")))
+    assert client.get(f"/r/{code}", **from_address("2001:db8:5:7::1")).status_code == 302
+    for _ in range(3):
+        assert client.get(f"/r/{code}", **from_address("::ffff:192.0.2.80")).status_code == 302
+    assert_rate_limited(client.get(f"/r/{code}", **from_address("192.0.2.80")))
+
+
+def outage_lines(caplog) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelname == "WARNING"
+        and ("Redis" in record.getMessage() or "storage" in record.getMessage())
+    ]
+
+
+@pytest.mark.parametrize("storage", ["redis"], indirect=True)
+def test_a_redis_outage_is_logged_once_each_way(make_app, caplog):
+    """Redis cut while requests go on: one warning when it goes, one when it is back (found by
+    Flask-Limiter's health check, after at most 32 seconds); no request fails meanwhile."""
+    from tests.tcp_proxy import TcpProxy
+
+    redis_port = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    with TcpProxy("127.0.0.1", redis_port) as proxy:
+        app = make_app(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0", RATELIMIT_API="1000/minute")
+        key = data(app, factories.api_key)
+        client = app.test_client()
+
+        def program():
+            response = client.get("/api/v1/program", headers=factories.auth(key))
+            assert response.status_code == 200
+            return response
+
+        try:
+            assert program().headers["X-RateLimit-Remaining"] == "999"
+            proxy.cut()
+            for _ in range(20):
+                program()
+            assert limiter._storage_dead
+            lines = outage_lines(caplog)
+            assert len(lines) == 1, lines
+            assert lines[0].startswith("Redis is unavailable (ConnectionError)")
+            proxy.restore()
+            deadline = time.monotonic() + 40
+            while limiter._storage_dead and time.monotonic() < deadline:
+                program()
+                time.sleep(0.1)
+            assert not limiter._storage_dead
+            for _ in range(5):
+                program()
+        finally:
+            limiter._storage_dead = False  # the next app starts with its own storage
+    lines = outage_lines(caplog)
+    assert len(lines) == 2, lines
+    assert lines[1].startswith("Redis is back after ")

@@ -17,18 +17,28 @@ def _bearer() -> str | None:
     return secret.strip() if scheme.lower() == "bearer" else None
 
 
+def presented_key():
+    """The active key the request's bearer secret names (a row of `id`, `name`, `scope`), or
+    None for no, an unknown or a revoked key; looked up once per request (the rate limit asks
+    first, the view's guard reuses the answer)."""
+    if "presented_key" not in g:
+        g.presented_key = api_keys.find(_bearer())
+    return g.presented_key
+
+
 def requires(blp, scope: str):
     """Let the view run only for an active key of `scope` (`admin` keys may do everything).
 
     Put it right under `@blp.route` (above `@blp.arguments`), so that a stranger's request is
     turned away before its body is read. It also documents the 401, 403 and the 429 of the
-    per-key rate limit (see rate_limits.py).
+    rate limit (per key; per client address for a key that does not authenticate: see
+    rate_limits.py).
     """
 
     def decorator(view):
         @wraps(view)
         def guarded(*args, **kwargs):
-            g.api_key = api_keys.authenticate(_bearer(), scope)
+            g.api_key = api_keys.authorize(presented_key(), scope, sent=bool(_bearer()))
             return view(*args, **kwargs)
 
         documented = blp.doc(security=[{"bearerAuth": []}])(guarded)

@@ -105,16 +105,13 @@ def revoke_id(key_id: int, actor: str | None = None) -> ApiKey:
     return key
 
 
-def authenticate(secret: str | None, needed: str):
-    """The active key (a row of `id`, `name`, `scope`) for a bearer secret, if its scope covers
-    `needed` (`admin` covers all).
-
-    Raises Unauthorized for a missing, unknown or revoked key and Forbidden for a narrower scope.
-    """
+def find(secret: str | None):
+    """The active key (a row of `id`, `name`, `scope`) for a bearer secret; None for a missing,
+    unknown or revoked one."""
     if not secret:
-        raise Unauthorized()
+        return None
     keys = ApiKey.__table__.c
-    key = (
+    return (
         db.session.connection()
         .execute(
             select(keys.id, keys.name, keys.scope).where(
@@ -123,7 +120,17 @@ def authenticate(secret: str | None, needed: str):
         )
         .first()
     )
+
+
+def authorize(key, needed: str, sent: bool = True):
+    """`key` (as `find` returns it) if its scope covers `needed` (`admin` covers all).
+
+    Raises Unauthorized when `key` is None (`sent` says whether a secret came at all, for the
+    message) and Forbidden for a narrower scope.
+    """
     if key is None:
+        if not sent:
+            raise Unauthorized()
         raise Unauthorized("This API key is unknown or has been revoked.")
     if needed == "admin" and key.scope != "admin":
         raise Forbidden("This request needs an API key with the admin scope.")
