@@ -61,3 +61,17 @@ def test_keys_are_stored_hashed(app):
         stored = api_keys.all_keys()[-1]
         assert new.secret not in (stored.key_hash, stored.prefix, stored.name)
         assert stored.key_hash == api_keys.digest(new.secret)
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ({}, "send 'Authorization: Bearer <key>'"),
+        ({"Authorization": "Bearer "}, "send 'Authorization: Bearer <key>'"),
+        ({"Authorization": "Bearer rsk_made-up"}, "unknown or has been revoked"),
+    ],
+)
+def test_a_missing_key_and_an_unknown_one_are_told_apart(client, headers, says):
+    response = client.get("/api/v1/program", headers=headers)
+    assert response.status_code == 401
+    assert says in response.json["error"]["message"]
