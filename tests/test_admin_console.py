@@ -296,6 +296,16 @@ def test_sign_in_throttle_counts_the_address_the_rate_limits_see(database_url):
                 **from_address("10.0.0.1"),
             )
             assert response.status_code == status, forwarded
+        # whatever a proxy forwards, a failure is recorded (its first 64 characters), never a 500
+        client = app.test_client()
+        form = {"csrf_token": token(client), "email": "owner@example.com", "password": "x"}
+        response = client.post(
+            "/admin/login",
+            data=form,
+            headers={"X-Forwarded-For": "not-an-address-" + "é" * 300},
+            **from_address("10.0.0.1"),
+        )
+        assert response.status_code == 401
     finally:
         with app.app_context():
             db.session.remove()
