@@ -445,17 +445,19 @@ def test_a_visit_during_an_outage_is_buffered_without_a_query(database_url, tmp_
 
 
 @pytest.mark.slow
-def test_gunicorn_keeps_the_clicks_of_an_outage_through_a_sigterm(pg_admin, tmp_path):
-    """gunicorn (two workers) writes to PostgreSQL through the proxy; the proxy is cut, N share
-    links are visited, the server is stopped (SIGTERM) while the database is still away, the
-    proxy restored and the server started again: every click handed out is in the database."""
+@pytest.mark.parametrize("fault", ["cut", "freeze"])
+def test_gunicorn_keeps_the_clicks_of_an_outage_through_a_sigterm(pg_admin, tmp_path, fault):
+    """gunicorn (two workers) writes to PostgreSQL through the proxy; the proxy is cut (or
+    frozen: the server hangs), N share links are visited, the server is stopped (SIGTERM) while
+    the database is still away, the proxy restored and the server started again: every click
+    handed out is in the database."""
     name = make_pg_database(pg_admin)
     try:
         with TcpProxy("127.0.0.1", make_url(PG_URL).port or 5432) as proxy:
-            kept, sent, log = run_an_outage(proxy, name, tmp_path, visits=VISITS)
+            kept, sent, log = run_an_outage(proxy, fault, name, tmp_path, visits=VISITS)
     finally:
         drop_pg_database(pg_admin, name)
-    print(f"\nclicks through an outage and a SIGTERM: sent {sent}, kept {kept}")
+    print(f"\nclicks through an outage ({fault}) and a SIGTERM: sent {sent}, kept {kept}")
     assert kept == sent == VISITS
     assert log.count("the database (click writer) is unavailable") <= 2  # once per worker
     assert "clicks not yet written are kept in" in log
@@ -464,8 +466,9 @@ def test_gunicorn_keeps_the_clicks_of_an_outage_through_a_sigterm(pg_admin, tmp_
 VISITS = 300
 
 
-def run_an_outage(proxy, name: str, tmp_path, visits: int) -> tuple[int, int, str]:
-    """Returns (clicks kept, clicks handed out during the outage, the servers' log)."""
+def run_an_outage(proxy, fault: str, name: str, tmp_path, visits: int) -> tuple[int, int, str]:
+    """Returns (clicks kept, clicks handed out during the outage, the servers' log); `fault` is
+    the proxy's: `cut` or `freeze`."""
     direct = _pg_url(name)
     proxied = make_url(direct).set(host="127.0.0.1", port=proxy.port)
     port = free_port()
@@ -490,7 +493,7 @@ def run_an_outage(proxy, name: str, tmp_path, visits: int) -> tuple[int, int, st
             warm = set(pool.map(lambda i: visit_link(base, code, f"warm/{i}"), range(64)))
         assert None not in warm
         eventually(lambda: count_clicks(direct) == len(warm), seconds=20)
-        proxy.cut()
+        getattr(proxy, fault)()
         given = [visit_link(base, code, f"outage/{i}") for i in range(visits)]
         handed_out = {click_id for click_id in given if click_id}
     finally:
