@@ -6,14 +6,22 @@ whole before and after each request, and must not change.
 """
 
 import json
+import unicodedata
 from collections import Counter
 from typing import NamedTuple
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import pytest
+from flask import url_for
+from sqlalchemy import select
+from werkzeug.routing import BuildError
 
+from referral_service.admin import settings as settings_form
+from referral_service.domain import audit, rewards, stats, timeline
 from referral_service.extensions import db
-from referral_service.models import Base, Click
+from referral_service.models import ApiKey, Base, Click, Referral
 from tests.journey_helpers import rewards_in_every_state
+from tests.test_admin_console import PASSWORD, sign_in, signed_in_as, token
 
 
 class Hostile(NamedTuple):
@@ -321,3 +329,269 @@ def test_hostile_channel_still_lands_and_counts_as_other(app, client, journey, v
         app.extensions["clicks"].flush()
         channels = db.session.scalars(Click.__table__.select().with_only_columns(Click.channel))
         assert list(channels) == ["other"]
+
+
+# --- the console: every route, signed in, each hostile value in each parameter it reads ----------
+
+
+class Reads(NamedTuple):
+    """What a console endpoint reads: sample path arguments (naming things of the journey), and
+    the query parameters and form fields with a sample value each (the rest of a form sent with
+    one hostile field)."""
+
+    path: dict = {}
+    query: tuple = ()
+    form: dict = {}
+
+
+SIGNED_IN = {"email": "owner@example.com", "password": PASSWORD, "next": "/admin/rewards"}
+CUSTOMER = {"external_id": "ref-1"}
+PAYOUT = {"payout_id": "{payout}"}
+KEY = {"key_id": "{key}"}
+CONSOLE = {
+    "admin.login": Reads(query=("next",), form=SIGNED_IN),
+    "admin.logout": Reads(),
+    "admin.dashboard": Reads(query=("days",)),
+    "admin.reward_queue": Reads(query=("status", "referrer", "risk", "cursor")),
+    "admin.decide": Reads(
+        form={
+            "approve": "{pending}",
+            "reject": "",
+            "bulk": "approve",
+            "reward": "{approved}",
+            "reason": "checked",
+            "back": "/admin/rewards",
+        }
+    ),
+    "admin.customer_search": Reads(query=("q",)),
+    "admin.customer_page": Reads(path=CUSTOMER),
+    "admin.rotate_code": Reads(path=CUSTOMER, form={"confirm": "yes"}),
+    "admin.share_page_link": Reads(path=CUSTOMER),
+    "admin.referral_page": Reads(path={"referral_id": "{referral}"}),
+    "admin.payouts_list": Reads(query=("before",)),
+    "admin.payout_create": Reads(form={"reward_ids": "{approved}"}),
+    "admin.payout_page": Reads(path=PAYOUT),
+    "admin.payout_csv": Reads(path=PAYOUT),
+    "admin.payout_approve": Reads(path=PAYOUT),
+    "admin.payout_mark_paid": Reads(path=PAYOUT, form={"reference": "SEPA-9"}),
+    "admin.settings": Reads(form=dict.fromkeys((name for name, *_ in settings_form.INPUTS), "")),
+    "admin.keys": Reads(),
+    "admin.create_key": Reads(form={"name": "till", "scope": "shop"}),
+    "admin.confirm_revoke": Reads(path=KEY),
+    "admin.revoke_key": Reads(path=KEY),
+    "admin.audit_log": Reads(query=("action", "actor", "subject_type", "subject_id", "cursor")),
+}
+REDIRECT_TARGETS = {"next", "back"}
+UNREAD = "unread"  # a parameter no view reads: refused all the same
+CONSOLE_VALUES = {
+    "NUL": "a\x00b",
+    "CRLF header": "/admin/\r\nX-Injected: 1",
+    "escape sequence": "\x1b[2J",
+    "DEL": "x\x7f",
+    "C1 next line": "x\x85",
+    "replacement character": "\ufffd",
+    "over-long": "x" * 5000,
+    "over-long number": "9" * 5000,
+    "markup": "<script>alert(1)</script>",
+    "other host": "//evil.example/admin",
+    "backslash host": "/\\evil.example",
+    "way out": "/admin/../login",
+    "encoded way out": "/admin/%2e%2e/%2e%2e/r/x",
+    "encoded header": "/admin/%0d%0aX-Injected:%201",
+    "scheme": "javascript:alert(1)",
+}
+# sent as they are: percent-escapes of bytes that are not UTF-8 (refused in a query; in a form,
+# Werkzeug hands them on as their escapes, `%FF`, text that names nothing)
+CONSOLE_RAW = {"not UTF-8": "%FF%FE", "surrogate in UTF-8": "%ED%A0%80"}
+CONSOLE_TRIED: Counter[str] = Counter()
+
+
+def console_routes(app) -> dict[str, set[str]]:
+    """Each console endpoint with the methods its rule answers (GET, POST)."""
+    routes: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/admin"):
+            routes.setdefault(rule.endpoint, set()).update(rule.methods & {"GET", "POST"})
+    return routes
+
+
+def test_every_console_route_is_in_the_table(app):
+    """A new console route fails here until the table says what it reads."""
+    assert set(console_routes(app)) == set(CONSOLE)
+
+
+def safe_console_target(location: str) -> bool:
+    """A redirect that stays in the console: a path, no control, no `..` (encoded or not)."""
+    parts = urlsplit(location)
+    path = unquote(parts.path)
+    return (
+        not parts.scheme
+        and not parts.netloc
+        and (path == "/admin" or path.startswith("/admin/"))
+        and not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in unquote(location))
+        and ".." not in path.split("/")
+        and "\\" not in location
+    )
+
+
+def console_journey(app, journey: dict) -> dict:
+    with app.app_context():
+        referral = db.session.scalar(select(Referral.id).order_by(Referral.id))
+        key = db.session.scalar(select(ApiKey.id).order_by(ApiKey.id))
+    return {**journey, "referral": referral, "key": key}
+
+
+def refused_in(where: str, value: str) -> bool:
+    """Whether the console refuses `value` in a query parameter (any control character) or in
+    a form field (a control character but tab and line breaks)."""
+    allowed = "\t\r\n" if where == "form" else ""
+    return any(unicodedata.category(char) == "Cc" and char not in allowed for char in value)
+
+
+def console_requests(query: tuple, form: dict, methods: set[str]):
+    """(label, method, query string, form body, whether the console must refuse it with its
+    400 page) of each hostile request of an endpoint; `form` holds the sample fields."""
+    for label, value in CONSOLE_VALUES.items():
+        if "GET" in methods:
+            for name in (*query, UNREAD):
+                refused = refused_in("query", value) and name not in REDIRECT_TARGETS
+                yield f"{name}={label}", "GET", urlencode({name: value}), "", refused
+        if "POST" in methods:
+            for name in (*form, UNREAD):
+                refused = refused_in("form", value) and name not in REDIRECT_TARGETS
+                yield f"form {name}={label}", "POST", "", urlencode({**form, name: value}), refused
+    for label, raw in CONSOLE_RAW.items():
+        if "GET" in methods:
+            for name in (*query, UNREAD):
+                yield f"{name}={label}", "GET", f"{name}={raw}", "", name not in REDIRECT_TARGETS
+        if "POST" in methods:
+            for name in (*form, UNREAD):
+                others = urlencode({k: v for k, v in form.items() if k != name})
+                body = f"{others}&{name}={raw}".lstrip("&")
+                yield f"form {name}={label}", "POST", "", body, False
+
+
+@pytest.mark.parametrize("endpoint", CONSOLE)
+def test_console_answers_every_hostile_input_without_a_server_error(
+    app, client, admin, shop, backend, journey, endpoint
+):
+    """Signed in as an owner, each hostile value in each query parameter and form field the
+    route reads (and in one it does not): never a 5xx; a control character (or, in a query, a
+    byte that is not UTF-8) is the console's 400 page, or the 422 of a form that checks its
+    fields itself (the settings), but in a redirect target, which falls back to a path inside
+    the console instead. Path arguments get each value too."""
+    signed_in_as(app, client)
+    names = console_journey(app, journey)
+    methods = console_routes(app)[endpoint]
+    reads = CONSOLE[endpoint]
+    csrf = token(client, "/admin/customers")
+    problems = []
+
+    def send(method, path, query, form):
+        nonlocal csrf
+        if endpoint in ("admin.login", "admin.logout"):  # each request starts signed in anew
+            client.delete_cookie(app.config["SESSION_COOKIE_NAME"])
+            sign_in(client)
+            csrf = token(client, "/admin/customers")
+        url = f"{path}?{query}" if query else path
+        if method == "GET":
+            return client.get(url)
+        body = f"csrf_token={quote(csrf)}&{form}"
+        return client.post(url, data=body, content_type="application/x-www-form-urlencoded")
+
+    with app.test_request_context():
+        path = url_for(endpoint, **{k: v.format(**names) for k, v in reads.path.items()})
+    form = {name: value.format(**names) for name, value in reads.form.items()}
+    for label, method, query, body, refused in console_requests(reads.query, form, methods):
+        response = send(method, path, query, body)
+        CONSOLE_TRIED[backend] += 1
+        status, text = response.status_code, response.get_data(as_text=True)
+        if status >= 500:
+            problems.append(f"{method} {label}: {status}")
+        elif refused and status != 422 and (status != 400 or "Request refused" not in text):
+            problems.append(f"{method} {label}: {status}, neither the 400 page nor a 422")
+        elif 300 <= status < 400 and not safe_console_target(response.headers["Location"]):
+            problems.append(f"{method} {label}: sent to {response.headers['Location']!r}")
+    for name in reads.path:  # text arguments (an int converter only matches digits)
+        for label, value in CONSOLE_VALUES.items():
+            hostile = url_for_path(app, endpoint, reads.path, names, name, value)
+            for method in methods:
+                response = send(method, hostile, "", "")
+                CONSOLE_TRIED[backend] += 1
+                if response.status_code >= 500:
+                    problems.append(f"{method} path {name}={label}: {response.status_code}")
+    assert not problems, "\n".join(problems)
+
+
+def url_for_path(app, endpoint, path: dict, names: dict, name: str, value: str) -> str:
+    """The endpoint's path with `value` (percent-escaped) as its argument `name`."""
+    with app.test_request_context():
+        sample = {k: v.format(**names) for k, v in path.items()}
+        marker = "HOSTILE-ARGUMENT"
+        try:
+            url = url_for(endpoint, **{**sample, name: marker})
+        except (BuildError, ValueError):  # an int converter
+            url = url_for(endpoint, **sample)
+            return url.replace(str(sample[name]), quote(value, safe=""), 1)
+        return url.replace(marker, quote(value, safe=""))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def console_summary(request):
+    """Print how many hostile console requests were sent."""
+    yield
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        tried = ", ".join(f"{n} on {backend}" for backend, n in sorted(CONSOLE_TRIED.items()))
+        print(f"\nHOSTILE CONSOLE: {len(CONSOLE)} console routes, requests sent: {tried}")
+
+
+KEPT = "kept"  # the target itself is where the console sends the admin
+TARGETS = {
+    "a console page with its query": ("/admin/rewards%3Fstatus%3Dall", KEPT),
+    "a console path in UTF-8": ("/admin/customers/%25C5%25BC", KEPT),
+    "a line break (the issue's)": ("/admin/%0d%0aX:1", None),
+    "an encoded line break": ("/admin/%250d%250aX:1", None),
+    "NUL": ("/admin/%00", None),
+    "another host": ("//evil.example/admin", None),
+    "a backslash host": ("/%5Cevil.example/admin", None),
+    "an absolute URL": ("https://evil.example/admin", None),
+    "a way out": ("/admin/../r/x", None),
+    "an encoded way out": ("/admin/%252e%252e/r/x", None),
+    "a path that only starts like the console": ("/administrator", None),
+}
+
+
+@pytest.mark.parametrize(("target", "kept"), TARGETS.values(), ids=TARGETS.keys())
+def test_redirect_targets_stay_in_the_console(app, client, target, kept):
+    """`next` of the sign-in page and `back` of the queue's decisions: a target that is not a
+    path inside the console falls back to one (the dashboard, the queue)."""
+    signed_in_as(app, client)
+    decoded = unquote(target)
+    response = client.get(f"/admin/login?next={target}")
+    assert response.status_code == 302
+    assert response.headers["Location"] == (decoded if kept else "/admin")
+    form = f"csrf_token={quote(token(client, '/admin/rewards'))}&approve=1&back={target}"
+    response = client.post(
+        "/admin/rewards/decide", data=form, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == (decoded if kept else "/admin/rewards")
+
+
+def test_a_filter_with_a_control_character_finds_nothing(app, journey):
+    """The domain's list and search functions, whoever calls them: no query reaches the database
+    with a control character (PostgreSQL refuses NUL in text)."""
+    with app.app_context():
+        assert timeline.search_customers("ref-1") != []
+        assert rewards.list_rewards(referrer="ref-1")[0] != []
+        assert stats.list_referrals(referrer="ref-1")[0] != []
+        assert audit.entries(action="payout.create")[0] != []
+        assert timeline.search_customers("ref-1\x00") == []
+        assert timeline.search_customers("\x00@example.com") == []
+        assert rewards.list_rewards(referrer="ref-1\x00") == ([], None)
+        assert rewards.list_rewards(status="paid\x00") == ([], None)
+        assert stats.list_referrals(referrer="\x00", status="converted") == ([], None)
+        assert stats.list_referrals(status="converted\x1b") == ([], None)
+        for name in ("action", "actor", "subject_type", "subject_id"):
+            assert audit.entries(**{name: "a\x00b"}) == ([], None)

@@ -13,6 +13,7 @@ from datetime import datetime
 from flask import flash, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 
+from referral_service.admin.inputs import whole_number
 from referral_service.admin.views import RISK_WORDS, blp, requires
 from referral_service.domain import customers, portal, timeline
 from referral_service.domain.codes import display
@@ -122,9 +123,8 @@ def share_page_link(external_id: str):
 
 @blp.get("/referrals/<referral_id>")
 def referral_page(referral_id: str):
-    number = int(referral_id) if referral_id.isascii() and referral_id.isdecimal() else 0
     try:
-        story = timeline.referral_story(number)
+        story = timeline.referral_story(whole_number(referral_id) or 0)
     except NotFound:
         return not_found(f"No referral {referral_id}.")
     referral = story["referral"]

@@ -12,6 +12,7 @@ import re
 
 from flask import Response, flash, g, redirect, render_template, request, url_for
 
+from referral_service.admin.inputs import whole_number
 from referral_service.admin.views import blp, requires
 from referral_service.domain import payouts
 from referral_service.domain.pages import MAX_ID
@@ -40,10 +41,10 @@ def not_found(message: str):
 def chosen_ids(text: str) -> list[int] | None:
     """Reward ids typed in the form (`12, 13 14`); None when the text is not a list of ids."""
     words = [word for word in _SEPARATORS.split(text.strip()) if word]
-    if len(words) > MAX_CHOSEN or not all(w.isascii() and w.isdecimal() for w in words):
+    if len(words) > MAX_CHOSEN:
         return None
-    ids = sorted({int(word) for word in words})
-    return ids if all(0 < i <= MAX_ID for i in ids) else None
+    ids = [whole_number(word) for word in words]
+    return None if None in ids else sorted(set(ids))
 
 
 @blp.get("/payouts")

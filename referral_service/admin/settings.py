@@ -11,6 +11,7 @@ import re
 
 from flask import abort, flash, g, redirect, render_template, request, url_for
 
+from referral_service.admin.inputs import checks_fields
 from referral_service.admin.views import blp, requires
 from referral_service.api.schemas import ProgramPatch
 from referral_service.domain import admins, api_keys, audit, program
@@ -259,6 +260,7 @@ def field_messages(problems: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 @blp.route("/settings", methods=["GET", "POST"])
+@checks_fields(*(name for name, _, _, _ in INPUTS))  # the API's schema, at each input
 def settings():
     current = program.settings()
     if request.method == "GET":

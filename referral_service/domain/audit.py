@@ -5,6 +5,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from referral_service.domain import pages
+from referral_service.domain.text import findable
 from referral_service.extensions import db
 from referral_service.models import AuditRecord, utcnow
 
@@ -41,7 +42,10 @@ def entries(
     limit: int | None = None,
 ):
     """`(records, next_cursor)`, newest first: `action`, `subject_type` and `subject_id` match
-    exactly, `actor` anywhere in the actor (any case). Raises ValidationFailed for a bad cursor."""
+    exactly, `actor` anywhere in the actor (any case); a filter holding a control character finds
+    nothing. Raises ValidationFailed for a bad cursor."""
+    if not all(findable(value) for value in (action, actor, subject_type, subject_id)):
+        return [], None
     query = select(AuditRecord)
     if action:
         query = query.where(AuditRecord.action == action)

@@ -33,6 +33,7 @@ from referral_service.domain.money import (
     to_minor,
 )
 from referral_service.domain.pages import page
+from referral_service.domain.text import findable
 from referral_service.errors import Conflict, NotFound, OrderConflict, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Customer, Purchase, Referral, Reward, utcnow
@@ -523,7 +524,10 @@ def list_rewards(
     status=None, referrer=None, cursor=None, limit=None, risk=None
 ) -> tuple[list, str | None]:
     """A page of rewards, newest first, each with its referral and risk; `risk` is `flagged`
-    (a risk signal on the referral) or `clean` (none), or None for both."""
+    (a risk signal on the referral) or `clean` (none), or None for both. A filter holding a
+    control character finds nothing."""
+    if not (findable(status) and findable(referrer)):
+        return [], None
     query = select(Reward)
     if status:
         query = query.where(Reward.status == status)

@@ -9,6 +9,7 @@ from referral_service.domain.clicks import flush_pending
 from referral_service.domain.clock import utc
 from referral_service.domain.money import from_minor
 from referral_service.domain.pages import page
+from referral_service.domain.text import findable
 from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Clawback, Click, Customer, Purchase, Referral, Reward, utcnow
@@ -165,7 +166,10 @@ def referral_dict(referral: Referral) -> dict:
 
 
 def list_referrals(referrer=None, status=None, cursor=None, limit=None):
-    """A page of referrals, newest first, filtered by referrer external id and status."""
+    """A page of referrals, newest first, filtered by referrer external id and status; a filter
+    holding a control character finds nothing."""
+    if not (findable(referrer) and findable(status)):
+        return [], None
     query = select(Referral)
     if referrer:
         query = query.where(

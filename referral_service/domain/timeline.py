@@ -16,6 +16,7 @@ from referral_service.domain import codes, customers
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.money import from_minor
 from referral_service.domain.rewards import OPEN
+from referral_service.domain.text import findable
 from referral_service.errors import NotFound, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import (
@@ -43,9 +44,9 @@ def search_customers(query: str, limit: int = SEARCH_LIMIT) -> list[dict]:
     """Customers whose external id starts with `query`, whose email is `query` (whatever the case,
     or the same email key: `+tags`, Gmail dots) or who hold or held the code `query` (typed any
     case, with or without dashes). Each `{external_id, name, email, code, matched}`; exact
-    matches first, at most `limit`."""
+    matches first, at most `limit`. A query holding a control character finds nothing."""
     query = (query or "").strip()[:320]
-    if not query:
+    if not query or not findable(query):
         return []
     found: dict[int, set[str]] = {}
     exact = db.session.scalars(select(Customer.id).where(Customer.external_id == query)).all()
