@@ -1,4 +1,9 @@
-"""Gunicorn settings for production: `gunicorn -c gunicorn.conf.py wsgi:app`."""
+"""Gunicorn settings for production: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+The access log is off unless asked for (`--access-logfile -`); its lines then carry the path
+without the query string and no referrer, which may hold a search or a person's address (the
+service masks addresses in every log line too, see referral_service/logs.py).
+"""
 
 import os
 
@@ -6,6 +11,7 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("THREADS", "1"))
 graceful_timeout = 30
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s" %(M)sms'
 
 
 def worker_exit(server, worker):

@@ -2,9 +2,11 @@
 
 Email addresses, IP addresses and secrets that travel in a request line (the token of a share
 page link `/share/<token>`, a `token=`, `key=`, `secret=`, `password=` or `signature=` query
-value, a bearer key) are replaced by `[email]`, `[ip]` and `[token]`. The mask is applied by the
-log record factory, so it covers the records of every logger (ours, the WSGI servers', the
-database driver's) whichever handler writes them.
+value, a bearer key) are replaced by `[email]`, `[ip]` and `[token]`. Addresses are caught
+percent-encoded too, as a search in the console sends them: `anna%40example.com`, `%2540` (encoded
+twice), `+` for a space, `%3A` in an IPv6 address, any case of the hex digits. The mask is
+applied by the log record factory, so it covers the records of every logger (ours, the WSGI
+servers' access logs, the database driver's) whichever handler writes them.
 
 The service's own addresses are not client data: the development server's startup banner
 (` * Running on http://192.0.2.10:5000`) and gunicorn's `Listening at: ...` keep theirs, so an
@@ -14,6 +16,7 @@ operator can see where the service listens.
 import ipaddress
 import logging
 import re
+from urllib.parse import unquote, unquote_plus
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 IPV4 = re.compile(r"(?<![\w.])(\d{1,3}\.){3}\d{1,3}(?![\w.])")
@@ -23,6 +26,9 @@ SECRET_QUERY = re.compile(
     r"([?&;](?:token|key|api_key|secret|password|signature)=)[^\s&;#\"']+", re.IGNORECASE
 )
 BEARER = re.compile(r"(\bBearer\s+)\S+", re.IGNORECASE)
+# a part of an address holding a percent-escape, between the characters that separate the parts
+ENCODED = re.compile(r"[^\s\"'<>&;?=/]*%[0-9A-Fa-f]{2}[^\s\"'<>&;?=/]*")
+DECODINGS = 8  # `%252540` is `@` encoded three times; no client encodes eight
 
 # Records that name where the service itself listens: (logger, a line of the message).
 _OWN_ADDRESS_LINE = {
@@ -37,9 +43,27 @@ def redact(text: str) -> str:
     text = SHARE_TOKEN.sub(r"\1[token]", text)
     text = SECRET_QUERY.sub(r"\1[token]", text)
     text = BEARER.sub(r"\1[token]", text)
+    text = ENCODED.sub(_encoded, text)
+    return _addresses(text)
+
+
+def _addresses(text: str) -> str:
     text = EMAIL.sub("[email]", text)
     text = IPV4.sub("[ip]", text)
     return IPV6.sub(_ipv6, text)
+
+
+def _encoded(match: re.Match) -> str:
+    """A percent-encoded part of an address: kept as it is unless, decoded (a form's `+` is a
+    space; then percent-escapes up to DECODINGS times), it holds an address; then decoded and
+    masked (spaces back to `+`)."""
+    decoded = unquote_plus(match.group(0))
+    for _ in range(DECODINGS):
+        decoded, before = unquote(decoded), decoded
+        if decoded == before:
+            break
+    masked = _addresses(decoded)
+    return match.group(0) if masked == decoded else masked.replace(" ", "+")
 
 
 def _ipv6(match: re.Match) -> str:

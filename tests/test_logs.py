@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ import pytest
 from werkzeug import serving
 
 from referral_service import logs
+from tests.test_processes import ROOT, wait_until_up
 
 BIN = Path(sys.executable).parent
 
@@ -137,3 +140,108 @@ def test_make_run_prints_the_address_to_open(tmp_path):
         reader.join(timeout=10)
     assert f" * Running on http://127.0.0.1:{port}" in output, output
     assert "[ip]" not in output
+
+
+ENCODED = {
+    "percent-encoded @": "GET /admin/customers?q=anna%40example.com HTTP/1.1",
+    "lower-case hex": "GET /admin/customers?q=anna%40example%2ecom HTTP/1.1",
+    "encoded twice": "GET /admin/customers?q=Anna%2540Example.COM HTTP/1.1",
+    "encoded four times": "GET /admin/customers?q=anna%25252540example.com HTTP/1.1",
+    "form-encoded, + for spaces": "q=Anna+Smith+anna%2Btag%40example.com&page=2",
+    "in a path": "GET /admin/customers/anna%40example.com/rotate HTTP/1.1",
+    "in a referrer": 'HTTP_REFERER "https://shop.example/admin/audit?actor=admin%3Aanna%40example.com"',
+    "IPv4 encoded": "GET /api/v1/signups?ip=203%2E0%2E113%2E9 HTTP/1.1",
+    "IPv6 encoded": "GET /api/v1/signups?ip=2001%3Adb8%3A%3A77 HTTP/1.1",
+}
+
+
+@pytest.mark.parametrize("line", ENCODED.values(), ids=ENCODED.keys())
+def test_encoded_addresses_are_masked(caplog, line):
+    caplog.set_level(logging.INFO)
+    logging.getLogger("gunicorn.access").info(line)
+    text = caplog.text
+    for secret in ("anna", "tag", "example.com", "Example.COM", "203", "2001", "db8"):
+        assert secret not in text, text
+    assert "[email]" in text or "[ip]" in text
+
+
+def test_encoded_text_that_is_no_address_is_kept():
+    for line in ("GET /r/ABCD-EFGH?via=qr%20code HTTP/1.1", "q=%40%40&x=%25", "q=50%25+off"):
+        assert logs.redact(line) == line
+
+
+def test_gunicorns_default_access_line_is_masked(caplog):
+    """Gunicorn's own format (`"%(r)s"` holds the query string, `"%(f)s"` the referrer), as
+    an operator might configure it: the record is masked all the same."""
+    caplog.set_level(logging.INFO)
+    atoms = {
+        "h": "203.0.113.9",
+        "r": "GET /admin/customers?q=anna%40example.com HTTP/1.1",
+        "f": "http://shop.test/admin/customers?q=bob%2540example.com",
+    }
+    logging.getLogger("gunicorn.access").info('%(h)s "%(r)s" "%(f)s"', atoms)
+    assert (
+        '[ip] "GET /admin/customers?q=[email] HTTP/1.1" "http://shop.test/admin/customers?q=[email]"'
+        in caplog.text
+    )
+
+
+@pytest.mark.slow
+def test_gunicorn_access_log_shows_no_search_and_no_address(tmp_path):
+    """A real gunicorn with the project's settings and its access log on: a console search for
+    an email, a customer page named by one, an API filter by one, encoded as clients do."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'access.sqlite3'}",
+        "SECRET_KEY": "access-log-test-secret-0123456789",
+    }
+    subprocess.run(
+        [str(BIN / "referral-service"), "db", "upgrade"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    server = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--access-logfile",
+            "-",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    paths = (
+        "/admin/customers?q=anna%40example.com",
+        "/admin/customers?q=Anna%2540Example.com",
+        "/admin/customers/anna%40example.com",
+        "/api/v1/rewards?referrer=anna%40example.com",
+        "/healthz?zebra=striped",
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{base}/healthz", server)
+        for path in paths:
+            request = urllib.request.Request(
+                base + path, headers={"Referer": f"{base}/admin/customers?q=bob%40example.com"}
+            )
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=5).close()
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert '"GET /admin/customers HTTP/1.1" 302' in output, output  # the access log is on
+    assert '"GET /healthz HTTP/1.1" 200' in output
+    for secret in ("anna", "Anna", "bob", "example.com", "zebra", "q="):
+        assert secret not in output, output
