@@ -5,7 +5,10 @@ migrations; each test starts from empty tables. With CI=true a missing PostgreSQ
 never a silent skip.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 
 import pytest
@@ -22,6 +25,9 @@ PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
 SECRET = "test-secret-key-0123456789abcdef"
 BASE_URL = "http://shop.test"
+# each test app's click spill folder: never the checkout's instance folder (see domain/clicks.py)
+SPILL_ROOT = tempfile.mkdtemp(prefix="rs-test-spill-")
+atexit.register(shutil.rmtree, SPILL_ROOT, True)
 
 
 def pytest_configure(config):
@@ -104,6 +110,7 @@ def app_config(database_url: str, **extra) -> dict:
         "PUBLIC_BASE_URL": BASE_URL,
         "CLICK_FLUSH_INTERVAL": 0.05,
         "RATELIMIT_ENABLED": False,  # tests/test_rate_limits.py turns them on
+        "CLICK_SPILL_DIR": tempfile.mkdtemp(dir=SPILL_ROOT),
         **extra,
     }
 
