@@ -2,9 +2,13 @@
 
 JSON, images and redirects may load nothing at all. An HTML page (the landing page, the API
 docs, the admin console and its error pages) may load its own scripts, styles and images from
-this origin, plus exactly the inline `<script>` and `<style>` blocks it carries, allowed by their
-SHA-256 hashes. A header a view set itself (the share link's `Referrer-Policy: no-referrer`,
-say) is left as the view set it.
+this origin, plus the inline `<script>` and `<style>` blocks of the templates it was rendered
+from, allowed by their SHA-256 hashes. Those hashes are taken from the templates' sources when
+the app starts (`InlineBlocks`), never from the page as sent: a script that reached a page
+through its data (an escape missed somewhere) is not the template's and the browser refuses it.
+Only a block without Jinja expressions can be hashed so: one that needs data takes it from a
+`data-` attribute (the API docs page, templates/swagger_ui.html) or is a static file. A header a
+view set itself (the share link's `Referrer-Policy: no-referrer`, say) is left as the view set it.
 
 A body over `MAX_CONTENT_LENGTH` is a 413 whether it declares its length or is sent in chunks.
 An API address whose path or query is not UTF-8 is a 400: decoded with replacement characters,
@@ -17,7 +21,8 @@ import io
 import re
 from urllib.parse import unquote_to_bytes
 
-from flask import Flask, Response, request
+from flask import Flask, Response, before_render_template, g, has_request_context, request
+from jinja2 import Environment, TemplateNotFound, meta, nodes
 from werkzeug.wsgi import get_content_length
 
 from referral_service.errors import BadUrl
@@ -31,27 +36,99 @@ HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
 HSTS = "max-age=31536000; includeSubDomains"
-_INLINE = {
-    "script": re.compile(r"<script>(.*?)</script>", re.DOTALL),
-    "style": re.compile(r"<style>(.*?)</style>", re.DOTALL),
-}
+INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+TAGS = ("script", "style")
 
 
-def _hashes(html: str, tag: str) -> str:
-    """The CSP sources of the page's inline blocks of `tag`: `'sha256-...'` each."""
-    return " ".join(
-        f"'sha256-{base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()}'"
-        for block in _INLINE[tag].findall(html)
-    )
+def source_hash(block: str) -> str:
+    """A block's CSP source: `'sha256-<base64 of its UTF-8 bytes' SHA-256>'`."""
+    return f"'sha256-{base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()}'"
 
 
-def page_policy(html: str) -> str:
-    """The content policy of an HTML page: its own origin and its own inline blocks only."""
+class InlineBlocks:
+    """The hashes of the inline `<script>` and `<style>` blocks of every template, read from
+    the templates' sources: `hashes(name)` gives a template's own blocks' and those of the
+    templates it extends, includes or imports, by tag.
+
+    A block is hashed as it will be rendered when it holds no Jinja expression: its text, and
+    the rendering of any template it includes by a constant name that holds none either (the
+    public pages' stylesheet). A block with expressions (`dynamic`) gets no hash: the browser
+    would refuse it, so the service's templates have none (a test says so).
+    """
+
+    def __init__(self, env: Environment):
+        self.env = env
+        self.own: dict[str, dict[str, set[str]]] = {}
+        self.uses: dict[str, set[str]] = {}
+        self.dynamic: dict[str, list[str]] = {}
+        for name in env.list_templates(filter_func=lambda name: name.endswith(".html")):
+            self._read(name)
+        self._closed: dict[str, dict[str, frozenset[str]]] = {}
+
+    def _read(self, name: str) -> None:
+        source = self.env.loader.get_source(self.env, name)[0]
+        self.uses[name] = {
+            used for used in meta.find_referenced_templates(self.env.parse(source)) if used
+        }
+        own = self.own[name] = {tag: set() for tag in TAGS}
+        for tag, body in INLINE.findall(source):
+            text = self._static_text(body)
+            if text is None:
+                self.dynamic.setdefault(name, []).append(body)
+            else:
+                own[tag].add(source_hash(text))
+
+    def _static_text(self, body: str) -> str | None:
+        """The block's text as rendered, or None when it holds an expression or a tag other
+        than an include of a template without any. (A newline is added because Jinja drops
+        the last one of a template, which is not the last of the page.)"""
+        template = self.env.parse(body + "\n")
+        parts = []
+        for node in template.body:
+            if isinstance(node, nodes.Output) and all(
+                isinstance(child, nodes.TemplateData) for child in node.nodes
+            ):
+                parts.extend(child.data for child in node.nodes)
+            elif isinstance(node, nodes.Include) and isinstance(node.template, nodes.Const):
+                included = self.env.loader.get_source(self.env, node.template.value)[0]
+                text = self._static_text(included)
+                if text is None:
+                    return None
+                parts.append(self.env.from_string(included).render())
+            else:
+                return None
+        return "".join(parts)
+
+    def hashes(self, name: str) -> dict[str, frozenset[str]]:
+        """The hashes of `name`'s blocks and of the templates it uses, by tag."""
+        if name not in self._closed:
+            found = {tag: set() for tag in TAGS}
+            seen, todo = set(), [name]
+            while todo:
+                current = todo.pop()
+                if current in seen:
+                    continue
+                if current not in self.own:  # a template added after the start
+                    try:
+                        self._read(current)
+                    except TemplateNotFound:
+                        continue
+                seen.add(current)
+                for tag in TAGS:
+                    found[tag] |= self.own[current][tag]
+                todo.extend(self.uses[current])
+            self._closed[name] = {tag: frozenset(found[tag]) for tag in TAGS}
+        return self._closed[name]
+
+
+def page_policy(scripts=(), styles=()) -> str:
+    """The content policy of an HTML page: its own origin, and the inline blocks of the given
+    hashes only."""
     return "; ".join(
         [
             "default-src 'none'",
-            f"script-src 'self' {_hashes(html, 'script')}".rstrip(),
-            f"style-src 'self' {_hashes(html, 'style')}".rstrip(),
+            " ".join(["script-src 'self'", *sorted(scripts)]),
+            " ".join(["style-src 'self'", *sorted(styles)]),
             "img-src 'self' data:",
             "connect-src 'self'",
             "base-uri 'none'",
@@ -62,11 +139,22 @@ def page_policy(html: str) -> str:
 
 
 def content_policy(response: Response) -> str:
-    """What the response may load: nothing, unless it is an HTML page."""
+    """What the response may load: nothing, unless it is an HTML page; then the inline blocks
+    of the templates rendered for it (recorded by `_rendering`), and no other."""
     page = response.status_code == 200 or 400 <= response.status_code < 500  # not a redirect
     if not page or response.mimetype != "text/html" or response.is_streamed:
         return NOTHING
-    return page_policy(response.get_data(as_text=True))
+    blocks = g.get("inline_blocks", {})
+    return page_policy(blocks.get("script", ()), blocks.get("style", ()))
+
+
+def _rendering(app: Flask, template, context) -> None:
+    """Before a template is rendered in a request: its blocks' hashes join the page's."""
+    if not has_request_context() or template.name is None:
+        return
+    page = g.setdefault("inline_blocks", {tag: set() for tag in TAGS})
+    for tag, hashes in app.extensions["inline_blocks"].hashes(template.name).items():
+        page[tag] |= hashes
 
 
 def add_security_headers(response: Response) -> Response:
@@ -81,7 +169,10 @@ def add_security_headers(response: Response) -> Response:
 
 
 def register_security_headers(app: Flask) -> None:
-    """Every response, errors included, leaves with the security headers."""
+    """Every response, errors included, leaves with the security headers; the hashes of the
+    templates' inline blocks are read once, here."""
+    app.extensions["inline_blocks"] = InlineBlocks(app.jinja_env)
+    before_render_template.connect(_rendering, app)
     app.after_request(add_security_headers)
 
 
