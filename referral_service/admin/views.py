@@ -1,7 +1,9 @@
 """Views of the admin console: each parses a form or query, calls one domain function, renders.
 
 Every request but the sign-in page needs a signed-in, active admin whose session check still
-matches (disabling an admin or changing their password ends their sessions). Every POST carries
+matches: signing out, a new password, a new role and disabling end every session of that admin,
+on the server (see domain/admins.py). A query or form holding control characters is refused
+with a 400 page before any view reads it. Every POST carries
 a CSRF token (Flask-WTF). Roles: a viewer reads; an approver also approves and rejects; an
 owner may also change settings and keys.
 """
@@ -9,7 +11,7 @@ owner may also change settings and keys.
 import functools
 import time
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import (
     Blueprint,
@@ -25,11 +27,14 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 
+from referral_service.admin import inputs
 from referral_service.domain import admins, customers, rewards, stats
+from referral_service.domain.text import has_control
 from referral_service.errors import Conflict, NotFound, Throttled, Unauthorized, ValidationFailed
 from referral_service.extensions import csrf
 from referral_service.models import utcnow
 from referral_service.models.referral import REWARD_STATUSES
+from referral_service.rate_limits import client_address
 
 blp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -77,6 +82,17 @@ def no_store(response):
     return response
 
 
+@blp.before_request
+def refuse_unreadable_input():
+    """A query or form the console cannot read (see admin/inputs.py) is a 400 page."""
+    raw_query = request.environ.get("QUERY_STRING", "")
+    view = current_app.view_functions.get(request.endpoint)
+    message = inputs.problem(raw_query, request.args, request.form, view)
+    if message is not None:
+        return render_template("admin/error.html", title="Request refused", message=message), 400
+    return None
+
+
 def requires(role: str):
     """Refuse the view (403) to admins whose role does not include `role`."""
 
@@ -110,15 +126,16 @@ def forbidden(error):
 
 
 def _local(target: str | None, default: str) -> str:
-    """`target` if it is a path inside the console, else `default` (no open redirects)."""
-    if (
-        target
-        and target.startswith("/admin")
-        and not urlsplit(target).netloc
-        and "\\" not in target
-    ):
-        return target
-    return default
+    """`target` if it is a path inside the console, else `default`: no other host (a scheme,
+    `//`, a backslash), no way out of the console (`..`, percent-encoded too) and no control
+    character, percent-encoded or not (a line break would split the `Location` header)."""
+    if not target or not target.startswith("/admin") or "\\" in target or has_control(target):
+        return default
+    path = unquote(urlsplit(target).path)
+    inside = path == "/admin" or path.startswith("/admin/")
+    if not inside or "\\" in path or has_control(path) or {".", ".."} & set(path.split("/")):
+        return default
+    return target
 
 
 # --- sign-in and sign-out ------------------------------------------------------------------------
@@ -128,13 +145,16 @@ def _local(target: str | None, default: str) -> str:
 def login():
     if g.admin is not None and request.method == "GET":
         return redirect(_local(request.args.get("next"), url_for("admin.dashboard")))
-    error, status = None, 200
+    error, status, retry_after = None, 200, None
     email = request.form.get("email", "")
     if request.method == "POST":
         try:
-            admin = admins.authenticate(email, request.form.get("password", ""))
+            admin = admins.authenticate(
+                email, request.form.get("password", ""), address=client_address()
+            )
         except Throttled as refused:
             error, status = refused.message, 429
+            retry_after = refused.retry_after
         except Unauthorized as refused:
             error, status = refused.message, 401
         else:
@@ -145,13 +165,14 @@ def login():
             return redirect(_local(request.form.get("next"), url_for("admin.dashboard")))
     next_path = _local(request.values.get("next"), "")
     response = render_template("admin/login.html", error=error, email=email, next=next_path)
-    return response, status
+    return response, status, {"Retry-After": str(retry_after)} if retry_after else {}
 
 
 @blp.post("/logout")
 def logout():
+    admins.sign_out(g.admin.id)  # every session of this admin ends, copied cookies too
     session.clear()
-    flash("You are signed out.")
+    flash("You are signed out (on every device).")
     return redirect(url_for("admin.login"))
 
 
@@ -282,8 +303,7 @@ def decide():
         action, chosen = request.form["bulk"], request.form.getlist("reward")
     else:
         abort(400)
-    ids = sorted({int(value) for value in chosen if value.isascii() and value.isdecimal()})
-    ids = [reward_id for reward_id in ids if reward_id < 2**31]
+    ids = sorted({number for number in map(inputs.whole_number, chosen) if number is not None})
     if not ids:
         flash("Tick at least one reward first.", "error")
         return redirect(back)
