@@ -110,6 +110,38 @@ def payout_settings() -> dict:
     return {"PAYOUT_APPROVAL_THRESHOLD": threshold}
 
 
+DATABASE_TIMEOUTS = (
+    "DATABASE_CONNECT_TIMEOUT",
+    "DATABASE_POOL_TIMEOUT",
+    "DATABASE_STATEMENT_TIMEOUT",
+)
+MAX_DATABASE_TIMEOUT = 300  # seconds
+
+
+def database_timeouts() -> dict:
+    """The database timeouts given in the environment, in seconds (see database.py); the others
+    keep their defaults.
+
+    Raises ValueError for a value that is not a number of seconds above 0 and at most 300.
+    """
+    found = {}
+    for name in DATABASE_TIMEOUTS:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = None
+        if seconds is None or not 0 < seconds <= MAX_DATABASE_TIMEOUT:
+            raise ValueError(
+                f"{name} must be a number of seconds above 0 and at most "
+                f"{MAX_DATABASE_TIMEOUT}, such as 3 or 0.5: {value!r}"
+            )
+        found[name] = seconds
+    return found
+
+
 def from_environment(instance_path: str) -> dict:
     """All settings of the service, read from the environment."""
     fallbacks = [k.strip() for k in os.environ.get("SECRET_KEY_FALLBACKS", "").split(",")]
@@ -118,6 +150,7 @@ def from_environment(instance_path: str) -> dict:
         "SECRET_KEY": secret_key(instance_path),
         "SECRET_KEY_FALLBACKS": [k for k in fallbacks if k],
         "SQLALCHEMY_DATABASE_URI": database_url(instance_path),
+        **database_timeouts(),
         "PUBLIC_BASE_URL": public_base_url,
         "REDIS_URL": os.environ.get("REDIS_URL", "").strip() or None,
         **rate_limit_settings(),
@@ -130,6 +163,12 @@ def from_environment(instance_path: str) -> dict:
 DEFAULTS = {
     # hide_parameters: a database error in the log never shows the values (emails, say)
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "hide_parameters": True},
+    # how long the service waits for its database, in seconds (database.py): to open a
+    # connection, for a free connection of the pool, for a statement (PostgreSQL cancels it;
+    # SQLite's busy timeout; a server that does not answer at all is given up 1 s later)
+    "DATABASE_CONNECT_TIMEOUT": 3.0,
+    "DATABASE_POOL_TIMEOUT": 3.0,
+    "DATABASE_STATEMENT_TIMEOUT": 5.0,
     "JSON_SORT_KEYS": False,
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     # clicks are buffered in memory and written in batches (see domain/clicks.py)

@@ -6,8 +6,11 @@ public pages: a browser there gets an HTML page with the same status (see `wants
 
 import logging
 
+import psycopg
 from flask import Flask, current_app, has_request_context, jsonify, request
 from marshmallow import Schema, fields
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -136,6 +139,62 @@ class Throttled(ReferralError):
         self.retry_after = retry_after
 
 
+RETRY_AFTER = 5  # seconds a client waits before it retries a request the database could not serve
+
+
+class Unavailable(ReferralError):
+    """The database is away or did not answer in time (see `is_outage`); nothing the client did
+    is wrong, and the same request can be sent again after `retry_after` seconds."""
+
+    status = 503
+    code = "unavailable"
+    message = (
+        "The service cannot reach its database right now. Send the same request again after "
+        "the seconds in Retry-After: a retry is safe (the same external_id, order_id, refund_id "
+        "or Idempotency-Key is recorded once)."
+    )
+
+    def __init__(self, message: str | None = None, retry_after: int = RETRY_AFTER):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# PostgreSQL error codes (SQLSTATE) of a server that cannot serve now: its connection classes
+# (08...), a statement cancelled by statement_timeout or a lock not got in time, a server
+# shutting down or starting, too many connections, out of resources.
+OUTAGE_SQLSTATES = ("08", "57014", "55P03", "57P01", "57P02", "57P03", "53")
+# SQLite's (Python 3.11 `sqlite_errorname`): the database locked past the busy timeout, its file
+# not there or not readable, the disk failing or full.
+OUTAGE_SQLITE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
+OUTAGE_SQLITE_ERRORS += ("SQLITE_FULL", "SQLITE_PROTOCOL")
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a database error means the database cannot serve now (unreachable, hung, timed
+    out, shutting down, locked too long), rather than a fault of the request or of the code.
+
+    True for the pool's checkout timeout, a connection SQLAlchemy found broken, PostgreSQL
+    errors without a SQLSTATE (the client's own: refused, reset, timed out) or with one of
+    OUTAGE_SQLSTATES, and the SQLite errors of OUTAGE_SQLITE_ERRORS. False for everything else:
+    an integrity error, a syntax error or a missing table is no outage.
+    """
+    if isinstance(error, PoolTimeout):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    driver_error = error.orig
+    sqlite_name = getattr(driver_error, "sqlite_errorname", None)
+    if sqlite_name is not None:
+        return sqlite_name.startswith(OUTAGE_SQLITE_ERRORS)
+    if not isinstance(driver_error, psycopg.Error):
+        return False
+    if driver_error.sqlstate is None:  # raised by the client, not the server
+        return isinstance(driver_error, psycopg.OperationalError)  # refused, reset, timed out
+    return driver_error.sqlstate.startswith(OUTAGE_SQLSTATES)
+
+
 class ErrorBody(Schema):
     """The inside of the error envelope."""
 
@@ -239,6 +298,13 @@ def _handle_http_exception(error: HTTPException):
     return error_response(status, code, message, None, headers)
 
 
+def _handle_database_error(error: Exception):
+    """A database error: 503 `unavailable` (with Retry-After) for an outage, else unexpected."""
+    if is_outage(error):
+        return _handle_referral_error(Unavailable())
+    return _handle_unexpected(error)
+
+
 def _handle_unexpected(error: Exception):
     log.exception("unexpected error")
     return error_response(500, "internal_error", "Something went wrong on our side.")
@@ -248,4 +314,6 @@ def register_error_handlers(app: Flask) -> None:
     """Answer every error, expected or not, with the envelope."""
     app.register_error_handler(ReferralError, _handle_referral_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(DBAPIError, _handle_database_error)
+    app.register_error_handler(PoolTimeout, _handle_database_error)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -5,7 +5,8 @@ A request schema may carry an `OPENAPI` dict of JSON Schema keywords about the o
 nested object admits null alone (see `_null_means_null`). Every operation that reads a JSON body
 may also answer 400 (the body is not JSON) and 413 (the body is too large), and every one with a
 path parameter 404 (a path that names nothing), and every API operation 400 for an address that
-is not UTF-8; those come from the app, not from a view, so they are documented here once for all.
+is not UTF-8 and 503 (with `Retry-After`) while the database is away; those come from the app,
+not from a view, so they are documented here once for all.
 """
 
 from apispec import BasePlugin
@@ -16,6 +17,19 @@ BODY_ERRORS = {
     "413": "The body is larger than the service accepts (`payload_too_large`).",
 }
 BAD_URL = "The address (path or query) is not valid UTF-8 once percent-decoded (`bad_url`)."
+UNAVAILABLE = {
+    "description": "The service's database is away or did not answer in time (`unavailable`); "
+    "nothing is wrong with the request: send it again after the seconds in `Retry-After` (a "
+    "retry is safe: the same `external_id`, `order_id`, `refund_id` or `Idempotency-Key` is "
+    "recorded once).",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before sending the request again.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+    "content": {"application/json": {"schema": "ErrorEnvelope"}},
+}
 
 
 def _error(description: str) -> dict:
@@ -63,3 +77,4 @@ class SpecRules(BasePlugin):
                         responses["400"]["description"] = f"{described} {BAD_URL}"
                 else:
                     responses["400"] = _error(BAD_URL)
+                responses.setdefault("503", UNAVAILABLE)
