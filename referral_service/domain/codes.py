@@ -21,7 +21,8 @@ from flask import current_app
 from itsdangerous import Signer
 from sqlalchemy import select
 
-from referral_service.errors import InvalidCode, NotFound, RevokedCode
+from referral_service import database
+from referral_service.errors import InvalidCode, NotFound, RevokedCode, Unavailable
 from referral_service.extensions import db
 from referral_service.models import ReferralCode
 
@@ -171,7 +172,8 @@ class CodeCache:
 
     The share link is hot, so a process remembers each code it has looked up for
     `CACHE_SECONDS`. A rotation in this process forgets at once; another process may go on
-    redirecting with a just-revoked code for at most that long (attribution checks the database).
+    redirecting with a just-revoked code for at most that long (attribution checks the database),
+    or for as long as the database cannot answer (`last_known`).
     """
 
     def __init__(self, seconds: float, max_items: int = 50_000):
@@ -185,6 +187,11 @@ class CodeCache:
         if item is None or item[0] < time.monotonic():
             return _MISSING
         return item[1]
+
+    def last_known(self, code: str):
+        """What was cached of `code`, however old (for when the database cannot answer)."""
+        item = self._items.get(code)
+        return _MISSING if item is None else item[1]
 
     def put(self, code: str, value: ActiveCode | None) -> None:
         with self._lock:
@@ -208,24 +215,35 @@ def signer() -> CodeSigner:
 
 
 def lookup(text: str, fresh: bool = False) -> ActiveCode:
-    """The active code that `text` names; with `fresh`, read from the database, not the cache.
+    """The active code that `text` names, for the share link and its QR images; with `fresh`,
+    read from the database, not the cache.
 
     Raises InvalidCode (forged or mistyped; no database lookup is made), RevokedCode (replaced by a
-    newer code) or NotFound (a well-signed code this database never issued).
+    newer code) or NotFound (a well-signed code this database never issued). When the database
+    cannot answer (database.py `attempt`, a quick read), what this process last knew of the code
+    is used however old it is (attribution checks revocation again); Unavailable when it knew
+    nothing (or with `fresh`): the code's signature did verify (`signer().verify(text)`).
     """
     code = signer().verify(text)
     cache: CodeCache = current_app.extensions["code_cache"]
     found = _MISSING if fresh else cache.get(code)
     if found is _MISSING:
-        row = db.session.execute(
-            select(ReferralCode.id, ReferralCode.customer_id, ReferralCode.revoked_at).where(
-                ReferralCode.code == code
-            )
-        ).first()
-        if row is None:
-            raise NotFound("This referral code is not known.")
-        found = ActiveCode(code, row.id, row.customer_id) if row.revoked_at is None else None
-        cache.put(code, found)
+        try:
+            with database.attempt(quick=True):
+                row = db.session.execute(
+                    select(
+                        ReferralCode.id, ReferralCode.customer_id, ReferralCode.revoked_at
+                    ).where(ReferralCode.code == code)
+                ).first()
+        except Unavailable:
+            found = _MISSING if fresh else cache.last_known(code)
+            if found is _MISSING:
+                raise
+        else:
+            if row is None:
+                raise NotFound("This referral code is not known.")
+            found = ActiveCode(code, row.id, row.customer_id) if row.revoked_at is None else None
+            cache.put(code, found)
     if found is None:
         raise RevokedCode()
     return found

@@ -1,5 +1,6 @@
 """Readiness: is the database reachable, and is its schema at the newest migration?"""
 
+import time
 from pathlib import Path
 
 from alembic.config import Config as AlembicConfig
@@ -7,6 +8,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from referral_service import database, outages
+from referral_service.errors import Unavailable
 from referral_service.extensions import db
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -24,16 +27,21 @@ def heads() -> tuple[str, ...]:
 
 
 def readiness() -> dict:
-    """`{status, database, migrations, revision, head}`; status is ok only when both are."""
+    """`{status, database, migrations, revision, head}`; status is ok only when both are.
+
+    Quick (database.py `attempt`): with the database away, hung or cut off, the answer comes
+    within QUICK_ANSWER seconds per answer and MIN_CONNECT_TIMEOUT for a new connection, and at
+    once while this process knows it is away and another request is probing it.
+    """
     head = ",".join(heads())
     try:
-        with db.engine.connect() as connection:
+        with database.attempt(quick=True), db.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
             current = MigrationContext.configure(connection).get_current_heads()
     except Exception as error:  # any failure to reach the database means not ready
         return {
             "status": "unavailable",
-            "database": f"unreachable: {type(error).__name__}",
+            "database": f"unreachable: {_reason(error)}",
             "migrations": "unknown",
             "revision": None,
             "head": head,
@@ -47,3 +55,14 @@ def readiness() -> dict:
         "revision": revision,
         "head": head,
     }
+
+
+def _reason(error: Exception) -> str:
+    """What kept the database from answering, in a few words."""
+    if isinstance(error, Unavailable) and error.__cause__ is None:
+        away = outages.dependency("database").down_since
+        if away is not None:
+            return f"away for {time.monotonic() - away:.0f} s"
+    cause = error.__cause__ if isinstance(error, Unavailable) and error.__cause__ else error
+    driver_error = getattr(cause, "orig", None) or cause
+    return type(driver_error).__name__

@@ -1,4 +1,5 @@
-"""The program settings: read (cached briefly per process) and changed as one validated whole."""
+"""The program settings: read (cached briefly per process, the last good copy kept for the public
+pages while the database is away) and changed as one validated whole."""
 
 import re
 import time
@@ -7,9 +8,10 @@ from urllib.parse import urlsplit
 
 from flask import current_app
 
+from referral_service import database
 from referral_service.domain import audit
 from referral_service.domain.money import check_currency, format_amount, parse_amount
-from referral_service.errors import ValidationFailed
+from referral_service.errors import Unavailable, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Program
 from referral_service.models.base import begin_write
@@ -37,13 +39,31 @@ def _program() -> Program:
     return program
 
 
-def settings() -> dict:
-    """The program settings as plain values (cached in this process for `CACHE_SECONDS`)."""
+def settings(last_known: bool = False) -> dict:
+    """The program settings as plain values (cached in this process for `CACHE_SECONDS`).
+
+    With `last_known` (the public pages), a refresh the database cannot serve (errors.py
+    `is_outage`, or the database known to be away) keeps the last good copy for another
+    `CACHE_SECONDS`, and raises Unavailable only when this process never read the settings.
+    Without it the failure is raised as it is (a business step needs the database anyway, and
+    its open transaction is left alone).
+    """
     cache = current_app.extensions["program_cache"]
     if cache.get("expires", 0) > time.monotonic():
         return cache["value"]
-    value = as_dict(_program())
-    cache.update(value=value, expires=time.monotonic() + current_app.config["CACHE_SECONDS"])
+    seconds = current_app.config["CACHE_SECONDS"]
+    if not last_known:
+        value = as_dict(_program())
+    else:
+        try:
+            with database.attempt(quick=True):
+                value = as_dict(_program())
+        except Unavailable:
+            if "value" not in cache:
+                raise
+            cache["expires"] = time.monotonic() + seconds
+            return cache["value"]
+    cache.update(value=value, expires=time.monotonic() + seconds)
     return value
 
 
@@ -345,5 +365,5 @@ def update(changes: dict, actor: str | None = None) -> dict:
             {key: after[key] for key in changes},
         )
     db.session.commit()
-    current_app.extensions["program_cache"].clear()
+    current_app.extensions["program_cache"].pop("expires", None)  # read anew; kept if it cannot be
     return after

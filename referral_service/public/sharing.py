@@ -9,8 +9,11 @@ from babel.dates import format_date
 from babel.numbers import format_percent
 from flask_babel import get_locale, gettext
 
+from referral_service import database
+from referral_service.domain import portal
 from referral_service.domain.money import format_money
 from referral_service.domain.portal import SharePage
+from referral_service.errors import Unavailable
 from referral_service.links import referral_block, share_url
 
 
@@ -21,6 +24,16 @@ class Channel:
     via: str
     label: str
     href: str
+
+
+def referrer_name(referrer_id: int) -> str | None:
+    """The referrer's first name for the welcome page; None when they gave none, or while the
+    database cannot say (the page then says "A friend invited you!")."""
+    try:
+        with database.attempt(quick=True):
+            return portal.first_name_of(referrer_id)
+    except Unavailable:
+        return None
 
 
 def share_message(messages: dict[str, str], language: str) -> str:

@@ -1,6 +1,13 @@
 """`/r/<code>` (a redirect, or the friend's welcome page) and its QR images, the customer's share
-page, the built-in landing page, `/healthz` and `/readyz`."""
+page, the built-in landing page, `/healthz` and `/readyz`.
 
+A share link never breaks: with the database away, the code's signature is still checked (it
+needs no database) and the friend is sent on with `ref`, by the last known program settings, or to
+the built-in landing page when this process never read them; QR images are drawn from the code
+alone. Revocation is checked again at attribution.
+"""
+
+import logging
 import re
 from datetime import datetime
 from functools import lru_cache
@@ -8,9 +15,11 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from flask import current_app, g, render_template, request, url_for
 from flask.views import MethodView
+from flask_babel import refresh
 from flask_smorest import Blueprint
 from itsdangerous import BadSignature, TimestampSigner
 
+from referral_service import database
 from referral_service.domain import clicks, codes, fraud, health, portal, program
 from referral_service.domain.qr import MAX_SIZE, MIN_SIZE, check_size
 from referral_service.errors import (
@@ -20,6 +29,7 @@ from referral_service.errors import (
     LinkExpired,
     NotFound,
     RevokedCode,
+    Unavailable,
     ValidationFailed,
 )
 from referral_service.i18n import LANGUAGE_NAMES, use_language
@@ -27,6 +37,8 @@ from referral_service.links import base_url, share_url
 from referral_service.models import utcnow
 from referral_service.public import schemas, sharing
 from referral_service.rate_limits import RATE_LIMITED, per_address
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("public", __name__, description="Share links, QR codes and health checks.")
 
@@ -73,9 +85,19 @@ def _usable(landing: str) -> bool:
     return True
 
 
+def _settings() -> dict | None:
+    """The program settings, the last known copy while the database is away; None when this
+    process never read them."""
+    try:
+        return program.settings(last_known=True)
+    except Unavailable:
+        return None
+
+
 def _landing(code: str | None = None, click_id: str | None = None) -> str:
-    """The landing page's address, with `ref` (and `click_id`) when there is an attribution."""
-    landing = program.settings()["landing_url"]
+    """The landing page's address, with `ref` (and `click_id`) when there is an attribution;
+    the built-in page while the program's landing URL cannot be known."""
+    landing = (_settings() or {}).get("landing_url")
     if not landing or not _usable(landing):
         landing = f"{base_url()}/landing"
     if code is None:
@@ -153,7 +175,9 @@ class ShareLink(MethodView):
         302,
         description="To the landing page, with `ref` and `click_id` when the "
         "code is valid; without them when it is forged or revoked (and without `click_id` "
-        "for link-preview bots and crawlers).",
+        "for link-preview bots and crawlers). While the database is away: with `ref` when the "
+        "code's signature holds (and `click_id` when the click could be kept), to the last "
+        "known landing page or else the built-in one.",
     )
     @blp.alt_response(429, **RATE_LIMITED)
     def get(self, code):
@@ -168,35 +192,50 @@ class ShareLink(MethodView):
         The click id is also kept in a signed cookie for the attribution window. Link-preview
         bots and crawlers get the same answer without a click, a `click_id` or a cookie; the same
         visitor (address and user agent) on the same code within an hour gets their earlier
-        click back.
+        click back. While the database is away the link still leads on (see the module's
+        docstring): a code this process looked up before keeps its click; another gets `ref`
+        alone.
         """
         try:
             active = codes.lookup(code)
         except (InvalidCode, NotFound):
             return _redirect(_landing())
-        user_agent = request.user_agent.string
+        except Unavailable:  # who the code names is unknown now; its signature holds
+            return _redirect(_landing(codes.signer().verify(code)))
         click_id = earlier = None
-        if not clicks.is_bot(user_agent):
-            seen = fraud.visit_evidence(request.remote_addr, user_agent)
-            seen["referer_host"] = fraud.referer_host(request.referrer)
+        if not clicks.is_bot(request.user_agent.string):
             earlier = _cookie_click()
-            click_id = clicks.visit(
-                active.code_id, active.referrer_id, request.args.get("via"), utcnow(), seen, earlier
-            )
-        if program.settings()["landing_mode"] == "welcome":
+            click_id = _visit(active, earlier)
+        settings = _settings()
+        if settings is not None and settings["landing_mode"] == "welcome":
             response = _welcome(active, click_id)
         else:
             response = _redirect(_landing(active.code, click_id))
-        if click_id is not None and (earlier is None or earlier[0] != click_id):
+        if settings and click_id is not None and (earlier is None or earlier[0] != click_id):
             response.set_cookie(
                 CLICK_COOKIE,
                 click_cookie_signer().sign(click_id).decode(),
-                max_age=program.settings()["attribution_window_days"] * 86400,
+                max_age=settings["attribution_window_days"] * 86400,
                 httponly=True,
                 samesite="Lax",
                 secure=request.is_secure,
             )
         return response
+
+
+def _visit(active: codes.ActiveCode, earlier: tuple[str, datetime] | None) -> str | None:
+    """The click id of this visit (clicks.visit), or None when it could not be kept: a click
+    is never a reason for a friend to meet a broken link."""
+    user_agent = request.user_agent.string
+    seen = fraud.visit_evidence(request.remote_addr, user_agent)
+    seen["referer_host"] = fraud.referer_host(request.referrer)
+    try:
+        return clicks.visit(
+            active.code_id, active.referrer_id, request.args.get("via"), utcnow(), seen, earlier
+        )
+    except Exception:
+        log.exception("a share-link click could not be kept; the visitor goes on without it")
+        return None
 
 
 def _cookie_click() -> tuple[str, datetime] | None:
@@ -212,13 +251,17 @@ def _cookie_click() -> tuple[str, datetime] | None:
 
 
 def _qr(code: str, fmt: str, size) -> object:
+    """A QR image of the code's share link; drawn from the code alone (its signature checked)
+    while the database cannot say whether it was revoked."""
     try:
-        active = codes.lookup(code)
+        canonical = codes.lookup(code).code
     except RevokedCode:
         raise NotFound("This referral code has been replaced; its QR code is gone.") from None
     except InvalidCode:
         raise NotFound("This referral code is not valid.") from None
-    url = share_url(active.code, via="qr")
+    except Unavailable:
+        canonical = codes.signer().verify(code)
+    url = share_url(canonical, via="qr")
     image = current_app.extensions["qr_cache"].get(url, fmt, check_size(size))
     headers = {"ETag": f'"{image.etag}"', "Cache-Control": "public, max-age=86400"}
     if image.etag in request.if_none_match:
@@ -290,7 +333,7 @@ def error_page(status: int):
     program settings cannot be read (a database away).
     """
     try:
-        use_language()
+        _use_language()
         landing = _landing()
     except Exception:  # the error may be the database itself: say it without the settings
         g.language = "en"
@@ -307,15 +350,31 @@ def _provide_error_page(state) -> None:
     state.app.extensions["error_page"] = error_page
 
 
+def _use_language(customer_locale: str | None = None) -> str:
+    """`use_language`, in English when the page's language would come from program settings
+    this process cannot read (the database away, and the settings never read)."""
+    _settings()  # the last known copy, which the language choice then reads
+    try:
+        with database.attempt(quick=True):
+            return use_language(customer_locale)
+    except Unavailable:
+        g.language = "en"
+        refresh()
+        return g.language
+
+
 def _welcome(active: codes.ActiveCode, click_id: str | None):
-    """The friend's welcome page for a valid code."""
-    use_language()
-    settings = program.settings()
+    """The friend's welcome page for a valid code (without the referrer's name while the
+    database is away); a redirect to the landing page when the settings are unknown."""
+    settings = _settings()
+    if settings is None:
+        return _redirect(_landing(active.code, click_id))
+    _use_language()
     return _page(
         "public/welcome.html",
         switch=("public.Welcome", {"code": active.code, "click_id": click_id}),
         share_url=share_url(active.code),
-        referrer=portal.first_name_of(active.referrer_id),
+        referrer=sharing.referrer_name(active.referrer_id),
         offer=sharing.friend_offer(settings["friend_offer"], settings["currency"], for_friend=True),
         offer_description=(settings["friend_offer"] or {}).get("description"),
         shop_url=_landing(active.code, click_id),
@@ -333,12 +392,15 @@ class Welcome(MethodView):
     @blp.alt_response(429, **RATE_LIMITED)
     def get(self, code):
         """The welcome page of a code, without recording another click (the language switcher)."""
+        click_id = request.args.get("click_id", "")
+        click_id = click_id if _CLICK_ID.fullmatch(click_id) else None
         try:
             active = codes.lookup(code)
         except (InvalidCode, NotFound):
             return _redirect(_landing())
-        click_id = request.args.get("click_id", "")
-        return _welcome(active, click_id if _CLICK_ID.fullmatch(click_id) else None)
+        except Unavailable:
+            return _redirect(_landing(codes.signer().verify(code), click_id))
+        return _welcome(active, click_id)
 
 
 @blp.route("/share/<token>")
@@ -350,6 +412,10 @@ class SharePage(MethodView):
         responses={
             "404": html_page("A forged or damaged link: a page saying so."),
             "410": html_page("An expired link: a page saying so."),
+            "503": html_page(
+                "The database is away: a page saying to try again in a few minutes "
+                "(with `Retry-After`)."
+            ),
         },
     )
     @blp.response(200, description="The share page.", content_type="text/html")
@@ -383,7 +449,7 @@ class Landing(MethodView):
     @blp.response(200, description="An HTML page.", content_type="text/html")
     def get(self):
         """A plain page that shows the referral the visitor came with, in their language."""
-        use_language()
+        _use_language()
         ref = request.args.get("ref", "")[:64]
         switch = ("public.Landing", {"ref": ref or None})  # the switcher keeps the referral
         return _page("public/landing.html", switch=switch, ref=ref)
