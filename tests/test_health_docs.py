@@ -74,3 +74,22 @@ def test_docs_page_and_local_assets(client):
     html = page.get_data(as_text=True)
     assert "/api/openapi.json" in html and "https://" not in html
     assert client.get("/api/docs/assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_every_api_operation_documents_the_503_of_a_database_away(client):
+    spec = client.get("/api/openapi.json").json
+    operations = [
+        (path, method, operation)
+        for path, item in spec["paths"].items()
+        if path.startswith("/api/")
+        for method, operation in item.items()
+        if method != "parameters"
+    ]
+    assert len(operations) > 10
+    for path, method, operation in operations:
+        answer = operation["responses"].get("503")
+        assert answer is not None, (method, path)
+        assert "`unavailable`" in answer["description"]
+        assert answer["headers"]["Retry-After"]["schema"]["type"] == "integer"
+        schema = answer["content"]["application/json"]["schema"]["$ref"]
+        assert schema.endswith("/ErrorEnvelope")
