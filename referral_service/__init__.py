@@ -1,10 +1,12 @@
 """Referral and word-of-mouth tracking service: the application factory."""
 
+import os
+
 from flask import Flask, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from referral_service import config as settings
-from referral_service import i18n, logs, rate_limits
+from referral_service import database, i18n, logs, rate_limits
 from referral_service.admin import blp as admin_blp
 from referral_service.api import BLUEPRINTS
 from referral_service.api.auth import SECURITY_SCHEME
@@ -48,8 +50,9 @@ def register_settings(app: Flask, config: dict | None) -> None:
         app.config.update(settings.from_environment(app.instance_path))
     app.config.update(overrides)
     settings.check_secret_key(app.config.get("SECRET_KEY"))
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"hide_parameters": True}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = database.engine_options(
+        app.config["SQLALCHEMY_DATABASE_URI"], app.config
+    )
     app.json.sort_keys = False
     app.session_interface = CookieSessions()
 
@@ -68,8 +71,9 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_services(app: Flask) -> None:
-    """Per-process helpers: the code signer and caches, the click buffer, the QR image cache,
-    the keys of risk evidence and the list of disposable-mail domains."""
+    """Per-process helpers: the code signer and caches, the click buffer (its spill files in
+    `CLICK_SPILL_DIR`, by default `clicks-spill` in the instance folder, replayed now), the QR
+    image cache, the keys of risk evidence and the list of disposable-mail domains."""
     with app.app_context():
         engine = db.engine
     app.extensions["referral_codes"] = CodeSigner(
@@ -78,8 +82,13 @@ def register_services(app: Flask) -> None:
     app.extensions["code_cache"] = CodeCache(app.config["CACHE_SECONDS"])
     app.extensions["program_cache"] = {}
     app.extensions["clicks"] = ClickRecorder(
-        lambda: engine, app.config["CLICK_FLUSH_INTERVAL"], app.config["CLICK_FLUSH_SIZE"]
+        lambda: engine,
+        app.config["CLICK_FLUSH_INTERVAL"],
+        app.config["CLICK_FLUSH_SIZE"],
+        spill_dir=app.config.get("CLICK_SPILL_DIR")
+        or os.path.join(app.instance_path, "clicks-spill"),
     )
+    app.extensions["clicks"].resume()  # clicks kept by processes stopped during an outage
     app.extensions["qr_cache"] = QrCache(app.config["QR_CACHE_ITEMS"])
     app.extensions["risk_evidence"] = EvidenceKeys(app.config["SECRET_KEY"])
     app.extensions["disposable_domains"] = DisposableDomains(
