@@ -65,8 +65,28 @@ def init_app(app: Flask) -> None:
     hops = app.config.get("TRUSTED_PROXIES") or 0
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+    # Flask-Limiter sets `Retry-After` on every answer of a limited view, to the later of the
+    # view's own and its window's reset: a 503's few seconds would read as a minute, and a 200
+    # would carry one. It stays on the 429s; other answers keep only the view's own.
+    app.after_request(_own_retry_after)  # registered first: runs after Flask-Limiter's
     limiter.init_app(app)
+    app.after_request(_remember_retry_after)  # registered last: runs before Flask-Limiter's
     _watch_storage()
+
+
+def _remember_retry_after(response):
+    g.own_retry_after = response.headers.get("Retry-After")
+    return response
+
+
+def _own_retry_after(response):
+    if response.status_code != 429:
+        own = g.pop("own_retry_after", None)
+        if own is None:
+            response.headers.pop("Retry-After", None)
+        else:
+            response.headers["Retry-After"] = own
+    return response
 
 
 class _StorageOutage(logging.Filter):

@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from referral_service import config, create_app, outages
 from referral_service.domain.codes import CodeSigner
-from referral_service.errors import is_outage
+from referral_service.errors import RETRY_AFTER, is_outage
 from referral_service.extensions import db
 from tests import factories
 from tests.conftest import (
@@ -294,6 +294,30 @@ def test_the_api_answers_503_with_retry_after_and_the_envelope(outage, fault):
         headers=outage.shop,
     )
     assert response.status_code == 201
+
+
+def test_with_rate_limits_on_a_503_keeps_its_own_retry_after(outage):
+    """As a user runs it (rate limits on): Flask-Limiter would stamp its window's reset (up to a
+    minute) over the 503's few seconds, and a `Retry-After` on every 200."""
+    limited = create_app(
+        app_config(
+            outage.url,
+            RATELIMIT_ENABLED=True,
+            RATELIMIT_STORAGE_URI="memory://",
+            CLICK_SPILL_DIR=str(outage.tmp_path / "spill-limited"),
+        )
+    )
+    client = limited.test_client()
+    response = client.get("/api/v1/program", headers=outage.shop)
+    assert response.status_code == 200 and "X-RateLimit-Remaining" in response.headers
+    assert "Retry-After" not in response.headers
+    outage.proxy.cut()
+    response, _ = within(API_WITHIN, lambda: client.get("/api/v1/program", headers=outage.shop))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(RETRY_AFTER)
+    outage.proxy.restore()
+    with limited.app_context():
+        db.engine.dispose()
 
 
 def test_the_console_and_the_share_page_say_so_in_a_page(outage):
