@@ -216,6 +216,7 @@ def run(args, tmp: Path) -> bool:
     csv_path = tmp / "customers.csv"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SECRET_KEY_FALLBACKS")}
     env.update(DATABASE_URL=f"sqlite:///{database}", SECRET_KEY="bench-" + "b" * 32)
+    env.update(CLICK_SPILL_DIR=str(database.parent / "clicks-spill"))
     target_seconds = TARGET_SECONDS * args.rows / TARGET_ROWS
 
     started = time.perf_counter()

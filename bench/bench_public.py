@@ -673,6 +673,7 @@ def service_env(
     env.update(
         DATABASE_URL=f"sqlite:///{database}",
         SECRET_KEY=secret,
+        CLICK_SPILL_DIR=str(database.parent / "clicks-spill"),  # never the checkout's instance
         PUBLIC_BASE_URL=f"http://{HOST}:{port}",
         RATELIMIT_PUBLIC="1000000000/minute",
         RATELIMIT_API="1000000000/minute",

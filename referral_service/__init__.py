@@ -11,6 +11,7 @@ from referral_service.admin import blp as admin_blp
 from referral_service.api import BLUEPRINTS
 from referral_service.api.auth import SECURITY_SCHEME
 from referral_service.api.spec import SpecRules
+from referral_service.domain import clicks
 from referral_service.domain.clicks import ClickRecorder
 from referral_service.domain.codes import CodeCache, CodeSigner
 from referral_service.domain.fraud import DisposableDomains, EvidenceKeys
@@ -85,8 +86,10 @@ def register_services(app: Flask) -> None:
         lambda: engine,
         app.config["CLICK_FLUSH_INTERVAL"],
         app.config["CLICK_FLUSH_SIZE"],
-        spill_dir=app.config.get("CLICK_SPILL_DIR")
-        or os.path.join(app.instance_path, "clicks-spill"),
+        spill_dir=clicks.spill_folder(
+            app.config.get("CLICK_SPILL_DIR") or os.path.join(app.instance_path, "clicks-spill"),
+            engine.url,
+        ),
     )
     app.extensions["clicks"].resume()  # clicks kept by processes stopped during an outage
     app.extensions["qr_cache"] = QrCache(app.config["QR_CACHE_ITEMS"])

@@ -155,6 +155,8 @@ def from_environment(instance_path: str) -> dict:
         "REDIS_URL": os.environ.get("REDIS_URL", "").strip() or None,
         **rate_limit_settings(),
         **payout_settings(),
+        "CLICK_SPILL_DIR": os.environ.get("CLICK_SPILL_DIR", "").strip()
+        or os.path.join(instance_path, "clicks-spill"),
         "DISPOSABLE_DOMAINS_FILE": os.environ.get("DISPOSABLE_DOMAINS_FILE", "").strip()
         or os.path.join(instance_path, "disposable_domains.txt"),
     }

@@ -32,18 +32,22 @@ atexit.register(shutil.rmtree, SPILL_ROOT, True)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite_only: the test is about SQLite; not run on others")
+    config.addinivalue_line(
+        "markers", "postgresql_only: the test is about a database server; not run on SQLite"
+    )
     if IN_CI and not PG_URL:
         raise pytest.UsageError("CI=true but TEST_DATABASE_URL is not set: PostgreSQL is required")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `sqlite_only` run on the SQLite backend alone (deselected, not skipped)."""
+    """Tests marked `sqlite_only` run on the SQLite backend alone, those marked
+    `postgresql_only` on PostgreSQL alone (deselected, not skipped)."""
     kept, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if (
-            item.get_closest_marker("sqlite_only")
-            and params.get("database_url", "sqlite") != "sqlite"
+        backend = params.get("database_url", "sqlite")
+        if (item.get_closest_marker("sqlite_only") and backend != "sqlite") or (
+            item.get_closest_marker("postgresql_only") and backend != "postgresql"
         ):
             dropped.append(item)
         else:
@@ -57,6 +61,14 @@ def pytest_report_header(config):
     if PG_URL:
         return f"databases: SQLite and PostgreSQL ({make_url(PG_URL).render_as_string()})"
     return "databases: SQLite only (set TEST_DATABASE_URL to also run every test on PostgreSQL)"
+
+
+@pytest.fixture(autouse=True)
+def _own_click_spill_folder(tmp_path, monkeypatch):
+    """Services a test starts from the environment (CLI, gunicorn) keep a stopping process's
+    clicks in the test's folder, never in the checkout's instance folder, where another test's
+    service would replay them into its own database."""
+    monkeypatch.setenv("CLICK_SPILL_DIR", str(tmp_path / "clicks-spill"))
 
 
 def unavailable(what: str, error: Exception):

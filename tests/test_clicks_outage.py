@@ -366,11 +366,10 @@ def test_closing_while_the_database_is_known_away_spills_at_once(active, outage,
     assert time.monotonic() - started < 1
 
 
+@pytest.mark.postgresql_only  # a database that hangs is a server that stops answering
 def test_closing_against_a_database_that_hangs_spills_within_its_time(
-    app, backend, active, outage, recorders, tmp_path
+    app, active, outage, recorders, tmp_path
 ):
-    if backend != "postgresql":
-        pytest.skip("a database that hangs is a server that stops answering")
     recorder = recorders(close_seconds=1.0, interval=0.01)
     written = click(recorder, active, 0)
     eventually(lambda: stored(app) == {written} and not recorder._writing)  # connection pooled
@@ -406,15 +405,20 @@ def test_a_full_disk_at_exit_is_said(active, outage, caplog, recorders, tmp_path
 
 
 def test_a_starting_app_replays_spill_files_without_a_visit(app, active, database_url, tmp_path):
+    """A process that starts writes the clicks a stopped process spilled for its database, and
+    only those: another database's spill files stay where they are."""
     spill = tmp_path / "spill"
     row = {"id": "kept-through-a-restart", "code_id": active.code_id}
-    write_spill(
-        spill,
-        [row | {"referrer_id": active.referrer_id, "channel": "sms"} | {"occurred_at": utcnow()}],
-    )
+    row |= {"referrer_id": active.referrer_id, "channel": "sms", "occurred_at": utcnow()}
+    with app.app_context():
+        url = db.engine.url
+    write_spill(clicks.spill_folder(spill, url), [row])
+    elsewhere = clicks.spill_folder(spill, url.set(database="another"))
+    write_spill(elsewhere, [row | {"id": "meant-for-another-database"}])
     started = create_app(app_config(database_url, CLICK_SPILL_DIR=str(spill)))
     eventually(lambda: stored(app) == {"kept-through-a-restart"})
-    eventually(lambda: not list(spill.iterdir()))
+    eventually(lambda: not list(clicks.spill_folder(spill, url).iterdir()))  # replayed, gone
+    assert len(list(elsewhere.glob("*.jsonl"))) == 1
     started.extensions["clicks"].close()
 
 
@@ -458,7 +462,7 @@ def test_gunicorn_keeps_the_clicks_of_an_outage_through_a_sigterm(pg_admin, tmp_
     finally:
         drop_pg_database(pg_admin, name)
     print(f"\nclicks through an outage ({fault}) and a SIGTERM: sent {sent}, kept {kept}")
-    assert kept == sent == VISITS
+    assert kept == sent > 0  # every click handed out is kept (`ref` alone carries none)
     assert log.count("the database (click writer) is unavailable") <= 2  # once per worker
     assert "clicks not yet written are kept in" in log
 
@@ -491,14 +495,16 @@ def run_an_outage(proxy, fault: str, name: str, tmp_path, visits: int) -> tuple[
         code = put_customer(base, key, "c1")
         with ThreadPoolExecutor(8) as pool:  # at once: both workers cache the code and program
             warm = set(pool.map(lambda i: visit_link(base, code, f"warm/{i}"), range(64)))
-        assert None not in warm
+        assert all(warm)
         eventually(lambda: count_clicks(direct) == len(warm), seconds=20)
         getattr(proxy, fault)()
         given = [visit_link(base, code, f"outage/{i}") for i in range(visits)]
+        assert None not in given  # every visit redirected
         handed_out = {click_id for click_id in given if click_id}
+        assert handed_out  # (a worker the warm-up missed hands out `ref` alone)
     finally:
         log += stop(server)
-    spilled = sum(len(read_spill(p)) for p in (tmp_path / "spill").glob("*.jsonl"))
+    spilled = sum(len(read_spill(p)) for p in (tmp_path / "spill").glob("*/*.jsonl"))
     proxy.restore()
     server = start_gunicorn(env, port, settings)
     try:
@@ -540,7 +546,8 @@ def stop(server: subprocess.Popen) -> str:
 
 
 def visit_link(base: str, code: str, user_agent: str) -> str | None:
-    """The click id a share link's redirect hands out, None when it did not redirect."""
+    """The click id a share link's redirect hands out ("" for a redirect without one: a worker
+    that never read the code, during an outage), None when it did not redirect."""
     request = urllib.request.Request(f"{base}/r/{code}", headers={"User-Agent": user_agent})
     try:
         urllib.request.build_opener(NoRedirect).open(request, timeout=10)
@@ -548,7 +555,7 @@ def visit_link(base: str, code: str, user_agent: str) -> str | None:
         if error.code != 302:
             return None
         query = urllib.parse.urlsplit(error.headers["Location"]).query
-        return urllib.parse.parse_qs(query)["click_id"][0]
+        return urllib.parse.parse_qs(query).get("click_id", [""])[0]
     return None
 
 

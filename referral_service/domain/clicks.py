@@ -68,6 +68,17 @@ CLICK_ID_SALT = "referral-service.click-id"
 MAX_BACKOFF_SECONDS = 30.0  # the longest wait between two writes while the database fails
 CLOSE_SECONDS = 10.0  # how long a stopping process tries the database before it spills
 SPILL_SUFFIX = ".jsonl"
+
+
+def spill_folder(root: str | os.PathLike, database_url) -> Path:
+    """The spill folder of one database under `root`: `<root>/<16 hex digits>`, a hash of the
+    database's URL without its password, so that a process replays only the clicks that were
+    meant for its own database (a benchmark's or another instance's never reach it)."""
+    url = database_url.render_as_string(hide_password=True)
+    name = hashlib.blake2b(url.encode(), digest_size=8, person=b"click-spill").hexdigest()
+    return Path(root) / name
+
+
 CLAIMED_SUFFIX = ".claimed"
 SPILL_COLUMNS = (
     "id",

@@ -62,7 +62,7 @@ def test_sign_in_shows_the_dashboard(page, live_server, api, screenshot):
     assert page.get_by_role("heading", name="Funnel, last 90 days").is_visible()
 
     page.get_by_role("button", name="Sign out").click()
-    assert page.get_by_role("status").inner_text() == "You are signed out."
+    assert page.get_by_role("status").inner_text() == "You are signed out (on every device)."
     page.goto("/admin")
     assert "/admin/login" in page.url
 
