@@ -51,6 +51,8 @@ def register_settings(app: Flask, config: dict | None) -> None:
         app.config.update(settings.from_environment(app.instance_path))
     app.config.update(overrides)
     settings.check_secret_key(app.config.get("SECRET_KEY"))
+    for number, key in enumerate(app.config.get("SECRET_KEY_FALLBACKS") or (), 1):
+        settings.check_secret_key(key, f"Key {number} of SECRET_KEY_FALLBACKS")
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = database.engine_options(
         app.config["SQLALCHEMY_DATABASE_URI"], app.config
     )

@@ -8,6 +8,7 @@ import click
 from flask.cli import FlaskGroup, with_appcontext
 
 from referral_service import create_app
+from referral_service.config import SettingsError
 from referral_service.domain import admins, api_keys, customers, fraud, portal, program, rewards
 from referral_service.errors import ReferralError
 from referral_service.links import portal_url
@@ -16,7 +17,16 @@ from referral_service.models.admin import ROLES
 from referral_service.models.api_key import SCOPES
 
 
-@click.group(cls=FlaskGroup, create_app=create_app, add_version_option=False, set_debug_flag=False)
+def _create_app():
+    """The application, or a plain error without a traceback for a setting it will not start
+    with (a short secret key, say)."""
+    try:
+        return create_app()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False, set_debug_flag=False)
 def main():
     """Referral service: run it, migrate its database, manage keys and admins, import customers."""
 

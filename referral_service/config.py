@@ -31,7 +31,8 @@ class SettingsError(ValueError):
 
 def check_secret_key(key: str | None, source: str = "SECRET_KEY") -> str:
     """`key` if it is long enough to sign codes with, else SettingsError: an empty or short key
-    would let anyone forge referral codes and console sessions."""
+    (or an older one in `SECRET_KEY_FALLBACKS`, which still verifies) would let anyone forge
+    referral codes, share-page links and console sessions. `source` names it in the message."""
     if not key or len(key) < MIN_SECRET_KEY:
         raise SettingsError(
             f"{source} is {'empty' if not key else f'only {len(key)} characters'}: the secret key "

@@ -18,7 +18,7 @@ import logging
 import re
 from urllib.parse import unquote, unquote_plus
 
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+EMAIL = re.compile(r"[\w.+-]+[@\uff20\ufe6b][\w-]+(\.[\w-]+)+")  # @, full-width and small @
 IPV4 = re.compile(r"(?<![\w.])(\d{1,3}\.){3}\d{1,3}(?![\w.])")
 IPV6 = re.compile(r"(?<![\w:.])[0-9a-fA-F:]*:[0-9a-fA-F:]*:[0-9a-fA-F:.]*(?![\w:])")
 SHARE_TOKEN = re.compile(r"(/share/)[^\s/?#\"']+")

@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from referral_service.domain import codes
-from referral_service.errors import ErrorEnvelope, InvalidCode
+from referral_service.errors import ErrorEnvelope, InvalidCode, Unavailable
 from referral_service.extensions import db, limiter
 from referral_service.outages import dependency
 
@@ -147,7 +147,7 @@ def api_client() -> str:
 
     try:
         key = presented_key()
-    except SQLAlchemyError:  # the database is away: the view meets it again and answers so
+    except (SQLAlchemyError, Unavailable):  # the database is away: the view answers so (503)
         db.session.rollback()
         key = None
     if key is not None:

@@ -553,6 +553,7 @@ TARGETS = {
     "a line break (the issue's)": ("/admin/%0d%0aX:1", None),
     "an encoded line break": ("/admin/%250d%250aX:1", None),
     "NUL": ("/admin/%00", None),
+    "an encoded NUL in its query": ("/admin/rewards%3Fstatus%3D%2500", None),
     "another host": ("//evil.example/admin", None),
     "a backslash host": ("/%5Cevil.example/admin", None),
     "an absolute URL": ("https://evil.example/admin", None),

@@ -152,6 +152,8 @@ ENCODED = {
     "in a referrer": 'HTTP_REFERER "https://shop.example/admin/audit?actor=admin%3Aanna%40example.com"',
     "IPv4 encoded": "GET /api/v1/signups?ip=203%2E0%2E113%2E9 HTTP/1.1",
     "IPv6 encoded": "GET /api/v1/signups?ip=2001%3Adb8%3A%3A77 HTTP/1.1",
+    "a full-width @ (NFKC reads it as @)": "GET /admin/customers?q=anna\uff20example.com HTTP/1.1",
+    "a full-width @, encoded": "GET /admin/customers?q=anna%EF%BC%A0example.com HTTP/1.1",
 }
 
 

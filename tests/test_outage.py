@@ -296,9 +296,10 @@ def test_the_api_answers_503_with_retry_after_and_the_envelope(outage, fault):
     assert response.status_code == 201
 
 
-def test_with_rate_limits_on_a_503_keeps_its_own_retry_after(outage):
+def test_with_rate_limits_on_a_503_keeps_its_own_retry_after(outage, caplog):
     """As a user runs it (rate limits on): Flask-Limiter would stamp its window's reset (up to a
-    minute) over the 503's few seconds, and a `Retry-After` on every 200."""
+    minute) over the 503's few seconds, and a `Retry-After` on every 200. The database's outage
+    is the database's in the log: the limiter's key lookup meeting it is no Redis outage."""
     limited = create_app(
         app_config(
             outage.url,
@@ -312,9 +313,11 @@ def test_with_rate_limits_on_a_503_keeps_its_own_retry_after(outage):
     assert response.status_code == 200 and "X-RateLimit-Remaining" in response.headers
     assert "Retry-After" not in response.headers
     outage.proxy.cut()
-    response, _ = within(API_WITHIN, lambda: client.get("/api/v1/program", headers=outage.shop))
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == str(RETRY_AFTER)
+    for _ in range(3):
+        response, _ = within(API_WITHIN, lambda: client.get("/api/v1/program", headers=outage.shop))
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == str(RETRY_AFTER)
+    assert "Redis" not in caplog.text
     outage.proxy.restore()
     with limited.app_context():
         db.engine.dispose()

@@ -129,7 +129,9 @@ def _local(target: str | None, default: str) -> str:
     """`target` if it is a path inside the console, else `default`: no other host (a scheme,
     `//`, a backslash), no way out of the console (`..`, percent-encoded too) and no control
     character, percent-encoded or not (a line break would split the `Location` header)."""
-    if not target or not target.startswith("/admin") or "\\" in target or has_control(target):
+    if not target or not target.startswith("/admin") or "\\" in target:
+        return default
+    if has_control(target) or has_control(unquote(target)):  # in its query too
         return default
     path = unquote(urlsplit(target).path)
     inside = path == "/admin" or path.startswith("/admin/")
