@@ -32,7 +32,14 @@ from referral_service.models import Click, utcnow
 from tests import factories
 from tests.conftest import PG_URL, _pg_url, app_config, drop_pg_database, make_pg_database
 from tests.tcp_proxy import TcpProxy
-from tests.test_processes import BIN, ROOT, NoRedirect, cli, free_port, put_customer, wait_until_up
+from tests.test_processes import (
+    NoRedirect,
+    cli,
+    free_port,
+    gunicorn,
+    put_customer,
+    wait_until_up,
+)
 
 LOGGERS = (clicks.log.name, outages.log.name)
 
@@ -518,23 +525,7 @@ def run_an_outage(proxy, fault: str, name: str, tmp_path, visits: int) -> tuple[
 
 
 def start_gunicorn(env: dict, port: int, settings: dict) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            f"referral_service:create_app({settings!r})",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = gunicorn(env, port, app=f"referral_service:create_app({settings!r})")
     wait_until_up(f"http://127.0.0.1:{port}/healthz", server)
     return server
 

@@ -18,7 +18,7 @@ import pytest
 from werkzeug import serving
 
 from referral_service import logs
-from tests.test_processes import ROOT, wait_until_up
+from tests.test_processes import gunicorn, wait_until_up
 
 BIN = Path(sys.executable).parent
 
@@ -205,25 +205,7 @@ def test_gunicorn_access_log_shows_no_search_and_no_address(tmp_path):
         capture_output=True,
         timeout=60,
     )
-    server = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--access-logfile",
-            "-",
-            "wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = gunicorn(env, port, "--access-logfile", "-", workers=1)
     paths = (
         "/admin/customers?q=anna%40example.com",
         "/admin/customers?q=Anna%2540Example.com",

@@ -38,6 +38,29 @@ def wait_until_up(url: str, process, seconds: float = 20) -> None:
     raise AssertionError("server did not start")
 
 
+def gunicorn(env: dict, port: int, *options: str, app: str = "wsgi:app", workers: int = 2):
+    """gunicorn with the repository's gunicorn.conf.py on 127.0.0.1:`port`, its output (stdout
+    and stderr) in `.stdout`; wait for it with `wait_until_up`."""
+    return subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            *options,
+            app,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
@@ -84,23 +107,7 @@ def test_gunicorn_clean_shutdown_keeps_every_click(tmp_path):
     }
     cli(env, "db", "upgrade")
     key = cli(env, "api-keys", "create", "t", "--scope", "shop")
-    server = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "wsgi:app",
-        ],
-        cwd=ROOT,
-        env={**env, "CLICK_FLUSH_INTERVAL": "60"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = gunicorn({**env, "CLICK_FLUSH_INTERVAL": "60"}, port)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(f"{base}/healthz", server)
