@@ -179,6 +179,8 @@ class GuardedPool(QueuePool):
     def connect(self):
         if not may_try():
             raise Unavailable()
+        if not self._pre_ping:  # SQLite: nothing to wait for before the statement
+            return super().connect()
         with waiting_at_most(QUICK_ANSWER, connecting=False):
             return super().connect()
 
@@ -201,7 +203,7 @@ def _report_failure(context) -> None:
 @event.listens_for(Engine, "after_cursor_execute")
 def _report_success(connection, cursor, statement, parameters, context, executemany) -> None:
     """A statement answered: the database is there."""
-    if has_app_context():
+    if outages.anything_down() and has_app_context():
         outages.dependency("database").succeeded()
 
 

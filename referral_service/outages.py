@@ -18,6 +18,10 @@ from flask import current_app
 
 log = logging.getLogger(__name__)
 
+# how many dependencies are away in this process, whatever their application: a hot path may
+# look at this before it looks its own dependency up (`anything_down()`)
+_away = 0
+
 PROBE_SECONDS = 2.0
 
 
@@ -64,6 +68,7 @@ class Dependency:
             if self.down_since is not None:
                 return False
             self.down_since = time.monotonic()
+            _count_away(+1)
         reason = type(error).__name__ if isinstance(error, BaseException) else error
         log.warning(
             "%s is unavailable (%s); carrying on without it%s",
@@ -83,6 +88,7 @@ class Dependency:
                 return False
             away, failures = time.monotonic() - self.down_since, self.failures
             self.down_since, self.failures, self._next_probe = None, 0, 0.0
+            _count_away(-1)
         log.warning(
             "%s is back after %.1f s (%d failed attempts meanwhile)%s",
             self.name,
@@ -105,3 +111,14 @@ def dependency(name: str, probe_seconds: float = PROBE_SECONDS) -> Dependency:
 
 
 _registry_lock = threading.Lock()
+
+
+def _count_away(change: int) -> None:
+    global _away
+    _away += change  # under the changing dependency's lock; read without one
+
+
+def anything_down() -> bool:
+    """Whether any dependency of any application of this process is away now: when not (the
+    common case), a caller can skip reporting a success without looking anything up."""
+    return _away > 0

@@ -133,3 +133,19 @@ def test_each_application_has_its_own_state(database_url):
         assert not dependency("Redis").down
     with pytest.raises(RuntimeError, match="application context"):
         dependency("Redis")
+
+
+def test_anything_down_counts_every_dependency_of_the_process(clock):
+    """The hot path's shortcut: no dependency away, no success to report. (Earlier tests may
+    have left dependencies of their own away: counted from where they left it.)"""
+    before = outages._away
+    first, second = outages.Dependency("first"), outages.Dependency("second")
+    first.failed("gone")
+    second.failed("gone")
+    first.failed("still gone")  # the same outage: counted once
+    assert outages._away == before + 2 and outages.anything_down()
+    first.succeeded()
+    second.succeeded()
+    second.succeeded()  # already back: counted once
+    assert outages._away == before
+    assert outages.anything_down() == (before > 0)
