@@ -50,9 +50,8 @@ def secret_key(instance_path: str) -> str:
     a fresh instance folder all read one complete key. Raises SettingsError for an empty or short
     key, given or read.
     """
-    key = os.environ.get("SECRET_KEY", "").strip()
-    if key:
-        return check_secret_key(key)
+    if "SECRET_KEY" in os.environ:  # given, even empty (a variable a template left blank)
+        return check_secret_key(os.environ["SECRET_KEY"].strip())
     path = Path(instance_path) / SECRET_KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

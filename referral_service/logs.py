@@ -18,7 +18,15 @@ import logging
 import re
 from urllib.parse import unquote, unquote_plus
 
-EMAIL = re.compile(r"[\w.+-]+[@\uff20\ufe6b][\w-]+(\.[\w-]+)+")  # @, full-width and small @
+# an address as people (and Unicode's look-alikes) write it: @ also full-width or small, dots
+# also ideographic, full-width or half-width, and the invisible characters that may sit inside
+# (soft hyphen, zero-width space and joiners, word joiner), all of which NFKC or our own email
+# reading drop or fold
+_INVISIBLE = "\u00ad\u200b-\u200d\u2060\ufeff"
+EMAIL = re.compile(
+    rf"[\w.+\-{_INVISIBLE}]+[{_INVISIBLE}]*[@\uff20\ufe6b][{_INVISIBLE}]*[\w\-{_INVISIBLE}]+"
+    rf"([.\u3002\uff0e\uff61][\w\-{_INVISIBLE}]+)+"
+)
 IPV4 = re.compile(r"(?<![\w.])(\d{1,3}\.){3}\d{1,3}(?![\w.])")
 IPV6 = re.compile(r"(?<![\w:.])[0-9a-fA-F:]*:[0-9a-fA-F:]*:[0-9a-fA-F:.]*(?![\w:])")
 SHARE_TOKEN = re.compile(r"(/share/)[^\s/?#\"']+")

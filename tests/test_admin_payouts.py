@@ -432,3 +432,12 @@ def test_console_shows_a_clawback_taken_in_part(app, client, shop, admin, approv
     assert re.search(r"120\.00.*?120\.00.*?0\.00", shown, re.S), shown
     with app.app_context():
         assert payouts.get(second)["lines"][0]["clawbacks"] == "120.00"
+
+
+@pytest.mark.parametrize("before", ["2147483647", "2147483648", "99999999999999999999", "-1"])
+def test_a_page_cursor_beyond_any_id_is_the_first_page(app, before):
+    """`before` names a payout id: one past the largest id the column holds was a 500 on
+    PostgreSQL (integer out of range); every value out of range is the first page."""
+    browser = console(app, "pages@example.com")
+    response = browser.get(f"/admin/payouts?before={before}")
+    assert response.status_code == 200

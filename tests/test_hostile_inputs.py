@@ -554,6 +554,7 @@ TARGETS = {
     "an encoded line break": ("/admin/%250d%250aX:1", None),
     "NUL": ("/admin/%00", None),
     "an encoded NUL in its query": ("/admin/rewards%3Fstatus%3D%2500", None),
+    "bytes that are not UTF-8 in its query": ("/admin/rewards%3Fstatus%3D%25FF", None),
     "another host": ("//evil.example/admin", None),
     "a backslash host": ("/%5Cevil.example/admin", None),
     "an absolute URL": ("https://evil.example/admin", None),

@@ -154,6 +154,10 @@ ENCODED = {
     "IPv6 encoded": "GET /api/v1/signups?ip=2001%3Adb8%3A%3A77 HTTP/1.1",
     "a full-width @ (NFKC reads it as @)": "GET /admin/customers?q=anna\uff20example.com HTTP/1.1",
     "a full-width @, encoded": "GET /admin/customers?q=anna%EF%BC%A0example.com HTTP/1.1",
+    "an ideographic full stop": "GET /admin/customers?q=anna%40example%E3%80%82com HTTP/1.1",
+    "full-width @ and dot": "GET /admin/customers?q=anna\uff20example\uff0ecom HTTP/1.1",
+    "a soft hyphen inside": "GET /admin/customers?q=anna%C2%AD%40example.com HTTP/1.1",
+    "zero-width spaces around @": "q=anna\u200b@\u200bexample.com",
 }
 
 

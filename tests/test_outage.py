@@ -323,6 +323,24 @@ def test_with_rate_limits_on_a_503_keeps_its_own_retry_after(outage, caplog):
         db.engine.dispose()
 
 
+@pytest.mark.parametrize("path", ["/api/v1/program", "/r/{code}"])
+def test_a_database_that_hangs_after_the_answer_is_made_is_no_500(outage, path):
+    """The end-of-request clean-up (a ROLLBACK) meets the hang: the answer already made goes
+    out, within a pre-ping's wait, and the next request knows the database is away."""
+    code = outage.customer("anna")
+    # (after the ones set up: runs before Flask-SQLAlchemy's ROLLBACK)
+    outage.app.teardown_appcontext_funcs.append(lambda exc: outage.proxy.freeze())
+    response, took = within(
+        PUBLIC_WITHIN, lambda: outage.client.get(path.format(code=code), headers=outage.shop)
+    )
+    assert response.status_code in (200, 302)
+    outage.app.teardown_appcontext_funcs.pop()
+    response, took = within(
+        API_WITHIN, lambda: outage.client.get("/api/v1/program", headers=outage.shop)
+    )
+    assert response.status_code == 503 and took < 0.5
+
+
 def test_the_console_and_the_share_page_say_so_in_a_page(outage):
     outage.customer("anna")
     link = outage.client.post("/api/v1/customers/anna/portal-link", headers=outage.shop)

@@ -264,10 +264,11 @@ def test_an_empty_or_short_key_is_refused_at_start(tmp_path, monkeypatch, key):
     (tmp_path / config.SECRET_KEY_FILE).write_text(key)
     with pytest.raises(config.SettingsError, match="at least 32 characters"):
         config.secret_key(str(tmp_path))
-    if key.strip():
-        monkeypatch.setenv("SECRET_KEY", key)
-        with pytest.raises(config.SettingsError, match="SECRET_KEY is only"):
-            config.secret_key(str(tmp_path / "other"))
+    monkeypatch.setenv("SECRET_KEY", key)  # given, even empty: never a key generated instead
+    said = "SECRET_KEY is only" if key.strip() else "SECRET_KEY is empty"
+    with pytest.raises(config.SettingsError, match=said):
+        config.secret_key(str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,11 @@ def _local(target: str | None, default: str) -> str:
     character, percent-encoded or not (a line break would split the `Location` header)."""
     if not target or not target.startswith("/admin") or "\\" in target:
         return default
-    if has_control(target) or has_control(unquote(target)):  # in its query too
+    try:
+        decoded = unquote(target, errors="strict")
+    except UnicodeDecodeError:  # bytes that are not UTF-8: no console page is named so
+        return default
+    if has_control(target) or has_control(decoded):  # in its query too
         return default
     path = unquote(urlsplit(target).path)
     inside = path == "/admin" or path.startswith("/admin/")
