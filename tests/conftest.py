@@ -71,6 +71,13 @@ def _own_click_spill_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CLICK_SPILL_DIR", str(tmp_path / "clicks-spill"))
 
 
+def print_past_capture(request, line: str) -> None:
+    """Print a summary line of a test module, shown with or without `-s`."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n{line}")
+
+
 def unavailable(what: str, error: Exception):
     """Skip when a service is missing on a laptop; fail under CI=true."""
     message = f"{what} is not available: {type(error).__name__}: {error}"

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from referral_service import create_app
 from referral_service.domain.customers import check_locale
 from referral_service.errors import ValidationFailed
-from tests.conftest import app_config
+from tests.conftest import app_config, print_past_capture
 from tests.journey_helpers import rewards_in_every_state
 
 pytestmark = pytest.mark.sqlite_only  # the spec and validation do not depend on the backend
@@ -104,9 +104,7 @@ def fuzz_summary(request):
         f"FUZZ: {sum(CASES.values())} schemathesis cases over {len(CASES)} operations "
         f"in {time.monotonic() - started:.1f}s"
     )
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled():  # shown with or without `-s`
-        print(f"\n{line}")
+    print_past_capture(request, line)
 
 
 # The spec comes from an app of its own (it does not depend on the database; pytest 9.2 also

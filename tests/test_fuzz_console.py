@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from referral_service.extensions import db
 from referral_service.models import ApiKey, Referral
+from tests.conftest import print_past_capture
 from tests.journey_helpers import rewards_in_every_state
 from tests.test_admin_console import signed_in_as, token
 
@@ -163,9 +164,7 @@ def fuzz_summary(request):
         f"FUZZ CONSOLE: {sum(CASES.values())} cases over {len(CASES)} forms and backends "
         f"in {time.monotonic() - started:.1f}s"
     )
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n{line}")
+    print_past_capture(request, line)
 
 
 def test_the_pages_show_a_form_for_every_console_post(app, client, admin, shop):
