@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 LOCK = requirements.lock
+# a stamp of pyproject.toml's dependency ranges, kept in the lock (tests/test_lock.py compares)
+export RANGES_STAMP = import hashlib, json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(hashlib.sha256(json.dumps([p["dependencies"], p.get("optional-dependencies", {})], sort_keys=True).encode()).hexdigest()[:16])
 # every pip install (build dependencies in pip's isolated build environments too) takes the lock's
 # versions
 PIP_INSTALL = PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(BIN)/python -m pip install --quiet
@@ -72,6 +74,7 @@ lock:
 	.lock-venv/bin/python -m pip install --quiet '.[dev]'
 	{ echo "# The exact versions \`make run\`, \`make test\` and CI install (as pip constraints)."; \
 	  echo "# Made by \`make lock\` from the ranges in pyproject.toml; do not edit by hand."; \
+	  echo "# pyproject.toml ranges: $$($(PYTHON) -c "$$RANGES_STAMP")"; \
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable \
 	    | grep -v -i '^referral[-_]service' | LC_ALL=C sort -f; } > $(LOCK)
 	rm -rf .lock-venv build referral_service.egg-info
