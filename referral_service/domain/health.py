@@ -12,7 +12,17 @@ from referral_service import database, outages
 from referral_service.errors import Unavailable
 from referral_service.extensions import db
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+_PACKAGE = Path(__file__).resolve().parent.parent
+# inside an installed wheel the migrations sit in the package (setup.py copies them there); in a
+# checkout (and an editable install) they are the repository's top-level `migrations/`
+MIGRATIONS = next(
+    (
+        folder
+        for folder in (_PACKAGE / "migrations", _PACKAGE.parent / "migrations")
+        if folder.is_dir()
+    ),
+    _PACKAGE / "migrations",
+)
 _heads: tuple[str, ...] | None = None
 
 

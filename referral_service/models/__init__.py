@@ -1,10 +1,12 @@
 """SQLAlchemy models of the service; constraints make wrong states impossible."""
 
+from referral_service.models import notification, webhook  # noqa: F401 (their tables)
 from referral_service.models.admin import Admin, SignInFailure
 from referral_service.models.api_key import ApiKey
 from referral_service.models.base import Base, utcnow
 from referral_service.models.click import Click
 from referral_service.models.customer import Customer, ReferralCode
+from referral_service.models.outbox import OutboxEvent
 from referral_service.models.program import Program
 from referral_service.models.referral import (
     AuditRecord,
@@ -29,6 +31,7 @@ __all__ = [
     "Click",
     "Customer",
     "IdempotencyKey",
+    "OutboxEvent",
     "Payout",
     "Program",
     "Purchase",

@@ -1,0 +1,1 @@
+"""Outbound webhook endpoints and their deliveries (Standard Webhooks)."""
