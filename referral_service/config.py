@@ -159,6 +159,19 @@ def from_environment(instance_path: str) -> dict:
         or os.path.join(instance_path, "clicks-spill"),
         "DISPOSABLE_DOMAINS_FILE": os.environ.get("DISPOSABLE_DOMAINS_FILE", "").strip()
         or os.path.join(instance_path, "disposable_domains.txt"),
+        **events_settings(),
+    }
+
+
+def events_settings() -> dict:
+    """Where events go out: `WEBHOOKS_ALLOW_PRIVATE` (1 lets webhook endpoints be http and on
+    private, loopback or link-local addresses), `MAIL_URL` and `MAIL_FROM` (emails to
+    referrers: `smtp://user:password@host:port`, `smtps://` or `smtp+starttls://`)."""
+    allow = os.environ.get("WEBHOOKS_ALLOW_PRIVATE", "").strip().lower()
+    return {
+        "WEBHOOKS_ALLOW_PRIVATE": bool(allow) and allow not in FALSE,
+        "MAIL_URL": os.environ.get("MAIL_URL", "").strip() or None,
+        "MAIL_FROM": os.environ.get("MAIL_FROM", "").strip() or None,
     }
 
 
@@ -196,6 +209,10 @@ DEFAULTS = {
     "WTF_CSRF_CHECK_DEFAULT": False,  # only the admin console's forms are checked (not the API)
     # four eyes: a payout batch whose total (program currency) is above this needs a second approver
     "PAYOUT_APPROVAL_THRESHOLD": "500.00",
+    # events out: webhook endpoints must be public https unless this is set; emails need MAIL_URL
+    "WEBHOOKS_ALLOW_PRIVATE": False,
+    "MAIL_URL": None,
+    "MAIL_FROM": None,
     # OpenAPI (flask-smorest)
     "API_TITLE": "Referral service",
     "API_VERSION": "v1",
