@@ -613,7 +613,7 @@ def run_phase(bench: Bench, name: str, referrals: int, servers: list[Server]) ->
     populate(population, args.referrers, referrals)
     service = Server(
         "service",
-        gunicorn_argv("wsgi:app", ROOT, port, args.workers),
+        gunicorn_argv("referral_service.wsgi:app", ROOT, port, args.workers),
         ROOT,
         env,
         port,

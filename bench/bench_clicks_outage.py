@@ -1,6 +1,6 @@
 """Clicks kept through a database outage and a SIGTERM: gunicorn against PostgreSQL.
 
-What it measures: gunicorn (two workers, `gunicorn.conf.py`) writes its clicks to a fresh
+What it measures: gunicorn (two workers, the package's settings) writes its clicks to a fresh
 PostgreSQL database through a TCP proxy of its own (tests/tcp_proxy.py); the proxy is cut (or
 frozen: the server hangs), `--visits` share-link visits are made, each a visitor of its own,
 the server is stopped with SIGTERM while the database is still away, the proxy is restored and

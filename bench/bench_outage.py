@@ -218,7 +218,7 @@ def measure(args, tmp: Path, servers: list, name: str, proxy: TcpProxy) -> bool:
     key = run_cli(["api-keys", "create", "bench", "--scope", "shop"], env).strip()
     server = Server(
         "service",
-        gunicorn_argv("wsgi:app", ROOT, port, args.workers),
+        gunicorn_argv("referral_service.wsgi:app", ROOT, port, args.workers),
         ROOT,
         env,
         port,

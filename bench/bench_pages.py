@@ -39,7 +39,7 @@ page exactly as the service sent it, so both send the same bytes.
    2 s (a timeout error); a page that slow under load shows few or no requests.
 
 Both applications run under gunicorn with the same settings (sync workers, `--workers 2` by
-default, `gunicorn.conf.py`, bound to free ports on 127.0.0.1). The service runs on a fresh SQLite
+default, gunicorn_conf.py, bound to free ports on 127.0.0.1). The service runs on a fresh SQLite
 database in a temporary directory, seeded through its API and CLI, with its own SECRET_KEY and
 rate limits it never reaches; the directory is removed at the end (even on Ctrl-C). The client
 runs on the same machine and takes its share of the CPUs, as it would for any server measured
@@ -660,7 +660,7 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
     admin = run_cli(["api-keys", "create", "bench-admin", "--scope", "admin"], env).strip()
     service = Server(
         "service",
-        gunicorn_argv("wsgi:app", ROOT, service_port, args.workers),
+        gunicorn_argv("referral_service.wsgi:app", ROOT, service_port, args.workers),
         ROOT,
         env,
         service_port,

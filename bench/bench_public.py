@@ -341,7 +341,7 @@ def gunicorn_argv(app: str, chdir: Path, port: int, workers: int) -> list[str]:
         "-m",
         "gunicorn",
         "--config",
-        str(ROOT / "gunicorn.conf.py"),
+        "python:referral_service.gunicorn_conf",
         "--workers",
         str(workers),
         "--worker-class",
@@ -501,7 +501,7 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
     )
     service = Server(
         "service",
-        gunicorn_argv("wsgi:app", ROOT, service_port, args.workers),
+        gunicorn_argv("referral_service.wsgi:app", ROOT, service_port, args.workers),
         ROOT,
         env,
         service_port,

@@ -26,15 +26,17 @@ from referral_service.security import (
     register_url_check,
 )
 from referral_service.sessions import CookieSessions
+from referral_service.worker import register_tasks
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """Build the application: settings, extensions, services, blueprints, error handlers,
-    security headers, the body size limit and the check that API addresses are UTF-8."""
+    """Build the application: settings, extensions, services, the task queue, blueprints, error
+    handlers, security headers, the body size limit and the check that API addresses are UTF-8."""
     app = Flask(__name__)
     register_settings(app, config)
     register_extensions(app)
     register_services(app)
+    register_tasks(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_security_headers(app)

@@ -2,9 +2,12 @@
 
 import csv
 import io
+import logging
+import os
 import sys
 
 import click
+from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from referral_service import create_app
@@ -15,6 +18,7 @@ from referral_service.links import portal_url
 from referral_service.models import utcnow
 from referral_service.models.admin import ROLES
 from referral_service.models.api_key import SCOPES
+from referral_service.worker import POLL_SECONDS, SWEEP_SECONDS, Pump
 
 
 def _create_app():
@@ -29,6 +33,73 @@ def _create_app():
 @click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False, set_debug_flag=False)
 def main():
     """Referral service: run it, migrate its database, manage keys and admins, import customers."""
+
+
+@main.command("worker")
+@click.option(
+    "-w",
+    "--workers",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Threads that run tasks (deliveries wait on the network: more threads, more at once).",
+)
+@click.option(
+    "--poll",
+    default=POLL_SECONDS,
+    show_default=True,
+    type=click.FloatRange(0.1, 60),
+    help="Seconds between looks for events the relay has not taken yet.",
+)
+@click.option(
+    "--sweep",
+    default=SWEEP_SECONDS,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds between sweeps for due deliveries and emails (retries, a lost worker's work).",
+)
+@with_appcontext
+def run_worker(workers, poll, sweep):
+    """Run the background worker: the outbox relay, webhook deliveries, emails, and every minute
+    maturing rewards (daily: purging old risk evidence; hourly: pruning idempotency keys).
+
+    The queue is SQLite in the instance folder, or Redis with REDIS_URL. Run as many workers as
+    you like; SIGTERM (or Ctrl-C) stops one. A killed worker loses nothing: the database keeps
+    every planned delivery and email, and the next worker resumes them.
+    """
+    tasks = current_app.extensions["tasks"]
+    if tasks.huey.immediate:
+        raise click.ClickException("TASKS_IMMEDIATE is set: tasks run where they are queued.")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    consumer = tasks.huey.create_consumer(
+        workers=workers, worker_type="thread", max_delay=1.0, graceful_signal="TERM"
+    )
+    pump = Pump(tasks, poll, sweep)
+    pump.start()
+    try:
+        consumer.run()
+    finally:
+        pump.stop()
+
+
+@main.command("serve")
+@click.option("--host", help="Address to listen on (default 127.0.0.1, or BIND).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000, or BIND).")
+def serve(host, port):
+    """Run the production server: gunicorn with the package's settings (referral_service/
+    gunicorn_conf.py: WEB_CONCURRENCY workers, THREADS threads each, a graceful shutdown that
+    writes the buffered clicks). Put a reverse proxy with TLS in front of it."""
+    _create_app()  # a setting it will not start with is said here, in one line
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:" + GUNICORN_SETTINGS]
+    if host or port:
+        command += ["--bind", f"{host or '127.0.0.1'}:{port or 8000}"]
+    sys.stdout.flush()
+    os.execv(sys.executable, [*command, "referral_service.wsgi:app"])
+
+
+GUNICORN_SETTINGS = "referral_service.gunicorn_conf"
 
 
 @main.group("api-keys")

@@ -160,6 +160,7 @@ def from_environment(instance_path: str) -> dict:
         "DISPOSABLE_DOMAINS_FILE": os.environ.get("DISPOSABLE_DOMAINS_FILE", "").strip()
         or os.path.join(instance_path, "disposable_domains.txt"),
         **events_settings(),
+        "TASKS_FILE": os.environ.get("TASKS_FILE", "").strip() or None,
     }
 
 
@@ -213,6 +214,11 @@ DEFAULTS = {
     "WEBHOOKS_ALLOW_PRIVATE": False,
     "MAIL_URL": None,
     "MAIL_FROM": None,
+    # the task queue (worker.py): Huey on SQLite (TASKS_FILE, by default
+    # referral-service-tasks.sqlite3 in the instance folder), on Redis when REDIS_URL is set;
+    # immediate mode runs each task at once in the process that queues it (tests)
+    "TASKS_IMMEDIATE": False,
+    "TASKS_FILE": None,
     # OpenAPI (flask-smorest)
     "API_TITLE": "Referral service",
     "API_VERSION": "v1",

@@ -38,14 +38,16 @@ def wait_until_up(url: str, process, seconds: float = 20) -> None:
     raise AssertionError("server did not start")
 
 
-def gunicorn(env: dict, port: int, *options: str, app: str = "wsgi:app", workers: int = 2):
-    """gunicorn with the repository's gunicorn.conf.py on 127.0.0.1:`port`, its output (stdout
+def gunicorn(
+    env: dict, port: int, *options: str, app: str = "referral_service.wsgi:app", workers: int = 2
+):
+    """gunicorn with the package's gunicorn_conf.py on 127.0.0.1:`port`, its output (stdout
     and stderr) in `.stdout`; wait for it with `wait_until_up`."""
     return subprocess.Popen(
         [
             str(BIN / "gunicorn"),
             "-c",
-            str(ROOT / "gunicorn.conf.py"),
+            "python:referral_service.gunicorn_conf",
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",

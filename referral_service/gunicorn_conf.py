@@ -1,4 +1,5 @@
-"""Gunicorn settings for production: `gunicorn -c gunicorn.conf.py wsgi:app`.
+"""Gunicorn settings for production, which `referral-service serve` runs with
+(`gunicorn -c python:referral_service.gunicorn_conf referral_service.wsgi:app`).
 
 The access log is off unless asked for (`--access-logfile -`); its lines then carry the path
 without the query string and no referrer, which may hold a search or a person's address (the

@@ -1,0 +1,189 @@
+"""The task queue (Huey) and its tasks: the outbox relay, webhook deliveries, emails, and the
+periodic jobs (maturing rewards, purging risk evidence, pruning idempotency keys).
+
+Each application gets its own Huey instance (`app.extensions["tasks"]`): SQLite storage in the
+instance folder by default (`TASKS_FILE`), Redis when `REDIS_URL` is set; in both the queue's name
+carries a hash of the database's URL, so services (and tests) on different databases never run
+each other's tasks. With `TASKS_IMMEDIATE` a task runs at once in the process that queues it.
+Every task runs inside an application context of that app (one app per worker process).
+
+The database is the truth and the queue only a hint: a delivery or an email lost with a killed
+worker is still planned in its table, and the due sweeps queue it again; an event whose relay was
+lost is still unrelayed in the outbox, and the relay sweep finds it. Work reaches the queue three
+ways: after each commit that wrote events (`on_events_committed`) the relay is queued at once;
+the worker's pump relays what it finds in the outbox every second and sweeps the due deliveries
+and emails every `sweep_seconds`; and the periodic tasks below do both once a minute as well.
+"""
+
+import hashlib
+import logging
+import os
+import threading
+from datetime import datetime
+
+from flask import Flask, current_app
+from huey import RedisHuey, SqliteHuey, crontab
+from sqlalchemy import delete
+
+from referral_service.domain import fraud, idempotency, program, relay, rewards, unit
+from referral_service.domain.unit import unit_of_work
+from referral_service.extensions import db
+from referral_service.models import IdempotencyKey, utcnow
+
+logger = logging.getLogger(__name__)
+
+TASKS_FILE = "referral-service-tasks.sqlite3"
+SWEEP_LIMIT = 1000  # deliveries (and emails) queued again per sweep
+SWEEP_SECONDS = 30.0  # how often the worker's pump sweeps the due deliveries and emails
+POLL_SECONDS = 1.0  # how often it looks for events the relay has not taken
+
+
+def queue_name(database_url) -> str:
+    """`referral-service-<16 hex digits>`: a hash of the database URL without its password."""
+    url = database_url.render_as_string(hide_password=True)
+    digest = hashlib.blake2b(url.encode(), digest_size=8, person=b"task-queue").hexdigest()
+    return f"referral-service-{digest}"
+
+
+def register_tasks(app: Flask) -> None:
+    """Give the app its task queue (`app.extensions["tasks"]`) and queue the relay after every
+    commit that wrote events."""
+    with app.app_context():
+        name = queue_name(db.engine.url)
+    immediate = bool(app.config.get("TASKS_IMMEDIATE"))
+    if app.config.get("REDIS_URL"):
+        huey = RedisHuey(name, url=app.config["REDIS_URL"], results=False, immediate=immediate)
+    else:
+        path = app.config.get("TASKS_FILE") or os.path.join(app.instance_path, TASKS_FILE)
+        if not immediate:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        huey = SqliteHuey(name, filename=path, results=False, immediate=immediate)
+    app.extensions["tasks"] = Tasks(app, huey)
+    if _wake_relay not in unit._committed_listeners:
+        unit.on_events_committed(_wake_relay)
+
+
+def _wake_relay(event_ids: list[str]) -> None:
+    """After a commit that wrote events: queue the relay (in the app of the committing step)."""
+    tasks = current_app.extensions.get("tasks")
+    if tasks is not None:
+        tasks.relay()
+
+
+def _planners() -> dict:
+    """The relay's planners, by the task that carries out what they plan."""
+    from referral_service.domain import notifications, webhooks
+
+    return {"deliver": webhooks.plan_deliveries, "send": notifications.plan_emails}
+
+
+class Tasks:
+    """The tasks of one application on its Huey instance (`.huey`, which the consumer runs)."""
+
+    def __init__(self, app: Flask, huey):
+        self.app = app
+        self.huey = huey
+
+        def in_app(fn):
+            def run(*args):
+                with app.app_context():
+                    return fn(*args)
+
+            run.__name__ = fn.__name__
+            run.__qualname__ = fn.__name__
+            return run
+
+        self.relay = huey.task(name="relay")(in_app(self.relay_now))
+        self.deliver = huey.task(name="deliver")(in_app(self._deliver))
+        self.send = huey.task(name="send")(in_app(self._send))
+        every_minute = crontab(minute="*")
+        huey.periodic_task(every_minute, name="relay_sweep")(in_app(self.relay_now))
+        huey.periodic_task(every_minute, name="due_sweep")(in_app(self.sweep_due))
+        huey.periodic_task(every_minute, name="mature")(in_app(self.mature))
+        huey.periodic_task(crontab(minute="7"), name="prune_keys")(in_app(self.prune_keys))
+        huey.periodic_task(crontab(minute="23", hour="3"), name="purge")(in_app(self.purge))
+
+    # --- what the tasks do (in an app context) ---------------------------------------------------
+
+    def relay_now(self) -> int:
+        """Relay the waiting events and queue what they planned; returns how many events."""
+        return relay.relay(_planners(), self._queue_planned)
+
+    def _queue_planned(self, planned: dict[str, list[int]]) -> None:
+        for delivery_id in planned.get("deliver", ()):
+            self.deliver(delivery_id)
+        for notification_id in planned.get("send", ()):
+            self.send(notification_id)
+
+    def _deliver(self, delivery_id: int) -> None:
+        from referral_service.domain import webhooks
+
+        self._again(self.deliver, delivery_id, webhooks.deliver(delivery_id))
+
+    def _send(self, notification_id: int) -> None:
+        from referral_service.domain import notifications
+
+        self._again(self.send, notification_id, notifications.send(notification_id))
+
+    def _again(self, task, row_id: int, when: datetime | None) -> None:
+        """Queue `task(row_id)` for `when`, the next attempt the domain planned, if any."""
+        if when is not None and not self.huey.immediate:
+            task.schedule((row_id,), eta=when)
+
+    def sweep_due(self, now: datetime | None = None) -> dict[str, int]:
+        """Queue the deliveries and emails that are due (a killed worker's among them); returns
+        how many of each."""
+        from referral_service.domain import notifications, webhooks
+
+        now = now or utcnow()
+        deliveries = webhooks.due_deliveries(now, SWEEP_LIMIT)
+        emails = notifications.due_emails(now, SWEEP_LIMIT)
+        self._queue_planned({"deliver": deliveries, "send": emails})
+        return {"deliveries": len(deliveries), "emails": len(emails)}
+
+    def mature(self):
+        """Move the rewards whose hold has passed (`referral-service rewards mature`)."""
+        return rewards.mature()
+
+    def purge(self):
+        """Empty the risk evidence older than the program's `risk_retention_days`."""
+        return fraud.purge(program.settings()["risk_retention_days"], utcnow())
+
+    def prune_keys(self, now: datetime | None = None) -> int:
+        """Delete the idempotency keys older than they are honoured (`idempotency.KEEP`; a
+        claim deletes them too, but only while requests come); returns how many."""
+        with unit_of_work(now) as step:
+            return db.session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.created_at < step.now - idempotency.KEEP
+                )
+            ).rowcount
+
+
+class Pump(threading.Thread):
+    """The worker's own clock below Huey's minute: relays the events it finds in the outbox
+    every `poll` seconds (the after-commit wake-up may have been lost with a web process) and
+    queues the due deliveries and emails every `sweep` seconds (and at once on start, so a
+    restarted worker resumes what a killed one held)."""
+
+    def __init__(self, tasks: Tasks, poll: float = POLL_SECONDS, sweep: float = SWEEP_SECONDS):
+        super().__init__(name="referral-service-pump", daemon=True)
+        self.tasks, self.poll, self.sweep = tasks, poll, sweep
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        swept = None
+        while not self.stopping.is_set():
+            now = utcnow()
+            try:
+                with self.tasks.app.app_context():
+                    if swept is None or (now - swept).total_seconds() >= self.sweep:
+                        self.tasks.sweep_due(now)
+                        swept = now
+                    self.tasks.relay_now()
+            except Exception:
+                logger.exception("the worker's pump failed; it tries again")
+            self.stopping.wait(self.poll)
+
+    def stop(self) -> None:
+        self.stopping.set()
