@@ -1,4 +1,5 @@
-# `make run` starts the service on SQLite with zero configuration; `make test` runs the tests.
+# `make run` starts the service and its worker on SQLite with zero configuration; `make test` runs
+# the tests.
 # Both create a virtual environment in .venv and install what they need into it, at exactly the
 # versions in requirements.lock (the ones the tests passed with); `make lock` refreshes that file
 # from the compatible ranges in pyproject.toml.
@@ -46,7 +47,11 @@ run: install translations
 	@echo "  An admin key:   $(BIN)/referral-service api-keys create ops --scope admin"
 	@echo "  First admin:    $(BIN)/referral-service admins create you@example.com  (asks for a password),"
 	@echo "                  then sign in at http://$(HOST):$(PORT)/admin"
+	@echo "  The worker (webhooks, emails, maturing rewards) runs beside it; Ctrl-C stops both."
 	@echo
+	@$(BIN)/referral-service worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT; \
+	trap 'exit 130' INT TERM; \
 	$(BIN)/referral-service run --host $(HOST) --port $(PORT)
 
 test: install-dev translations

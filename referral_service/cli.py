@@ -73,6 +73,8 @@ def run_worker(workers, poll, sweep):
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("huey").setLevel(logging.WARNING)  # not a line per task run
+    logging.getLogger("huey.consumer").setLevel(logging.INFO)  # its start and stop
     consumer = tasks.huey.create_consumer(
         workers=workers, worker_type="thread", max_delay=1.0, graceful_signal="TERM"
     )
