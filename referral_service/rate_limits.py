@@ -148,6 +148,8 @@ def api_client() -> str:
     try:
         key = presented_key()
     except (SQLAlchemyError, Unavailable):  # the database is away: the view answers so (503)
+        # no business step, so no unit of work: a failed read before any step is dropped, so
+        # that the view can look again on a usable session
         db.session.rollback()
         key = None
     if key is not None:

@@ -29,11 +29,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 
 from referral_service.domain.customers import check_email
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Conflict, NotFound, Throttled, Unauthorized, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Admin, SignInFailure, utcnow
 from referral_service.models.admin import ROLES
-from referral_service.models.base import begin_write
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
 SALT_BYTES, KEY_BYTES = 16, 64
@@ -117,13 +117,11 @@ def create(email: str, password: str, role: str = "owner", now: datetime | None 
     check_password(password)
     check_role(role)
     password_hash = hash_password(password)  # before the write lock: it takes a while
-    begin_write(db.session)
-    if db.session.scalar(select(Admin.id).where(Admin.email == email)) is not None:
-        db.session.rollback()
-        raise Conflict(f"An admin with the email {email} exists already.")
-    admin = Admin(email=email, password_hash=password_hash, role=role, created_at=now or utcnow())
-    db.session.add(admin)
-    db.session.commit()
+    with unit_of_work(now) as unit:
+        if db.session.scalar(select(Admin.id).where(Admin.email == email)) is not None:
+            raise Conflict(f"An admin with the email {email} exists already.")
+        admin = Admin(email=email, password_hash=password_hash, role=role, created_at=unit.now)
+        db.session.add(admin)
     return admin
 
 
@@ -153,7 +151,6 @@ def _throttled(email: str, address: str | None, now: datetime) -> None:
     if not wait and address is not None:
         wait = _wait(SignInFailure.address == address, MAX_ADDRESS_FAILURES, now)
         whom = "this address"
-    db.session.rollback()
     if wait:
         minutes = math.ceil(wait / 60)
         raise Throttled(
@@ -185,19 +182,17 @@ def authenticate(
     if not right or admin is None or admin.disabled_at is not None:
         _record_failure(email, address, now)
         raise Unauthorized(WRONG)
-    begin_write(db.session)
-    db.session.execute(delete(SignInFailure).where(SignInFailure.email == email))
-    admin = db.session.get(Admin, admin.id)
-    admin.last_sign_in_at = now
-    db.session.commit()
+    with unit_of_work(now):
+        db.session.execute(delete(SignInFailure).where(SignInFailure.email == email))
+        admin = db.session.get(Admin, admin.id)
+        admin.last_sign_in_at = now
     return admin
 
 
 def _record_failure(email: str, address: str | None, now: datetime) -> None:
-    begin_write(db.session)
-    db.session.add(SignInFailure(email=email, address=address, at=now))
-    db.session.execute(delete(SignInFailure).where(SignInFailure.at < now - FAILURE_WINDOW))
-    db.session.commit()
+    with unit_of_work(now):
+        db.session.add(SignInFailure(email=email, address=address, at=now))
+        db.session.execute(delete(SignInFailure).where(SignInFailure.at < now - FAILURE_WINDOW))
 
 
 def session_check(admin: Admin) -> str:
@@ -225,25 +220,22 @@ NEXT_GENERATION = Admin.session_generation + 1  # computed by the database: no u
 def sign_out(admin_id: int) -> None:
     """End every session of the admin with this id, on every device (an unknown id changes
     nothing)."""
-    begin_write(db.session)
-    db.session.execute(
-        update(Admin).where(Admin.id == admin_id).values(session_generation=NEXT_GENERATION)
-    )
-    db.session.commit()
+    with unit_of_work():
+        db.session.execute(
+            update(Admin).where(Admin.id == admin_id).values(session_generation=NEXT_GENERATION)
+        )
 
 
 def _change(email: str, change=lambda admin: None) -> Admin:
     """Apply `change` to the admin with this email (locked) and end their sessions, in one
     transaction; raises NotFound."""
     email = (email or "").strip().lower()
-    begin_write(db.session)
-    admin = db.session.scalar(select(Admin).where(Admin.email == email).with_for_update())
-    if admin is None:
-        db.session.rollback()
-        raise NotFound(f"No admin with the email {email}.")
-    change(admin)
-    admin.session_generation = NEXT_GENERATION
-    db.session.commit()
+    with unit_of_work():
+        admin = db.session.scalar(select(Admin).where(Admin.email == email).with_for_update())
+        if admin is None:
+            raise NotFound(f"No admin with the email {email}.")
+        change(admin)
+        admin.session_generation = NEXT_GENERATION
     return admin
 
 

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import or_, select
 
-from referral_service.domain import audit
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from referral_service.extensions import db
-from referral_service.models import ApiKey, utcnow
+from referral_service.models import ApiKey
 from referral_service.models.api_key import SCOPES
-from referral_service.models.base import begin_write
 
 KEY_PREFIX = "rsk_"
 
@@ -42,15 +41,14 @@ def create(name: str, scope: str, actor: str | None = None) -> NewKey:
     if scope not in SCOPES:
         raise ValidationFailed(fields={"scope": [f"Must be one of {', '.join(SCOPES)}."]})
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    begin_write(db.session)
-    key = ApiKey(
-        name=name, scope=scope, prefix=secret[:12], key_hash=digest(secret), created_at=utcnow()
-    )
-    db.session.add(key)
-    if actor is not None:
-        db.session.flush()
-        audit.record(actor, "api_key.create", "api_key", key.id, None, _audited(key))
-    db.session.commit()
+    with unit_of_work() as unit:
+        key = ApiKey(
+            name=name, scope=scope, prefix=secret[:12], key_hash=digest(secret), created_at=unit.now
+        )
+        db.session.add(key)
+        if actor is not None:
+            db.session.flush()
+            unit.audit(actor, "api_key.create", "api_key", key.id, None, _audited(key))
     return NewKey(id=key.id, name=name, scope=scope, secret=secret)
 
 
@@ -68,22 +66,20 @@ def revoke(ident: str, actor: str | None = None) -> list[ApiKey]:
 
     Raises NotFound when nothing active matches. With an `actor`, each revocation is audited.
     """
-    begin_write(db.session)
     conditions = [ApiKey.name == ident, ApiKey.prefix == ident, ApiKey.key_hash == digest(ident)]
     if ident.isascii() and ident.isdecimal() and len(ident) <= 18:
         conditions.append(ApiKey.id == int(ident))
-    keys = list(
-        db.session.scalars(select(ApiKey).where(or_(*conditions), ApiKey.revoked_at.is_(None)))
-    )
-    if not keys:
-        db.session.rollback()
-        raise NotFound(f"No active API key matches {ident!r}.")
-    for key in keys:
-        before = _audited(key)
-        key.revoked_at = utcnow()
-        if actor is not None:
-            audit.record(actor, "api_key.revoke", "api_key", key.id, before, _audited(key))
-    db.session.commit()
+    with unit_of_work() as unit:
+        keys = list(
+            db.session.scalars(select(ApiKey).where(or_(*conditions), ApiKey.revoked_at.is_(None)))
+        )
+        if not keys:
+            raise NotFound(f"No active API key matches {ident!r}.")
+        for key in keys:
+            before = _audited(key)
+            key.revoked_at = unit.now
+            if actor is not None:
+                unit.audit(actor, "api_key.revoke", "api_key", key.id, before, _audited(key))
     return keys
 
 
@@ -92,16 +88,14 @@ def revoke_id(key_id: int, actor: str | None = None) -> ApiKey:
 
     Raises NotFound when no active key has this id. With an `actor`, it is audited.
     """
-    begin_write(db.session)
-    key = db.session.get(ApiKey, key_id) if 0 < key_id < 2**31 else None
-    if key is None or key.revoked_at is not None:
-        db.session.rollback()
-        raise NotFound(f"No active API key has the id {key_id}.")
-    before = _audited(key)
-    key.revoked_at = utcnow()
-    if actor is not None:
-        audit.record(actor, "api_key.revoke", "api_key", key.id, before, _audited(key))
-    db.session.commit()
+    with unit_of_work() as unit:
+        key = db.session.get(ApiKey, key_id) if 0 < key_id < 2**31 else None
+        if key is None or key.revoked_at is not None:
+            raise NotFound(f"No active API key has the id {key_id}.")
+        before = _audited(key)
+        key.revoked_at = unit.now
+        if actor is not None:
+            unit.audit(actor, "api_key.revoke", "api_key", key.id, before, _audited(key))
     return key
 
 

@@ -335,6 +335,8 @@ class ClickRecorder:
         with queue.turn() if queue else contextlib.nullcontext(), engine.connect() as connection:
             connection = connection.execution_options(sqlite_begin="IMMEDIATE")
             dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+            # outside the unit of work on purpose: clicks are no business event (no audit, no
+            # outbox event), written in batches by this process's flusher on its own connection
             with connection.begin():
                 connection.execute(dialect.insert(Click).on_conflict_do_nothing(), rows)
 
@@ -576,6 +578,8 @@ def flush_pending() -> None:
     if session.in_transaction():
         if session.new or session.dirty or session.deleted:
             raise RuntimeError("flush_pending() called with unsaved changes in the session")
+        # not a business step, so not a unit of work: this ends a read-only snapshot (nothing
+        # is written), as begin_write does before a step
         session.rollback()
 
 

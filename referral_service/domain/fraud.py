@@ -35,10 +35,10 @@ from itsdangerous import Signer
 from sqlalchemy import bindparam, func, or_, select, update
 
 from referral_service.domain.clock import CLOCK_SKEW
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Click, Referral, Signup
-from referral_service.models.base import begin_write
 
 WEIGHTS = {
     "same_device": 60,
@@ -313,29 +313,29 @@ def purge(retention_days: int, now: datetime) -> dict:
     Returns `{signups: n, clicks: n}`, the rows emptied. Safe to run from cron.
     """
     cutoff = now - timedelta(days=retention_days)
-    begin_write(db.session)
-    signups = db.session.execute(
-        update(Signup)
-        .where(
-            Signup.occurred_at < cutoff,
-            or_(
-                Signup.ip_hash.is_not(None),
-                Signup.ua_hash.is_not(None),
-                Signup.device_hash.is_not(None),
-            ),
-        )
-        .values(ip_hash=None, ua_hash=None, device_hash=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    clicks = db.session.execute(
-        update(Click)
-        .where(
-            Click.occurred_at < cutoff, or_(Click.ip_hash.is_not(None), Click.ua_hash.is_not(None))
-        )
-        .values(ip_hash=None, ua_hash=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    db.session.commit()
+    with unit_of_work(now):
+        signups = db.session.execute(
+            update(Signup)
+            .where(
+                Signup.occurred_at < cutoff,
+                or_(
+                    Signup.ip_hash.is_not(None),
+                    Signup.ua_hash.is_not(None),
+                    Signup.device_hash.is_not(None),
+                ),
+            )
+            .values(ip_hash=None, ua_hash=None, device_hash=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        clicks = db.session.execute(
+            update(Click)
+            .where(
+                Click.occurred_at < cutoff,
+                or_(Click.ip_hash.is_not(None), Click.ua_hash.is_not(None)),
+            )
+            .values(ip_hash=None, ua_hash=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
     return {"signups": signups, "clicks": clicks}
 
 

@@ -16,13 +16,13 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import aliased
 
-from referral_service.domain import audit, stats
+from referral_service.domain import stats
 from referral_service.domain.customers import active_code, check_external_id, find
 from referral_service.domain.money import from_minor
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import InvalidLink, LinkExpired, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Customer, Referral, Reward, utcnow
-from referral_service.models.base import begin_write
 from referral_service.models.referral import REWARD_STATUSES
 
 SALT = "referral-service.portal-link"
@@ -128,16 +128,15 @@ def issue_link(
     expires_at = (utcnow() + timedelta(seconds=seconds)).replace(microsecond=0)
     token = _serializer().dumps([customer.id, int(expires_at.timestamp())])
     if actor is not None:
-        begin_write(db.session)
-        audit.record(
-            actor,
-            "customer.portal_link",
-            "customer",
-            customer.id,
-            None,
-            {"external_id": customer.external_id, "expires_at": expires_at.isoformat()},
-        )
-        db.session.commit()
+        with unit_of_work() as unit:
+            unit.audit(
+                actor,
+                "customer.portal_link",
+                "customer",
+                customer.id,
+                None,
+                {"external_id": customer.external_id, "expires_at": expires_at.isoformat()},
+            )
     return PortalLink(token=token, expires_at=expires_at)
 
 
