@@ -487,4 +487,8 @@ def test_payout_actions_are_audited(app, client, admin, approved_three):
             "totals": [{"currency": "EUR", "amount": "29.75"}],
         }
         assert records[1].before == {"status": "created"}
-        assert records[1].after == {"status": "paid", "reference": "R-9"}
+        assert records[1].after == {
+            "status": "paid",
+            "reference": "R-9",
+            "reward_ids": batch["reward_ids"],
+        }

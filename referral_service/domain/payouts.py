@@ -19,8 +19,9 @@ from decimal import Decimal
 from flask import current_app
 from sqlalchemy import delete, func, insert, select, update
 
-from referral_service.domain import audit, program
+from referral_service.domain import program
 from referral_service.domain.money import from_minor, to_minor
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Conflict, NotFound, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import (
@@ -29,9 +30,7 @@ from referral_service.models import (
     Customer,
     Payout,
     Reward,
-    utcnow,
 )
-from referral_service.models.base import begin_write
 
 MAX_REFERENCE = 200
 EMPTY = (
@@ -45,47 +44,45 @@ def create(
 ) -> dict:
     """A batch of approved rewards not yet in a batch: the ones named, or all of them.
 
-    Each reward joins at most one batch (a conditional UPDATE claims it). Raises ValidationFailed
-    when nothing is chosen, and Conflict when a named reward is not approved or already batched.
+    Each reward joins at most one batch (a conditional UPDATE claims it, and says which it
+    took). One step: the batch, its clawback settlements, its audit record and its
+    `payout.created` event. Raises ValidationFailed when nothing is chosen, and Conflict when a
+    named reward is not approved or already batched (nothing is batched then).
     """
-    now = now or utcnow()
     if bool(reward_ids) == bool(all_approved):
         raise ValidationFailed(
             fields={"reward_ids": ['Send either "reward_ids": [...] or "all_approved": true.']}
         )
-    begin_write(db.session)
-    payout = Payout(status="created", created_at=now, created_by=actor)
-    db.session.add(payout)
-    db.session.flush()
-    claim = update(Reward).where(Reward.status == "approved", Reward.payout_id.is_(None))
-    if reward_ids:
-        claim = claim.where(Reward.id.in_(reward_ids))
-    claimed = db.session.execute(
-        claim.values(payout_id=payout.id, updated_at=now).execution_options(
-            synchronize_session=False
+    with unit_of_work(now) as unit:
+        payout = Payout(status="created", created_at=unit.now, created_by=actor)
+        db.session.add(payout)
+        db.session.flush()
+        claim = update(Reward).where(Reward.status == "approved", Reward.payout_id.is_(None))
+        if reward_ids:
+            claim = claim.where(Reward.id.in_(reward_ids))
+        claimed = db.session.scalars(
+            claim.values(payout_id=payout.id, updated_at=unit.now)
+            .returning(Reward.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        if reward_ids and len(claimed) != len(set(reward_ids)):
+            raise Conflict(
+                "Some of these rewards are not approved, are already in a payout, or do "
+                "not exist; nothing was batched."
+            )
+        if not claimed:
+            raise Conflict("No approved rewards are waiting for a payout.")
+        _settle_clawbacks(payout.id)
+        body = _summary(payout)
+        unit.audit(
+            actor,
+            "payout.create",
+            "payout",
+            payout.id,
+            None,
+            {"rewards": len(claimed), "totals": body["totals"]},
         )
-    ).rowcount
-    if reward_ids and claimed != len(set(reward_ids)):
-        db.session.rollback()
-        raise Conflict(
-            "Some of these rewards are not approved, are already in a payout, or do "
-            "not exist; nothing was batched."
-        )
-    if claimed == 0:
-        db.session.rollback()
-        raise Conflict("No approved rewards are waiting for a payout.")
-    _settle_clawbacks(payout.id)
-    body = _summary(payout)
-    audit.record(
-        actor,
-        "payout.create",
-        "payout",
-        payout.id,
-        None,
-        {"rewards": body["reward_count"], "totals": body["totals"]},
-        at=now,
-    )
-    db.session.commit()
+        unit.emit("payout.created", payout)
     return body
 
 
@@ -143,10 +140,10 @@ def _settle_clawbacks(payout_id: int) -> None:
 def resettle(payout_id: int) -> None:
     """Net the clawbacks of an unpaid batch again, after one of its rewards left it or shrank.
 
-    Runs in the transaction that changed the reward (which holds that reward's lock), so a
-    batch never nets more clawbacks than its rewards cover: what it no longer covers is open
-    again for the beneficiary's next batch. Raises Conflict if the batch is already paid (a
-    reward of a paid batch is paid and never leaves it).
+    Runs inside the unit of work of the step that changed the reward (which holds that reward's
+    lock) and commits nothing itself, so a batch never nets more clawbacks than its rewards
+    cover: what it no longer covers is open again for the beneficiary's next batch. Raises
+    Conflict if the batch is already paid (a reward of a paid batch is paid and never leaves it).
     """
     db.session.flush()
     payout = db.session.scalar(select(Payout).where(Payout.id == payout_id).with_for_update())
@@ -401,9 +398,9 @@ def list_payouts(before: int | None = None, limit: int = 50) -> tuple[list[dict]
 
 
 def _locked(payout_id: int) -> Payout:
+    """The batch, locked until the step ends; raises NotFound."""
     payout = db.session.scalar(select(Payout).where(Payout.id == payout_id).with_for_update())
     if payout is None:
-        db.session.rollback()
         raise NotFound(f"No payout {payout_id}.")
     return payout
 
@@ -427,30 +424,30 @@ def approval_refusal(summary: dict, actor: str) -> str | None:
 def approve(payout_id: int, actor: str, now=None) -> dict:
     """The second pair of eyes: `actor` approves an unpaid batch that someone else created.
 
-    Raises NotFound, and Conflict when the actor created the batch, when it is already
-    approved, or when it is already paid. Whether the actor's role may approve at all is the
-    caller's decision (an admin API key; an approver in the console).
+    One step with its audit record and its `payout.approved` event. Raises NotFound, and
+    Conflict when the actor created the batch, when it is already approved, or when it is
+    already paid. Whether the actor's role may approve at all is the caller's decision (an
+    admin API key; an approver in the console).
     """
-    now = now or utcnow()
-    begin_write(db.session)
-    payout = _locked(payout_id)
-    summary = _summary(payout)
-    refusal = approval_refusal(summary, actor)
-    if refusal:
-        db.session.rollback()
-        raise Conflict(refusal)
-    payout.approved_by, payout.approved_at = actor, now
-    audit.record(
-        actor,
-        "payout.approve",
-        "payout",
-        payout_id,
-        {"approved_by": None},
-        {"approved_by": actor, "created_by": payout.created_by, "totals": summary["totals"]},
-        at=now,
-    )
-    db.session.commit()
-    return _summary(payout)
+    with unit_of_work(now) as unit:
+        payout = _locked(payout_id)
+        summary = _summary(payout)
+        refusal = approval_refusal(summary, actor)
+        if refusal:
+            raise Conflict(refusal)
+        payout.approved_by, payout.approved_at = actor, unit.now
+        unit.audit(
+            actor,
+            "payout.approve",
+            "payout",
+            payout_id,
+            {"approved_by": None},
+            {"approved_by": actor, "created_by": payout.created_by, "totals": summary["totals"]},
+        )
+        unit.emit("payout.approved", payout)
+        db.session.flush()
+        body = _summary(payout)
+    return body
 
 
 def paid_refusal(summary: dict) -> str | None:
@@ -475,46 +472,46 @@ def paid_refusal(summary: dict) -> str | None:
 def mark_paid(payout_id: int, reference: str, actor: str, now=None) -> dict:
     """Mark a batch paid with the bank's reference; its rewards become `paid`.
 
-    Raises ValidationFailed for an empty reference, NotFound, and Conflict when already paid,
-    when no reward is left in it (all reversed or rejected), or when its total is above the
-    approval threshold and no second approver has approved it. A batch whose lines net to zero
+    One step with its audit record (naming the rewards paid) and its `payout.paid` event (the
+    batch shows its rewards; the contract has no event per reward paid). Raises
+    ValidationFailed for an empty reference, NotFound, and Conflict when already paid, when no
+    reward is left in it (all reversed or rejected), or when its total is above the approval
+    threshold and no second approver has approved it. A batch whose lines net to zero
     (clawbacks took all) is paid all the same: that settles its rewards and clawbacks.
     """
-    now = now or utcnow()
     if not isinstance(reference, str) or not 1 <= len(reference.strip()) <= MAX_REFERENCE:
         raise ValidationFailed(fields={"reference": ["Give the payment's reference (1-200)."]})
-    begin_write(db.session)
-    # its rewards first, then the batch: the order in which a refund or a rejection locks them
-    db.session.execute(select(Reward.id).where(Reward.payout_id == payout_id).with_for_update())
-    payout = _locked(payout_id)
-    refusal = paid_refusal(_summary(payout))
-    if refusal:
-        db.session.rollback()
-        raise Conflict(refusal)
-    changed = db.session.execute(
-        update(Payout)
-        .where(Payout.id == payout_id, Payout.status == "created")
-        .values(status="paid", paid_at=now, reference=reference.strip())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if changed == 0:
-        db.session.rollback()
-        raise Conflict(f"Payout {payout_id} is already paid.")
-    db.session.execute(
-        update(Reward)
-        .where(Reward.payout_id == payout_id, Reward.status == "approved")
-        .values(status="paid", updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    db.session.refresh(payout)
-    audit.record(
-        actor,
-        "payout.mark_paid",
-        "payout",
-        payout_id,
-        {"status": "created"},
-        {"status": "paid", "reference": payout.reference},
-        at=now,
-    )
-    db.session.commit()
-    return _summary(payout)
+    with unit_of_work(now) as unit:
+        # its rewards first, then the batch: the order in which a refund or a rejection locks them
+        db.session.execute(select(Reward.id).where(Reward.payout_id == payout_id).with_for_update())
+        payout = _locked(payout_id)
+        refusal = paid_refusal(_summary(payout))
+        if refusal:
+            raise Conflict(refusal)
+        changed = db.session.execute(
+            update(Payout)
+            .where(Payout.id == payout_id, Payout.status == "created")
+            .values(status="paid", paid_at=unit.now, reference=reference.strip())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed == 0:
+            raise Conflict(f"Payout {payout_id} is already paid.")
+        paid = db.session.scalars(
+            update(Reward)
+            .where(Reward.payout_id == payout_id, Reward.status == "approved")
+            .values(status="paid", updated_at=unit.now)
+            .returning(Reward.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        db.session.refresh(payout)
+        unit.audit(
+            actor,
+            "payout.mark_paid",
+            "payout",
+            payout_id,
+            {"status": "created"},
+            {"status": "paid", "reference": payout.reference, "reward_ids": sorted(paid)},
+        )
+        unit.emit("payout.paid", payout)
+        body = _summary(payout)
+    return body
