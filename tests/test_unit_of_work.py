@@ -282,6 +282,29 @@ def test_listeners_get_the_event_ids_after_the_commit(app, listeners):
     assert calls == [(written, written)]
 
 
+def test_units_on_threads_lose_no_update(app, listeners):
+    """Each unit begins as a writer (SQLite: the writer queue and BEGIN IMMEDIATE) and a step's
+    row lock holds until its commit (PostgreSQL): read-modify-write steps lose nothing."""
+    with app.app_context(), unit_of_work(NOW):
+        payout = a_payout()
+        payout.reference = "0"
+    with app.app_context():
+        payout_id = db.session.scalar(select(Payout.id))
+
+    def step(i):
+        with app.app_context(), unit_of_work() as unit:
+            locked = db.session.scalar(
+                select(Payout).where(Payout.id == payout_id).with_for_update()
+            )
+            locked.reference = str(int(locked.reference) + 1)
+            unit.emit("payout.approved", {"id": payout_id, "step": i})
+
+    together(8, step)
+    with app.app_context():
+        assert db.session.get(Payout, payout_id).reference == "8"
+        assert len(outbox_seen_elsewhere()) == 8
+
+
 def test_a_failing_listener_does_not_break_the_step(app, listeners, caplog):
     told = []
 
@@ -352,6 +375,27 @@ def test_a_batch_writes_payout_created_once(app, client, admin, approved):
     assert written.data["reward_ids"] == sorted(approved)
     assert create_batch(client, admin).status_code == 409  # nothing left: no second event
     assert len(payout_events(app)) == 1
+
+
+def test_a_batch_failing_after_its_write_leaves_no_event(app, admin, approved, monkeypatch):
+    """No ghost event: the batch is made, its rewards claimed and its event emitted, then the
+    step fails before its commit; nothing of it stays."""
+    from referral_service.domain import payouts
+
+    emit = unit_module.Unit.emit
+
+    def emit_then_fail(unit, kind, subject):
+        emit(unit, kind, subject)
+        raise RuntimeError("the step fails after its write")
+
+    monkeypatch.setattr(unit_module.Unit, "emit", emit_then_fail)
+    with app.app_context():
+        with pytest.raises(RuntimeError, match="after its write"):
+            payouts.create("admin:anna@example.com", all_approved=True)
+        assert db.session.scalar(select(func.count()).select_from(Payout)) == 0
+        assert db.session.scalar(select(func.count()).where(Reward.payout_id.is_not(None))) == 0
+        assert "payout.create" not in audit_actions()
+    assert payout_events(app) == []
 
 
 def test_a_refused_batch_writes_no_event(app, client, admin, approved):
