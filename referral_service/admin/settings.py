@@ -9,7 +9,7 @@ create or revoke API keys.
 import json
 import re
 
-from flask import abort, flash, g, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
 from referral_service.admin.inputs import checks_fields
 from referral_service.admin.views import blp, requires
@@ -18,6 +18,7 @@ from referral_service.domain import admins, api_keys, audit, program
 from referral_service.errors import NotFound, ValidationFailed, flatten_messages
 from referral_service.i18n import LANGUAGE_NAMES
 from referral_service.models.api_key import SCOPES
+from referral_service.models.notification import NOTIFICATION_KINDS
 
 AUDIT_PAGE_SIZE = 50
 REWARD_TYPES = (
@@ -41,6 +42,23 @@ _WHOLE = re.compile(r"-?[0-9]{1,12}")
 SHARE_MESSAGE_HINT = (
     f"At most {program.MAX_SHARE_MESSAGE} characters; line breaks allowed. The share link is "
     "added after the text. Blank: the built-in message."
+)
+# the switch of each kind of email (models/notification.py NOTIFICATION_KINDS), in words
+EMAIL_KINDS = tuple(
+    zip(
+        NOTIFICATION_KINDS,
+        (
+            "Reward earned: a friend's purchase earned the referrer a reward",
+            "Reward approved",
+            "Reward paid: a payout batch paid the referrer",
+        ),
+        strict=True,
+    )
+)
+EMAILS_GROUP = "Emails to referrers"
+EMAILS_HINT = (
+    "Sent by the worker in the customer's language, with an unsubscribe link; only while "
+    "MAIL_URL is set."
 )
 
 # The form, in groups: (input name, label, kind, hint). An input's name is the API's field name,
@@ -135,6 +153,13 @@ FORM = (
             ),
         ),
     ),
+    (
+        EMAILS_GROUP,
+        tuple(
+            (f"notifications.{kind}", label, "checkbox", EMAILS_HINT if n == 0 else None)
+            for n, (kind, label) in enumerate(EMAIL_KINDS)
+        ),
+    ),
 )
 INPUTS = [spec for _, specs in FORM for spec in specs]
 # the options of each choice: (value, words) or (value, words, the language of the words)
@@ -149,7 +174,7 @@ CHOICES = {
 INPUT_LANGUAGES = {f"share_messages.{code}": code for code in program.LANGUAGES}
 # nested settings sent whole (from all of their inputs), and those sent per part (merged)
 GROUPS = ("referrer_reward", "friend_reward", "friend_offer")
-MERGED = ("share_messages",)
+MERGED = ("share_messages", "notifications")
 
 
 def input_id(name: str) -> str:
@@ -201,7 +226,7 @@ def parse_form(form, current: dict) -> tuple[dict[str, str], dict]:
         top, _, part = name.partition(".")
         if top in MERGED and name in present:
             # only the parts that differ; an empty one means null (back to the built-in value)
-            value = typed[name] or None
+            value = bool(typed[name]) if kind == "checkbox" else typed[name] or None
             if value != (current.get(top) or {}).get(part):
                 wanted.setdefault(top, {})[part] = value
             continue
@@ -296,6 +321,8 @@ def _choices() -> dict:
         "input_languages": INPUT_LANGUAGES,
         "input_id": input_id,
         "labels": {name: label for name, label, _, _ in INPUTS},
+        "emails_group": EMAILS_GROUP,
+        "mail_ready": bool(current_app.config.get("MAIL_URL")),
     }
 
 

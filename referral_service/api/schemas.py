@@ -25,6 +25,7 @@ from referral_service.domain.pages import MAX_ID, MAX_LIMIT
 from referral_service.domain.refunds import MAX_REFUND_ID
 from referral_service.domain.rewards import MAX_ORDER_ID, PURCHASE_REASONS
 from referral_service.errors import ValidationFailed
+from referral_service.models.notification import NOTIFICATION_KINDS
 from referral_service.models.program import LANDING_MODES
 from referral_service.models.referral import REFERRAL_STATUSES, REWARD_STATUSES
 
@@ -404,6 +405,12 @@ class FriendOffer(StrictSchema):
     currency = fields.String(dump_only=True)
 
 
+NotificationSwitches = StrictSchema.from_dict(
+    {kind: StrictBoolean() for kind in NOTIFICATION_KINDS}, name="NotificationSwitches"
+)
+NotificationSwitches.__doc__ = "A switch per kind of email to referrers: true sends it."
+
+
 class ProgramSettings(Schema):
     """The program settings (every field has a default)."""
 
@@ -463,6 +470,14 @@ class ProgramSettings(Schema):
         metadata={
             "description": 'The share message per language (`{"pl": "..."}`); a language '
             "not listed uses the built-in message. Share buttons add the link after it."
+        },
+    )
+    notifications = fields.Nested(
+        NotificationSwitches,
+        metadata={
+            "description": "Emails to referrers (sent by the worker when `MAIL_URL` is set), "
+            "each off by default: `reward_earned` (a friend's purchase earned them a reward), "
+            "`reward_approved`, `reward_paid` (a payout batch paid them)."
         },
     )
 
@@ -537,6 +552,10 @@ class ProgramPatch(StrictSchema):
             "description": "Share messages by language; a language left out keeps its message, "
             "null or blank gives it the built-in one."
         },
+    )
+    notifications = fields.Nested(
+        NotificationSwitches,
+        metadata={"description": "Email switches to change; a kind left out keeps its value."},
     )
 
     OPENAPI = {"minProperties": 1}

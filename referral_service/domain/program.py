@@ -9,12 +9,12 @@ from urllib.parse import urlsplit
 from flask import current_app
 
 from referral_service import database
-from referral_service.domain import audit
 from referral_service.domain.money import check_currency, format_amount, parse_amount
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Unavailable, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Program
-from referral_service.models.base import begin_write
+from referral_service.models.notification import NOTIFICATION_KINDS
 from referral_service.models.program import LANDING_MODES, REWARD_TYPES
 
 OFFER_TYPES = ("fixed", "percent", "free_shipping")
@@ -30,12 +30,10 @@ MAX_SHARE_MESSAGE = 280
 def _program() -> Program:
     program = db.session.get(Program, 1)
     if program is None:  # the migration inserts it; this covers a database made without one
-        begin_write(db.session)
+        with unit_of_work():
+            if db.session.get(Program, 1) is None:
+                db.session.add(Program(id=1))
         program = db.session.get(Program, 1)
-        if program is None:
-            db.session.add(Program(id=1))
-            db.session.commit()
-            program = db.session.get(Program, 1)
     return program
 
 
@@ -100,6 +98,7 @@ def as_dict(program: Program) -> dict:
         "landing_mode": program.landing_mode,
         "default_locale": program.default_locale,
         "share_messages": dict(sorted((program.share_messages or {}).items())),
+        "notifications": {kind: getattr(program, f"notify_{kind}") for kind in NOTIFICATION_KINDS},
     }
 
 
@@ -284,19 +283,47 @@ def _check_messages(value) -> dict[str, str]:
     return messages
 
 
+def _check_notifications(value) -> dict[str, bool]:
+    """The email switches: `{"reward_earned": true, ...}`, each true or false."""
+    field = "notifications"
+    if not isinstance(value, dict):
+        raise ValidationFailed(
+            fields={field: ['Must be an object such as {"reward_earned": true}.']}
+        )
+    problems = {}
+    for kind, switch in value.items():
+        if kind not in NOTIFICATION_KINDS:
+            problems[f"{field}.{kind}"[:80]] = [
+                f"Not a kind of email: use {', '.join(NOTIFICATION_KINDS)}."
+            ]
+        elif not isinstance(switch, bool):
+            problems[f"{field}.{kind}"] = ["Must be true or false."]
+    if problems:
+        raise ValidationFailed(fields=problems)
+    return value
+
+
 def update(changes: dict, actor: str | None = None) -> dict:
     """Apply some settings; the result is validated as a whole and saved at once, or not at all.
 
-    Raises ValidationFailed naming every bad field (a fixed amount is checked against the
-    currency, so changing the currency to JPY with a reward of "10.50" fails). With an `actor`,
-    the change is audited: the settings sent, before and after.
+    Nested settings that are sets of parts (`share_messages`, `notifications`) are merged: a
+    part left out keeps its value. Raises ValidationFailed naming every bad field (a fixed
+    amount is checked against the currency, so changing the currency to JPY with a reward of
+    "10.50" fails). With an `actor`, the change is audited: the settings sent, before and after.
     """
-    begin_write(db.session)
+    with unit_of_work() as unit:
+        after = _update(unit, changes, actor)
+    current_app.extensions["program_cache"].pop("expires", None)  # read anew; kept if it cannot be
+    return after
+
+
+def _update(unit, changes: dict, actor: str | None) -> dict:
     program = _program()
     before = as_dict(program)
     merged = {**before, **changes}
-    if isinstance(changes.get("share_messages"), dict):  # a language left out keeps its message
-        merged["share_messages"] = {**before["share_messages"], **changes["share_messages"]}
+    for field in ("share_messages", "notifications"):  # a part left out keeps its value
+        if isinstance(changes.get(field), dict):
+            merged[field] = {**before[field], **changes[field]}
     problems: dict[str, list[str]] = {}
 
     def check(fn, *args):
@@ -349,14 +376,16 @@ def update(changes: dict, actor: str | None = None) -> dict:
     if not isinstance(merged["paused"], bool):
         problems["paused"] = ["Must be true or false."]
     values["paused"] = merged["paused"]
+    switches = check(_check_notifications, merged["notifications"]) or {}
+    for kind, switch in switches.items():
+        values[f"notify_{kind}"] = switch
     if problems:
-        db.session.rollback()
         raise ValidationFailed(fields=problems)
     for key, value in values.items():
         setattr(program, key, value)
     after = as_dict(program)
     if actor is not None:
-        audit.record(
+        unit.audit(
             actor,
             "program.update",
             "program",
@@ -364,6 +393,4 @@ def update(changes: dict, actor: str | None = None) -> dict:
             {key: before[key] for key in changes},
             {key: after[key] for key in changes},
         )
-    db.session.commit()
-    current_app.extensions["program_cache"].pop("expires", None)  # read anew; kept if it cannot be
     return after
