@@ -10,6 +10,7 @@ import base64
 import http.server
 import itertools
 import json
+import re
 import socket
 import threading
 import time
@@ -737,3 +738,139 @@ def test_retry_after_parsing():
     assert webhooks.retry_after_delay("9" * 40, now) == webhooks.MAX_RETRY_AFTER
     assert webhooks.retry_after_delay("-5", now) is None
     assert webhooks.retry_after_delay("\x00", now) is None
+
+
+# --- the console ---------------------------------------------------------------------------------
+
+
+def test_console_owner_manages_endpoints(private, receiver):
+    from tests.test_admin_payouts import console, flashed, page, post
+
+    owner = console(private, "owner@example.com", "owner")
+    listing = page(owner, "/admin/webhooks")
+    assert "No webhook endpoints yet." in listing and 'href="/admin/webhooks"' in listing
+    response = post(
+        owner,
+        "/admin/webhooks",
+        "/admin/webhooks",
+        url=receiver.url,
+        description="ERP",
+        events=["reward.created", "payout.paid"],
+    )
+    assert response.status_code == 201, response.get_data(as_text=True)
+    shown = response.get_data(as_text=True)
+    (secret,) = re.findall(r'value="(whsec_[^"]+)"', shown)
+    with private.app_context():
+        (row,) = db.session.scalars(select(WebhookEndpoint)).all()
+        assert row.events == ["reward.created", "payout.paid"] and row.description == "ERP"
+        endpoint_id = row.id
+    detail = page(owner, f"/admin/webhooks/{endpoint_id}")
+    assert secret not in detail and receiver.url in detail and "active" in detail
+    assert secret not in page(owner, "/admin/webhooks")
+    # rotate: a new secret, shown once
+    rotated = post(owner, f"/admin/webhooks/{endpoint_id}/rotate", f"/admin/webhooks/{endpoint_id}")
+    assert rotated.status_code == 200
+    (new,) = re.findall(r'value="(whsec_[^"]+)"', rotated.get_data(as_text=True))
+    assert new != secret and "24 hours" in rotated.get_data(as_text=True)
+    # change the filter, disable, enable
+    saved = post(
+        owner,
+        f"/admin/webhooks/{endpoint_id}",
+        f"/admin/webhooks/{endpoint_id}",
+        url=receiver.url,
+        description="",
+        events=["*"],
+    )
+    assert "Endpoint saved." in flashed(owner, saved)
+    path = f"/admin/webhooks/{endpoint_id}"
+    disabled = flashed(owner, post(owner, f"{path}/disable", path))
+    assert "Disabled by admin:owner@example.com" in disabled
+    assert "Enable" in disabled
+    enabled = flashed(owner, post(owner, f"{path}/enable", path))
+    assert "Endpoint enabled" in enabled
+    with private.app_context():
+        row = db.session.get(WebhookEndpoint, endpoint_id)
+        assert row.events == ["*"] and row.disabled is False
+        actions = set(db.session.scalars(select(AuditRecord.action)).all())
+        assert {"webhook_endpoint.create", "webhook_endpoint.rotate_secret"} <= actions
+    confirm = page(owner, f"{path}/delete")
+    assert "cannot be undone" in confirm
+    gone = flashed(owner, post(owner, f"{path}/delete", f"{path}/delete"))
+    assert f"Deleted webhook endpoint {endpoint_id}" in gone
+    assert owner.get(path).status_code == 404
+
+
+def test_console_refuses_bad_endpoints_with_reasons(app, names):
+    from tests.test_admin_payouts import console, post
+
+    owner = console(app, "owner@example.com", "owner")
+    names["internal.example"] = ["10.1.2.3"]
+    for form, words in (
+        ({"url": "https://internal.example/", "events": ["*"]}, "a private address"),
+        ({"url": "http://shop.example/", "events": ["*"]}, "Must be https"),
+        ({"url": "file:///etc/passwd", "events": ["*"]}, "file:"),
+        ({"url": "https://internal.example/"}, "one event type or more"),
+        ({"url": "https://internal.example/", "events": ["nonsense"]}, "one event type"),
+    ):
+        response = post(owner, "/admin/webhooks", "/admin/webhooks", description="", **form)
+        assert response.status_code == 422, form
+        assert words in response.get_data(as_text=True), form
+    control = post(
+        owner, "/admin/webhooks", "/admin/webhooks", url="https://x.example/\x00", events=["*"]
+    )
+    assert control.status_code == 400
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(WebhookEndpoint)) == 0
+
+
+def test_console_viewers_read_only(private, receiver):
+    from tests.test_admin_payouts import console, page, post, token
+
+    with private.app_context():
+        created = endpoint(receiver.url)
+        endpoint_id = created.endpoint.id
+    viewer = console(private, "viewer@example.com", "viewer")
+    listing = page(viewer, "/admin/webhooks")
+    assert receiver.url in listing and "Add an endpoint" not in listing
+    detail = page(viewer, f"/admin/webhooks/{endpoint_id}")
+    assert "Rotate" not in detail and "Redeliver" not in detail
+    csrf = token(viewer, "/admin/webhooks")
+    for path in (
+        "/admin/webhooks",
+        f"/admin/webhooks/{endpoint_id}",
+        f"/admin/webhooks/{endpoint_id}/disable",
+        f"/admin/webhooks/{endpoint_id}/rotate",
+        f"/admin/webhooks/{endpoint_id}/delete",
+        f"/admin/webhooks/{endpoint_id}/deliveries/1/redeliver",
+    ):
+        response = post(viewer, path, "/admin/webhooks", csrf_token=csrf, url=receiver.url)
+        assert response.status_code == 403, path
+    assert viewer.get(f"/admin/webhooks/{endpoint_id}/delete").status_code == 403
+    assert viewer.get("/admin/webhooks/999").status_code == 404
+
+
+def test_console_delivery_log_and_redeliver(private, receiver):
+    from tests.test_admin_payouts import console, flashed, page, post
+
+    receiver.answer(500, 410)
+    with private.app_context():
+        delivery_id, _, event = one_delivery(receiver.url)
+        event_id = event.event_id
+        next_at = webhooks.deliver(delivery_id, now=T0)
+        webhooks.deliver(delivery_id, now=next_at)
+        endpoint_id = delivery(delivery_id).endpoint_id
+    owner = console(private, "owner@example.com", "owner")
+    detail = page(owner, f"/admin/webhooks/{endpoint_id}")
+    assert event_id in detail and "500" in detail and "410" in detail
+    assert "disabled" in detail and "answered 410 Gone" in detail
+    assert "answered 410 Gone" in page(owner, "/admin/webhooks")
+    path = f"/admin/webhooks/{endpoint_id}"
+    refused = flashed(owner, post(owner, f"{path}/deliveries/{delivery_id}/redeliver", path))
+    assert "enable it before redelivering" in refused
+    post(owner, f"{path}/enable", path)
+    again = flashed(owner, post(owner, f"{path}/deliveries/{delivery_id}/redeliver", path))
+    assert f"Event {event_id} will be sent again" in again
+    with private.app_context():
+        assert delivery(delivery_id).status == "pending"
+    missing = post(owner, f"{path}/deliveries/{delivery_id + 5}/redeliver", path)
+    assert missing.status_code == 404

@@ -360,6 +360,26 @@ def check_description(description) -> str:
     return description.strip()
 
 
+def _check_switch(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationFailed(fields={"disabled": ["Must be true or false."]})
+    return value
+
+
+def _checked(values: dict) -> dict:
+    """Each `name: (check, value)` checked: `{name: checked value}`; raises ValidationFailed
+    with the problems of all the fields at once."""
+    checked, problems = {}, {}
+    for name, (check, value) in values.items():
+        try:
+            checked[name] = check(value)
+        except ValidationFailed as error:
+            problems.update(error.fields or {name: [error.message]})
+    if problems:
+        raise ValidationFailed(fields=problems)
+    return checked
+
+
 def _audited(endpoint: WebhookEndpoint) -> dict:
     return {
         "url": endpoint.url,
@@ -375,9 +395,10 @@ def create_endpoint(
 ) -> CreatedEndpoint:
     """A new endpoint with a new secret (audited, never the secret); raises ValidationFailed for a
     URL `check_url` refuses, an unknown event type or a bad description."""
-    url = check_url(url)
-    types = check_events(types)
-    description = check_description(description)
+    url, types, description = _checked(
+        {"url": (check_url, url), "events": (check_events, types)}
+        | {"description": (check_description, description)}
+    ).values()
     secret = new_secret()
     with unit_of_work(now) as unit:
         endpoint = WebhookEndpoint(
@@ -439,17 +460,9 @@ def update_endpoint(
     unknown = sorted(set(changes) - set(UPDATABLE))
     if unknown:
         raise ValidationFailed(fields={name: ["Unknown field."] for name in unknown})
-    checked = {}
-    if "url" in changes:
-        checked["url"] = check_url(changes["url"])
-    if "events" in changes:
-        checked["events"] = check_events(changes["events"])
-    if "description" in changes:
-        checked["description"] = check_description(changes["description"])
-    if "disabled" in changes:
-        if not isinstance(changes["disabled"], bool):
-            raise ValidationFailed(fields={"disabled": ["Must be true or false."]})
-        checked["disabled"] = changes["disabled"]
+    rules = {"url": check_url, "events": check_events, "description": check_description}
+    rules["disabled"] = _check_switch
+    checked = _checked({name: (rules[name], value) for name, value in changes.items()})
     with unit_of_work(now) as unit:
         endpoint = _locked_endpoint(endpoint_id)
         before = _audited(endpoint)
