@@ -11,6 +11,7 @@ from referral_service.api.idempotency import idempotent
 from referral_service.domain import payouts, rewards, stats
 from referral_service.domain.pages import MAX_ID
 from referral_service.errors import ErrorEnvelope
+from referral_service.models import Referral, Reward
 
 blp = Blueprint(
     "admin_api",
@@ -26,6 +27,16 @@ ID = f"int(min=1, max={MAX_ID})"  # a larger id names nothing: 404 before any qu
 def actor() -> str:
     """Who is acting, for the audit log: the API key's id and name."""
     return f"api-key:{g.api_key.id}:{g.api_key.name}"
+
+
+def reward_out(reward: Reward) -> dict:
+    """A reward as the API shows it (an item of GET /rewards): with its referral and risk."""
+    return rewards.reward_dict(reward, with_referral=True)
+
+
+def referral_out(referral: Referral) -> dict:
+    """A referral as the API shows it (an item of GET /referrals)."""
+    return stats.referral_dict(referral)
 
 
 @blp.route("/referrals")
@@ -64,7 +75,7 @@ class Approve(MethodView):
     @blp.alt_response(409, schema=ErrorEnvelope, description="Not awaiting approval.")
     def post(self, body, reward_id):
         """Approve a reward that awaits approval (audited)."""
-        return rewards.approve(reward_id, actor(), body.get("note"))
+        return reward_out(rewards.approve(reward_id, actor(), body.get("note")))
 
 
 @blp.route(f"/rewards/<{ID}:reward_id>/reject")
@@ -77,7 +88,7 @@ class Reject(MethodView):
     @blp.alt_response(409, schema=ErrorEnvelope, description="Already paid, rejected, reversed.")
     def post(self, body, reward_id):
         """Reject a reward not yet paid, with a reason (audited)."""
-        return rewards.reject(reward_id, actor(), body["reason"])
+        return reward_out(rewards.reject(reward_id, actor(), body["reason"]))
 
 
 @blp.route("/payouts")

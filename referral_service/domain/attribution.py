@@ -27,6 +27,7 @@ from referral_service.domain import customers, fraud, program
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.clock import CLOCK_SKEW, check_time
 from referral_service.domain.codes import normalize, signer
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import InvalidCode
 from referral_service.extensions import db
 from referral_service.models import (
@@ -38,7 +39,6 @@ from referral_service.models import (
     Signup,
     utcnow,
 )
-from referral_service.models.base import begin_write
 
 CODE_CHANNEL = "code"
 MAX_CLICK_ID = 32  # the length of `clicks.id` and `signups.click_id`
@@ -129,7 +129,6 @@ def signup(
     try:
         return _signup(external_id, values, seen, referral_code, code, click_id, occurred_at, now)
     except IntegrityError:  # a concurrent sign-up of the same friend won: answer as a replay
-        db.session.rollback()
         return _signup(external_id, values, seen, referral_code, code, click_id, occurred_at, now)
 
 
@@ -138,24 +137,37 @@ def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, 
     connection = db.session.connection()
     if connection.execute(_KNOWN, {"external_id": external_id}).first() is None:
         return _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now)
-    begin_write(db.session)
-    customer = db.session.scalar(
-        select(Customer).where(Customer.external_id == external_id).with_for_update()
-    )
+    with unit_of_work(now) as unit:
+        customer = db.session.scalar(
+            select(Customer).where(Customer.external_id == external_id).with_for_update()
+        )
+        if customer is not None:
+            answer = _known_friend(
+                unit, customer, values, seen, typed_code, code, click_id, occurred_at, settings
+            )
     if customer is None:  # gone since: start again as a friend never seen
-        db.session.rollback()
         return _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now)
+    return answer
+
+
+def _known_friend(unit, customer, values, seen, typed_code, code, click_id, occurred_at, settings):
+    """A sign-up of a customer already known: a replay, a later call, or a late attribution."""
     prior = db.session.scalar(select(Signup).where(Signup.customer_id == customer.id))
     if prior is not None and prior.code == code and prior.click_id == (click_id or None):
-        answer = _answer(prior, settings, created=False)
-        db.session.rollback()
-        return answer
+        return _answer(prior, settings, created=False)  # a replay: nothing written
     email_key = customer.email_key  # the person as known, whatever this call's email says
     source, reason = _decide(
-        settings, typed_code, code, click_id, occurred_at, customer, external_id, email_key, prior
+        settings,
+        typed_code,
+        code,
+        click_id,
+        occurred_at,
+        customer,
+        customer.external_id,
+        email_key,
+        prior,
     )
     if prior is not None and source is None:  # a later call that attributes nothing
-        db.session.rollback()
         return SignupAnswer(False, reason, None, None, created=False)
     referral = None
     if source is not None:
@@ -174,6 +186,7 @@ def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, 
         )
         db.session.add(referral)
         db.session.flush()
+        unit.emit("referral.attributed", referral)
     record = prior or Signup(customer_id=customer.id)
     for key, value in seen.items():
         if value is not None:
@@ -186,9 +199,7 @@ def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, 
     record.occurred_at = occurred_at
     db.session.add(record)
     db.session.flush()
-    answer = _fresh_answer(source, referral.id if referral else None, reason, settings)
-    db.session.commit()
-    return answer
+    return _fresh_answer(source, referral.id if referral else None, reason, settings)
 
 
 def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now):
@@ -214,45 +225,61 @@ def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_
     if source is not None:
         reasons = _risk(db.session.connection(), source, values, seen, settings, occurred_at)
     own_code = customers.unused_code()
-    begin_write(db.session)
-    connection = db.session.connection()
-    customer_id = connection.execute(
-        _INSERT_CUSTOMER,
-        {"external_id": external_id, "created_at": now, "updated_at": now, **values},
-    ).inserted_primary_key[0]
-    connection.execute(
-        _INSERT_CODE, {"customer_id": customer_id, "code": own_code, "created_at": now}
-    )
-    referral_id = None
-    if source is not None:
-        referral_id = connection.execute(
-            _INSERT_REFERRAL,
-            {
-                "referrer_id": source.referrer_id,
-                "friend_id": customer_id,
-                "code_id": source.code_id,
-                "click_id": source.click_id,
-                "channel": source.channel,
-                "friend_email_key": values["email_key"],
-                "attributed_at": occurred_at,
-                "risk_score": fraud.score(reasons),
-                "risk_reasons": reasons,
-            },
+    with unit_of_work(now) as unit:
+        connection = db.session.connection()
+        customer_id = connection.execute(
+            _INSERT_CUSTOMER,
+            {"external_id": external_id, "created_at": now, "updated_at": now, **values},
         ).inserted_primary_key[0]
-    connection.execute(
-        _INSERT_SIGNUP,
-        {
-            "customer_id": customer_id,
-            "attributed": source is not None,
-            "reason": reason,
-            "referral_id": referral_id,
-            "code": code,
-            "click_id": click_id or None,
-            "occurred_at": occurred_at,
-            **seen,
-        },
-    )
-    db.session.commit()
+        connection.execute(
+            _INSERT_CODE, {"customer_id": customer_id, "code": own_code, "created_at": now}
+        )
+        referral_id = None
+        if source is not None:
+            risk = {"score": fraud.score(reasons), "reasons": reasons}
+            referral_id = connection.execute(
+                _INSERT_REFERRAL,
+                {
+                    "referrer_id": source.referrer_id,
+                    "friend_id": customer_id,
+                    "code_id": source.code_id,
+                    "click_id": source.click_id,
+                    "channel": source.channel,
+                    "friend_email_key": values["email_key"],
+                    "attributed_at": occurred_at,
+                    "risk_score": risk["score"],
+                    "risk_reasons": reasons,
+                },
+            ).inserted_primary_key[0]
+            # on this hot path the event's data is built from what the step holds, in the shape
+            # of an item of GET /api/v1/referrals
+            unit.emit(
+                "referral.attributed",
+                {
+                    "id": referral_id,
+                    "referrer_external_id": source.referrer_external_id,
+                    "friend_external_id": external_id,
+                    "status": "attributed",
+                    "channel": source.channel,
+                    "attributed_at": occurred_at,
+                    "converted_at": None,
+                    "order_id": None,
+                    "risk": risk,
+                },
+            )
+        connection.execute(
+            _INSERT_SIGNUP,
+            {
+                "customer_id": customer_id,
+                "attributed": source is not None,
+                "reason": reason,
+                "referral_id": referral_id,
+                "code": code,
+                "click_id": click_id or None,
+                "occurred_at": occurred_at,
+                **seen,
+            },
+        )
     return _fresh_answer(source, referral_id, reason, settings)
 
 

@@ -11,13 +11,12 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain import audit
 from referral_service.domain.codes import forget_code, signer
 from referral_service.domain.stats import customer_stats
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import NotFound, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Customer, ReferralCode, utcnow
-from referral_service.models.base import begin_write
 
 MAX_EXTERNAL_ID = 128
 MAX_NAME = 200
@@ -273,7 +272,8 @@ def find(external_id: str) -> Customer:
 
 
 def enrol(external_id: str, email: str, name: str | None = None, locale: str | None = None):
-    """Create or replace a customer; a new one gets a referral code. Returns a CustomerCard.
+    """Create or replace a customer; a new one gets a referral code (event `customer.enrolled`,
+    its data the card). Returns a CustomerCard.
 
     Raises ValidationFailed for a bad field. Concurrent calls for the same id create one customer:
     the loser of the race on the unique `external_id` retries as an update.
@@ -284,30 +284,31 @@ def enrol(external_id: str, email: str, name: str | None = None, locale: str | N
     try:
         return _enrol(external_id, values)
     except IntegrityError:
-        db.session.rollback()
         return _enrol(external_id, values)
 
 
 def _enrol(external_id: str, values: dict) -> CustomerCard:
-    begin_write(db.session)
-    now = utcnow()
-    customer = db.session.scalar(
-        select(Customer).where(Customer.external_id == external_id).with_for_update()
-    )
-    created = customer is None
-    if created:
-        customer = Customer(external_id=external_id, created_at=now, updated_at=now, **values)
-        db.session.add(customer)
-        db.session.flush()
-        code = add_code(customer.id)
-    else:
-        if any(getattr(customer, key) != value for key, value in values.items()):
-            for key, value in values.items():
-                setattr(customer, key, value)
-            customer.updated_at = now
-        code = active_code(customer.id) or add_code(customer.id)
-    db.session.commit()
-    return _card(customer, code, created=created)
+    with unit_of_work() as unit:
+        now = unit.now
+        customer = db.session.scalar(
+            select(Customer).where(Customer.external_id == external_id).with_for_update()
+        )
+        created = customer is None
+        if created:
+            customer = Customer(external_id=external_id, created_at=now, updated_at=now, **values)
+            db.session.add(customer)
+            db.session.flush()
+            code = add_code(customer.id)
+        else:
+            if any(getattr(customer, key) != value for key, value in values.items()):
+                for key, value in values.items():
+                    setattr(customer, key, value)
+                customer.updated_at = now
+            code = active_code(customer.id) or add_code(customer.id)
+        card = _card(customer, code, created=created)
+        if created:
+            unit.emit("customer.enrolled", card)
+    return card
 
 
 def get(external_id: str) -> CustomerCard:
@@ -333,32 +334,31 @@ def rotate_code(external_id: str, actor: str | None = None) -> CustomerCard:
     With an `actor` (an admin of the console, `admin:<email>`), the rotation is audited.
     """
     check_external_id(external_id)
-    begin_write(db.session)
-    customer = db.session.scalar(
-        select(Customer).where(Customer.external_id == external_id).with_for_update()
-    )
-    if customer is None:
-        db.session.rollback()
-        raise NotFound(f"No customer with external_id {external_id!r}.")
-    old_code = active_code(customer.id)
-    db.session.execute(
-        update(ReferralCode)
-        .where(ReferralCode.customer_id == customer.id, ReferralCode.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    code = add_code(customer.id)
-    if actor is not None:
-        audit.record(
-            actor,
-            "customer.rotate_code",
-            "customer",
-            customer.id,
-            {"external_id": external_id, "code": old_code},
-            {"external_id": external_id, "code": code},
+    with unit_of_work() as unit:
+        customer = db.session.scalar(
+            select(Customer).where(Customer.external_id == external_id).with_for_update()
         )
-    db.session.commit()
+        if customer is None:
+            raise NotFound(f"No customer with external_id {external_id!r}.")
+        old_code = active_code(customer.id)
+        db.session.execute(
+            update(ReferralCode)
+            .where(ReferralCode.customer_id == customer.id, ReferralCode.revoked_at.is_(None))
+            .values(revoked_at=unit.now)
+        )
+        code = add_code(customer.id)
+        if actor is not None:
+            unit.audit(
+                actor,
+                "customer.rotate_code",
+                "customer",
+                customer.id,
+                {"external_id": external_id, "code": old_code},
+                {"external_id": external_id, "code": code},
+            )
+        card = _card(customer, code)
     forget_code(customer.id)
-    return _card(customer, code)
+    return card
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -425,44 +425,56 @@ def import_customers(rows: Iterable[tuple[int, dict]], batch_size: int = 1000, p
 
 
 def _import_batch(batch: list[dict], report: ImportReport) -> None:
-    begin_write(db.session)
-    now = utcnow()
-    existing = {
-        customer.external_id: customer
-        for customer in db.session.scalars(
-            select(Customer).where(Customer.external_id.in_([v["external_id"] for v in batch]))
-        )
-    }
-    new_rows = []
-    for values in batch:
-        customer = existing.get(values["external_id"])
-        if customer is None:
-            new_rows.append({**values, "created_at": now, "updated_at": now})
-        elif any(getattr(customer, k) != v for k, v in values.items() if k != "external_id"):
-            for key, value in values.items():
-                setattr(customer, key, value)
-            customer.updated_at = now
-            report.updated += 1
-        else:
-            report.unchanged += 1
-    if new_rows:
+    """One batch in one unit of work; each customer it creates gets its `customer.enrolled`."""
+    with unit_of_work() as unit:
+        now = unit.now
+        existing = {
+            customer.external_id: customer
+            for customer in db.session.scalars(
+                select(Customer).where(Customer.external_id.in_([v["external_id"] for v in batch]))
+            )
+        }
+        new_rows = []
+        for values in batch:
+            customer = existing.get(values["external_id"])
+            if customer is None:
+                new_rows.append({**values, "created_at": now, "updated_at": now})
+            elif any(getattr(customer, k) != v for k, v in values.items() if k != "external_id"):
+                for key, value in values.items():
+                    setattr(customer, key, value)
+                customer.updated_at = now
+                report.updated += 1
+            else:
+                report.unchanged += 1
+        if not new_rows:
+            return
         db.session.execute(db.insert(Customer).execution_options(render_nulls=True), new_rows)
-        ids = (
+        ids = dict(
             db.session.execute(
-                select(Customer.id).where(
+                select(Customer.external_id, Customer.id).where(
                     Customer.external_id.in_([row["external_id"] for row in new_rows])
                 )
-            )
-            .scalars()
-            .all()
+            ).all()
         )
-        _add_codes(ids, now)
+        codes = _add_codes(list(ids.values()), now)
+        for row in new_rows:
+            card = CustomerCard(
+                external_id=row["external_id"],
+                email=row["email"],
+                name=row["name"],
+                locale=row["locale"],
+                created_at=now,
+                updated_at=now,
+                code=codes[ids[row["external_id"]]],
+                created=True,
+            )
+            unit.emit("customer.enrolled", card)
         report.created += len(new_rows)
-    db.session.commit()
 
 
-def _add_codes(customer_ids: list[int], now: datetime) -> None:
-    """Issue one code per customer in bulk; collisions with codes already stored are re-drawn."""
+def _add_codes(customer_ids: list[int], now: datetime) -> dict[int, str]:
+    """Issue one code per customer in bulk, returned by customer id; collisions with codes
+    already stored are re-drawn."""
     codes: dict[int, str] = {customer_id: signer().issue() for customer_id in customer_ids}
     for _ in range(ISSUE_ATTEMPTS):
         taken = set(
@@ -484,3 +496,4 @@ def _add_codes(customer_ids: list[int], now: datetime) -> None:
         db.insert(ReferralCode),
         [{"customer_id": cid, "code": code, "created_at": now} for cid, code in codes.items()],
     )
+    return codes

@@ -12,10 +12,10 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Conflict, ValidationFailed
 from referral_service.extensions import db
-from referral_service.models import IdempotencyKey, utcnow
-from referral_service.models.base import begin_write
+from referral_service.models import IdempotencyKey
 
 KEEP = timedelta(hours=24)
 ABANDONED = timedelta(minutes=5)
@@ -45,34 +45,42 @@ def check_key(key: str) -> str:
 def claim(owner: str, key: str, request_hash: str, now=None) -> Saved | None:
     """Claim `key` for a request, or return the answer saved for it.
 
-    Raises Conflict while the first request with the key is still running, and ValidationFailed
-    when the key was used for a different request.
+    The claim is a unit of work of its own (it joins one already open): it must be committed
+    before the request's step runs, so that a retry meanwhile sees it in flight. Raises Conflict
+    while the first request with the key is still running, and ValidationFailed when the key
+    was used for a different request.
     """
-    now = now or utcnow()
     key = check_key(key)
-    begin_write(db.session)
-    db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now - KEEP))
-    row = db.session.scalar(
-        select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
-    )
-    if row is not None and row.status_code is None and row.created_at < now - ABANDONED:
-        db.session.delete(row)
-        db.session.flush()
-        row = None
-    if row is None:
-        db.session.add(
-            IdempotencyKey(owner=owner, key=key, request_hash=request_hash, created_at=now)
-        )
-        try:
-            db.session.commit()
-        except IntegrityError:  # another request claimed it between our read and insert
-            db.session.rollback()
-            raise Conflict(
-                "A request with this Idempotency-Key is in progress; retry later."
-            ) from None
-        return None
-    db.session.rollback()
-    if row.request_hash != request_hash:
+    try:
+        with unit_of_work(now) as unit:
+            db.session.execute(
+                delete(IdempotencyKey).where(IdempotencyKey.created_at < unit.now - KEEP)
+            )
+            row = db.session.scalar(
+                select(IdempotencyKey).where(
+                    IdempotencyKey.owner == owner, IdempotencyKey.key == key
+                )
+            )
+            if (
+                row is not None
+                and row.status_code is None
+                and row.created_at < unit.now - ABANDONED
+            ):
+                db.session.delete(row)
+                db.session.flush()
+                row = None
+            if row is None:
+                db.session.add(
+                    IdempotencyKey(
+                        owner=owner, key=key, request_hash=request_hash, created_at=unit.now
+                    )
+                )
+                return None
+            saved = row.request_hash, row.status_code, row.body
+    except IntegrityError:  # another request claimed it between our read and insert
+        raise Conflict("A request with this Idempotency-Key is in progress; retry later.") from None
+    saved_hash, status, body = saved
+    if saved_hash != request_hash:
         raise ValidationFailed(
             fields={
                 "Idempotency-Key": [
@@ -80,31 +88,29 @@ def claim(owner: str, key: str, request_hash: str, now=None) -> Saved | None:
                 ]
             }
         )
-    if row.status_code is None:
+    if status is None:
         raise Conflict("A request with this Idempotency-Key is in progress; retry later.")
-    return Saved(row.status_code, row.body)
+    return Saved(status, body)
 
 
 def save(owner: str, key: str, status: int, body: bytes) -> None:
-    """Keep the answer of a claimed key."""
-    begin_write(db.session)
-    row = db.session.scalar(
-        select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
-    )
-    if row is not None:
-        row.status_code, row.body = status, body
-    db.session.commit()
+    """Keep the answer of a claimed key (a unit of work, or a part of the one open)."""
+    with unit_of_work():
+        row = db.session.scalar(
+            select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+        )
+        if row is not None:
+            row.status_code, row.body = status, body
 
 
 def release(owner: str, key: str) -> None:
-    """Give a key back when its request failed before it could answer."""
-    db.session.rollback()
-    begin_write(db.session)
-    db.session.execute(
-        delete(IdempotencyKey).where(
-            IdempotencyKey.owner == owner,
-            IdempotencyKey.key == key,
-            IdempotencyKey.status_code.is_(None),
+    """Give a key back when its request failed before it could answer (its own unit of work:
+    the request's step, if any, has already rolled back)."""
+    with unit_of_work():
+        db.session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.owner == owner,
+                IdempotencyKey.key == key,
+                IdempotencyKey.status_code.is_(None),
+            )
         )
-    )
-    db.session.commit()

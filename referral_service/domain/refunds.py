@@ -24,13 +24,13 @@ from decimal import Decimal
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain import audit, payouts, program
+from referral_service.domain import payouts, program
 from referral_service.domain.money import from_minor, parse_amount, percent_of, to_minor
 from referral_service.domain.rewards import OPEN, check_order_id, reward_dict
-from referral_service.errors import NotFound, ReferralError, RefundConflict, ValidationFailed
+from referral_service.domain.unit import Unit, unit_of_work
+from referral_service.errors import NotFound, RefundConflict, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Clawback, Purchase, Referral, Refund, Reward, utcnow
-from referral_service.models.base import begin_write
 
 MAX_REFUND_ID = 128
 SHOP = "shop"  # the actor of a refund whose caller is not named
@@ -97,14 +97,12 @@ def refund(
     try:
         return _refund(order_id, amount, refund_id, refunded_total, actor, now)
     except IntegrityError:  # the same refund id applied concurrently: answer as a replay
-        db.session.rollback()
         return _refund(order_id, amount, refund_id, refunded_total, actor, now)
 
 
 def _refund(order_id, amount, refund_id, refunded_total, actor, now) -> dict:
     settings = program.settings()
-    begin_write(db.session)
-    try:
+    with unit_of_work(now) as unit:
         purchase = db.session.scalar(
             select(Purchase)
             .where(Purchase.order_id == order_id)
@@ -115,9 +113,7 @@ def _refund(order_id, amount, refund_id, refunded_total, actor, now) -> dict:
             raise NotFound(f"No purchase with order_id {order_id!r}.")
         refund_minor = _to_apply(purchase, amount, refund_id, refunded_total)
         if refund_minor == 0:  # a replay: nothing changes
-            answer = _answer(purchase)
-            db.session.rollback()
-            return answer
+            return _answer(purchase)
         purchase.refunded_minor += refund_minor
         db.session.add(
             Refund(
@@ -129,13 +125,8 @@ def _refund(order_id, amount, refund_id, refunded_total, actor, now) -> dict:
             )
         )
         db.session.flush()  # a refund id applied meanwhile fails here, before any other change
-        _follow(purchase, settings, actor, now)
-    except ReferralError:
-        db.session.rollback()
-        raise
-    answer = _answer(purchase)
-    db.session.commit()
-    return answer
+        _follow(unit, purchase, settings, actor)
+        return _answer(purchase)
 
 
 def _to_apply(purchase: Purchase, amount, refund_id, refunded_total) -> int:
@@ -183,8 +174,10 @@ def _to_apply(purchase: Purchase, amount, refund_id, refunded_total) -> int:
     return asked
 
 
-def _follow(purchase: Purchase, settings: dict, actor: str, now: datetime) -> None:
-    """The order's rewards follow its refunded amount (see the module's docstring)."""
+def _follow(unit: Unit, purchase: Purchase, settings: dict, actor: str) -> None:
+    """The order's rewards follow its refunded amount (see the module's docstring); events
+    `reward.reversed` and `clawback.created`, and `referral.requalified`."""
+    now = unit.now
     left = purchase.amount_minor - purchase.refunded_minor
     minimum = (
         to_minor(Decimal(settings["min_order_amount"]), purchase.currency)
@@ -207,20 +200,21 @@ def _follow(purchase: Purchase, settings: dict, actor: str, now: datetime) -> No
         if reward.status == "paid":
             owed = reward.amount_minor - clawed.get(reward.id, 0)
             if owed > target:
-                db.session.add(
-                    Clawback(
-                        customer_id=reward.customer_id,
-                        reward_id=reward.id,
-                        amount_minor=owed - target,
-                        settled_minor=0,
-                        currency=reward.currency,
-                        created_at=now,
-                    )
+                clawback = Clawback(
+                    customer_id=reward.customer_id,
+                    reward_id=reward.id,
+                    amount_minor=owed - target,
+                    settled_minor=0,
+                    currency=reward.currency,
+                    created_at=now,
                 )
+                db.session.add(clawback)
+                unit.emit("clawback.created", clawback)
         elif reverse_all:
             if reward.payout_id is not None:
                 changed_batches.add(reward.payout_id)
             reward.status, reward.updated_at, reward.payout_id = "reversed", now, None
+            unit.emit("reward.reversed", reward)
         elif target != reward.amount_minor:
             if reward.payout_id is not None:
                 changed_batches.add(reward.payout_id)
@@ -228,7 +222,7 @@ def _follow(purchase: Purchase, settings: dict, actor: str, now: datetime) -> No
     for batch in sorted(changed_batches):
         payouts.resettle(batch)
     if reverse_all:
-        _requalify(purchase, actor, now)
+        _requalify(unit, purchase, actor)
 
 
 def _target(reward: Reward, left_minor: int) -> int:
@@ -238,7 +232,7 @@ def _target(reward: Reward, left_minor: int) -> int:
     return reward.amount_minor
 
 
-def _requalify(purchase: Purchase, actor: str, now: datetime) -> None:
+def _requalify(unit: Unit, purchase: Purchase, actor: str) -> None:
     """The referral this order converted goes back to `attributed` when none of the order's
     rewards is left (all reversed: none paid, approved or rejected by an admin)."""
     db.session.flush()
@@ -265,7 +259,7 @@ def _requalify(purchase: Purchase, actor: str, now: datetime) -> None:
         .execution_options(synchronize_session=False)
     ).rowcount
     if changed:
-        audit.record(
+        unit.audit(
             actor,
             "referral.requalified",
             "referral",
@@ -276,8 +270,9 @@ def _requalify(purchase: Purchase, actor: str, now: datetime) -> None:
                 "converted_at": referral.converted_at.isoformat(),
             },
             {"status": "attributed", "order_id": None, "converted_at": None},
-            at=now,
         )
+        requalified = db.session.get(Referral, referral.id, populate_existing=True)
+        unit.emit("referral.requalified", requalified)
 
 
 def _answer(purchase: Purchase) -> dict:

@@ -21,8 +21,9 @@ from decimal import Decimal
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
-from referral_service.domain import audit, customers, fraud, payouts, program
+from referral_service.domain import customers, fraud, payouts, program
 from referral_service.domain.attribution import referral_block
 from referral_service.domain.clock import CLOCK_SKEW, check_time, utc_month
 from referral_service.domain.money import (
@@ -34,10 +35,10 @@ from referral_service.domain.money import (
 )
 from referral_service.domain.pages import page
 from referral_service.domain.text import findable
+from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Conflict, NotFound, OrderConflict, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Customer, Purchase, Referral, Reward, utcnow
-from referral_service.models.base import begin_write
 
 OPEN = ("pending", "awaiting_approval", "approved")
 MAX_ORDER_ID = 128
@@ -137,7 +138,6 @@ def record_purchase(
             order_id, customer_external_id, amount_minor, currency, occurred_at, now
         )
     except IntegrityError:  # the same order id recorded concurrently: a replay or a conflict
-        db.session.rollback()
         return _record_purchase(
             order_id, customer_external_id, amount_minor, currency, occurred_at, now
         )
@@ -145,81 +145,130 @@ def record_purchase(
 
 def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at, now):
     settings = program.settings()
+    # the replay is answered from a read, before the write transaction begins (which ends it)
     saved = db.session.connection().execute(_SAVED, {"order_id": order_id}).first()
     if saved is not None:
-        db.session.rollback()
         _same_order(saved, order_id, external_id, amount_minor, currency)
         return PurchaseAnswer(saved.response, created=False)
-    begin_write(db.session)
-    connection = db.session.connection()
-    friend = connection.execute(
-        _FRIEND_FOR_UPDATE if connection.dialect.name != "sqlite" else _FRIEND,
-        {"external_id": external_id},
-    ).first()
-    if friend is None:
-        db.session.rollback()
-        raise NotFound(
-            f"No customer with external_id {external_id!r}: enrol them or record "
-            "their sign-up first."
-        )
-    first_purchase = connection.execute(_HAS_PURCHASED, {"customer_id": friend.id}).first() is None
-    purchase = {
-        "order_id": order_id,
-        "customer_id": friend.id,
-        "amount_minor": amount_minor,
-        "refunded_minor": 0,
-        "currency": currency,
-        "occurred_at": occurred_at,
-        "created_at": now,
-        "response": {},
-    }
-    purchase["id"] = connection.execute(_INSERT_PURCHASE, purchase).inserted_primary_key[0]
-    referral = None
-    rewards = []
-    reason = _why_not(friend, purchase, settings)
-    if friend.referral_id is not None:
-        referral = {
-            "id": friend.referral_id,
-            "referrer_external_id": friend.referrer_external_id,
-            "status": friend.status,
-        }
-        if reason is None:
-            reasons = fraud.merged(
-                friend.risk_reasons or [],
-                fraud.purchase_signals(
-                    connection, friend.referrer_id, friend.email, settings, occurred_at
-                ),
+    with unit_of_work(now) as unit:
+        connection = db.session.connection()
+        friend = connection.execute(
+            _FRIEND_FOR_UPDATE if connection.dialect.name != "sqlite" else _FRIEND,
+            {"external_id": external_id},
+        ).first()
+        if friend is None:
+            raise NotFound(
+                f"No customer with external_id {external_id!r}: enrol them or record "
+                "their sign-up first."
             )
-            converted = connection.execute(
-                _CONVERT,
-                {
-                    "referral_id": friend.referral_id,
-                    "converted_at": occurred_at,
-                    "order_id": order_id,
-                    "risk_score": fraud.score(reasons),
-                    "risk_reasons": reasons,
-                },
-            ).rowcount
-            if converted:
-                referral["status"] = "converted"
-                rewards, reason = _grant(
-                    connection, friend, purchase, settings, now, fraud.score(reasons)
+        first_purchase = (
+            connection.execute(_HAS_PURCHASED, {"customer_id": friend.id}).first() is None
+        )
+        purchase = {
+            "order_id": order_id,
+            "customer_id": friend.id,
+            "amount_minor": amount_minor,
+            "refunded_minor": 0,
+            "currency": currency,
+            "occurred_at": occurred_at,
+            "created_at": now,
+            "response": {},
+        }
+        purchase["id"] = connection.execute(_INSERT_PURCHASE, purchase).inserted_primary_key[0]
+        referral = None
+        rewards = []
+        reason = _why_not(friend, purchase, settings)
+        if friend.referral_id is not None:
+            referral = {
+                "id": friend.referral_id,
+                "referrer_external_id": friend.referrer_external_id,
+                "status": friend.status,
+            }
+            if reason is None:
+                reasons = fraud.merged(
+                    friend.risk_reasons or [],
+                    fraud.purchase_signals(
+                        connection, friend.referrer_id, friend.email, settings, occurred_at
+                    ),
                 )
-            else:  # converted meanwhile by another order (a PostgreSQL join can read it late)
-                referral["status"] = connection.execute(
-                    _REFERRAL_STATUS, {"id": friend.referral_id}
-                ).scalar()
-                reason = "not_referred" if referral["status"] == "rejected" else "already_converted"
-    body = {
-        "order_id": order_id,
-        "first_purchase": first_purchase,
-        "referral": referral,
-        "rewards": [_jsonable(reward) for reward in rewards],
-        "reason": reason,
-    }
-    connection.execute(_SAVE_RESPONSE, {"purchase_id": purchase["id"], "response": body})
-    db.session.commit()
+                risk = fraud.score(reasons)
+                converted = connection.execute(
+                    _CONVERT,
+                    {
+                        "referral_id": friend.referral_id,
+                        "converted_at": occurred_at,
+                        "order_id": order_id,
+                        "risk_score": risk,
+                        "risk_reasons": reasons,
+                    },
+                ).rowcount
+                if converted:
+                    referral["status"] = "converted"
+                    rewards, reason = _grant(connection, friend, purchase, settings, now, risk)
+                    _emit_conversion(unit, friend, external_id, purchase, rewards, reasons)
+                else:  # converted meanwhile by another order (a PostgreSQL join can read it late)
+                    referral["status"] = connection.execute(
+                        _REFERRAL_STATUS, {"id": friend.referral_id}
+                    ).scalar()
+                    reason = (
+                        "not_referred" if referral["status"] == "rejected" else "already_converted"
+                    )
+        body = {
+            "order_id": order_id,
+            "first_purchase": first_purchase,
+            "referral": referral,
+            "rewards": [_jsonable(reward) for reward in rewards],
+            "reason": reason,
+        }
+        connection.execute(_SAVE_RESPONSE, {"purchase_id": purchase["id"], "response": body})
     return PurchaseAnswer(body, created=True)
+
+
+def _emit_conversion(unit, friend, external_id, purchase, rewards, reasons) -> None:
+    """The events of a conversion: `referral.converted`, then `reward.created` for each reward
+    (and `reward.approved` for one approved at once). On this hot path the data is built from
+    what the step already holds, in the API's shape (GET /referrals and GET /rewards items)."""
+    risk = {"score": fraud.score(reasons), "reasons": list(reasons)}
+    referral = {
+        "id": friend.referral_id,
+        "referrer_external_id": friend.referrer_external_id,
+        "friend_external_id": external_id,
+        "status": "converted",
+        "channel": friend.channel,
+        "attributed_at": friend.attributed_at,
+        "converted_at": purchase["occurred_at"],
+        "order_id": purchase["order_id"],
+        "risk": risk,
+    }
+    unit.emit("referral.converted", referral)
+    for reward in rewards:
+        shown = {
+            **reward,
+            "customer_external_id": friend.referrer_external_id
+            if reward["beneficiary"] == "referrer"
+            else external_id,
+            "order_id": purchase["order_id"],
+            "created_at": purchase["created_at"],
+            "updated_at": purchase["created_at"],
+            "note": None,
+            "payout_id": None,
+            "referral": {
+                key: referral[key]
+                for key in (
+                    "id",
+                    "referrer_external_id",
+                    "status",
+                    "friend_external_id",
+                    "channel",
+                    "attributed_at",
+                    "converted_at",
+                )
+            },
+            "risk": risk,
+        }
+        unit.emit("reward.created", shown)
+        if reward["status"] == "approved":
+            unit.emit("reward.approved", shown)
 
 
 def _jsonable(body: dict) -> dict:
@@ -381,6 +430,7 @@ _FRIEND = (
         _referrals.c.status,
         _referrals.c.attributed_at,
         _referrals.c.risk_reasons,
+        _referrals.c.channel,
         _referrers.c.external_id.label("referrer_external_id"),
     )
     .select_from(_customers)
@@ -432,37 +482,67 @@ _EARNED = (
 def mature(now: datetime | None = None) -> dict:
     """Move rewards whose hold has passed on; returns `{awaiting_approval: n, approved: n}`.
 
-    Safe to run from cron and concurrently: each reward moves in one conditional UPDATE whose
-    condition is on the reward row itself (PostgreSQL re-checks such a condition on a row another
-    transaction changed meanwhile; a condition in a subquery would see the old row).
+    Each moved reward gets its `reward.matured` event (and `reward.approved` when it is approved
+    at once), in the same transaction. Safe to run from cron and concurrently: each reward moves
+    in one conditional UPDATE whose condition is on the reward row itself (PostgreSQL re-checks
+    such a condition on a row another transaction changed meanwhile; a condition in a subquery
+    would see the old row), and the UPDATE returns the ids it changed (`RETURNING`), so a reward
+    moved by a concurrent run, or decided by an admin meanwhile, is neither counted nor told.
     """
     now = now or utcnow()
     settings = program.settings()
-    begin_write(db.session)
-    due = (Reward.status == "pending", Reward.available_at <= now)
-    approved = 0
-    limit = settings["auto_approve_max_amount"]
-    if limit is not None:
-        clean = select(Referral.id).where(Referral.risk_score == 0)
-        approved = db.session.execute(
-            update(Reward)
-            .where(
-                *due,
-                Reward.referral_id.in_(clean),
-                Reward.currency == settings["currency"],
-                Reward.amount_minor <= to_minor(Decimal(limit), settings["currency"]),
+    with unit_of_work(now) as unit:
+        due = (Reward.status == "pending", Reward.available_at <= now)
+        approved: list[int] = []
+        limit = settings["auto_approve_max_amount"]
+        if limit is not None:
+            clean = select(Referral.id).where(Referral.risk_score == 0)
+            approved = _moved(
+                update(Reward)
+                .where(
+                    *due,
+                    Reward.referral_id.in_(clean),
+                    Reward.currency == settings["currency"],
+                    Reward.amount_minor <= to_minor(Decimal(limit), settings["currency"]),
+                )
+                .values(status="approved", updated_at=now)
             )
-            .values(status="approved", updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-    waiting = db.session.execute(
-        update(Reward)
-        .where(*due)
-        .values(status="awaiting_approval", updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    db.session.commit()
-    return {"awaiting_approval": waiting, "approved": approved}
+        waiting = _moved(
+            update(Reward).where(*due).values(status="awaiting_approval", updated_at=now)
+        )
+        for reward in _with_referrals(sorted(approved + waiting)):
+            unit.emit("reward.matured", reward)
+            if reward.status == "approved":
+                unit.emit("reward.approved", reward)
+    return {"awaiting_approval": len(waiting), "approved": len(approved)}
+
+
+def _moved(statement) -> list[int]:
+    """The ids of the rewards an UPDATE changed."""
+    return list(
+        db.session.scalars(
+            statement.returning(Reward.id).execution_options(synchronize_session=False)
+        )
+    )
+
+
+def _with_referrals(reward_ids: list[int]) -> list[Reward]:
+    """These rewards as they stand now, with what their events show loaded in a few queries."""
+    if not reward_ids:
+        return []
+    return list(
+        db.session.scalars(
+            select(Reward)
+            .where(Reward.id.in_(reward_ids))
+            .order_by(Reward.id)
+            .options(
+                selectinload(Reward.customer),
+                selectinload(Reward.referral).selectinload(Referral.referrer),
+                selectinload(Reward.referral).selectinload(Referral.friend),
+            )
+            .execution_options(populate_existing=True)
+        )
+    )
 
 
 # --- admin decisions -----------------------------------------------------------------------------
@@ -471,35 +551,31 @@ def mature(now: datetime | None = None) -> dict:
 def _reward_for_update(reward_id: int) -> Reward:
     reward = db.session.scalar(select(Reward).where(Reward.id == reward_id).with_for_update())
     if reward is None:
-        db.session.rollback()
         raise NotFound(f"No reward {reward_id}.")
     return reward
 
 
 def _decide(reward_id: int, actor: str, action: str, allowed: tuple, status: str, note, now):
-    begin_write(db.session)
-    reward = _reward_for_update(reward_id)
-    if reward.status not in allowed:
-        current = reward.status
-        db.session.rollback()
-        raise Conflict(
-            f"Reward {reward_id} is {current}; only a reward that is "
-            f"{' or '.join(allowed)} can be {status}."
-        )
-    before = {"status": reward.status, "note": reward.note}
-    reward.status, reward.note, reward.updated_at = status, note, now
-    if status == "rejected" and reward.payout_id is not None:
-        batch, reward.payout_id = reward.payout_id, None  # out of its batch, not yet paid
-        payouts.resettle(batch)
-    audit.record(
-        actor, action, "reward", reward.id, before, {"status": status, "note": note}, at=now
-    )
-    db.session.commit()
-    return reward_dict(reward, with_referral=True)
+    with unit_of_work(now) as unit:
+        reward = _reward_for_update(reward_id)
+        if reward.status not in allowed:
+            raise Conflict(
+                f"Reward {reward_id} is {reward.status}; only a reward that is "
+                f"{' or '.join(allowed)} can be {status}."
+            )
+        before = {"status": reward.status, "note": reward.note}
+        reward.status, reward.note, reward.updated_at = status, note, now
+        if status == "rejected" and reward.payout_id is not None:
+            batch, reward.payout_id = reward.payout_id, None  # out of its batch, not yet paid
+            payouts.resettle(batch)
+        unit.audit(actor, action, "reward", reward.id, before, {"status": status, "note": note})
+        unit.emit(f"reward.{status}", reward)
+    return reward
 
 
-def approve(reward_id: int, actor: str, note: str | None = None, now=None) -> dict:
-    """Approve a reward awaiting approval; raises NotFound, or Conflict for another status."""
+def approve(reward_id: int, actor: str, note: str | None = None, now=None) -> Reward:
+    """Approve a reward awaiting approval (event `reward.approved`); returns the reward; raises
+    NotFound, or Conflict for another status."""
     return _decide(
         reward_id,
         actor,
@@ -511,8 +587,9 @@ def approve(reward_id: int, actor: str, note: str | None = None, now=None) -> di
     )
 
 
-def reject(reward_id: int, actor: str, reason: str, now=None) -> dict:
-    """Reject a reward not yet paid, with a reason; raises NotFound, Conflict, ValidationFailed."""
+def reject(reward_id: int, actor: str, reason: str, now=None) -> Reward:
+    """Reject a reward not yet paid, with a reason (event `reward.rejected`); returns the reward;
+    raises NotFound, Conflict, ValidationFailed."""
     if not isinstance(reason, str) or not reason.strip():
         raise ValidationFailed(fields={"reason": ["Say why the reward is rejected."]})
     return _decide(
