@@ -36,9 +36,24 @@ A service load during which other work took more than 15% of the CPUs is made ag
 most, `--retries`), and the least disturbed attempt counts. The temporary directory is removed at
 the end, even on Ctrl-C.
 
+Then the events part: what the transactional outbox costs the checkout. A fresh database
+(with `--referrers` referrers) is served by two gunicorns with the same settings, side by side:
+the service (`referral_service.wsgi`, every business step writes its events in its transaction
+and queues the relay after its commit) and the same service with the outbox write switched off
+(`bench/events_off_app.py`), with the rate limiter on in both and `referral-service worker`
+running beside them (it relays the events as they come; no webhook endpoint is registered, so
+the events cost the outbox row, the queued relay and the relay's own transaction, not
+deliveries). Sign-ups, then purchases, are loaded on each in turn, alternating which goes first
+(`--event-rounds` pairs); the cost is the mean req/s without events over the mean with them,
+minus one (target: at most +10 %), beside the server CPU per request of each and the worker's
+CPU per request of the loads with events. Every event the loads wrote must be relayed within
+30 s of the last load.
+
 How to run it (from the repository root):
 
     .venv/bin/python bench/bench_checkout.py                  # 10 s loads, 10k and 1M (~5 min)
+    .venv/bin/python bench/bench_checkout.py --events-only    # only the events part (~2 min)
+    .venv/bin/python bench/bench_checkout.py --skip-events    # without the events part
     .venv/bin/python bench/bench_checkout.py --quick          # 3 s loads
     .venv/bin/python bench/bench_checkout.py --skip-scale     # only the ratios to the bare insert
     .venv/bin/python bench/bench_checkout.py --sizes 10000,100000 --scale-duration 5
@@ -57,6 +72,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -78,6 +94,7 @@ from bench_public import (
     Server,
     WrkResult,
     add_load_options,
+    console_script,
     free_port,
     gunicorn_argv,
     measure,
@@ -870,6 +887,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="referrals in the databases of the scale part (default 10000,1000000)",
     )
     parser.add_argument("--skip-scale", action="store_true", help="only the ratios to bare")
+    parser.add_argument("--skip-events", action="store_true", help="without the events part")
+    parser.add_argument("--events-only", action="store_true", help="only the events part")
+    parser.add_argument(
+        "--event-rounds", type=int, default=2, help="pairs of loads (with, without) per endpoint"
+    )
     parser.add_argument("--referrers", type=int, default=10_000, help="referrers (10000)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     add_load_options(parser)
@@ -922,6 +944,10 @@ def describe(args) -> None:
 def run(args, tmp: Path, servers: list[Server]) -> bool:
     """The whole benchmark; True if every target is met."""
     describe(args)
+    if args.events_only:
+        met = run_events(Bench(args, tmp, None, None), servers)
+        print(f"\nall targets met: {'yes' if met else 'NO'}")
+        return met
     bare_database = tmp / "bare.sqlite3"
     bare_port = free_port()
     env = {**os.environ, "BARE_INSERT_DATABASE": str(bare_database)}
@@ -955,7 +981,176 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
         all_met &= print_scale(phases)
     bare.stop()
     print_notes(bench.bare_loads + [r.load for x in [base, *phases] for r in x.rounds.values()])
+    if not args.skip_events:
+        all_met &= run_events(bench, servers)
     print(f"\nall targets met: {'yes' if all_met else 'NO'}")
+    return all_met
+
+
+# --- events: the checkout with and without its outbox ---------------------------------------------
+
+EVENTS_TARGET = 0.10  # the checkout with events costs at most this much more than without
+
+
+def run_events(bench: Bench, servers: list[Server]) -> bool:
+    """The events part (see the module's docstring); True if both costs are within target."""
+    args = bench.args
+    print(f"\n== 3. events: the checkout with and without its outbox ({args.workers} workers) ==")
+    folder = bench.tmp / "events"
+    folder.mkdir()
+    database = folder / "bench.sqlite3"
+    on_port, off_port = free_port(), free_port()
+    env = {**service_env(database, on_port, SECRET), "TASKS_FILE": str(folder / "tasks.sqlite3")}
+    run_cli(["db", "upgrade"], env)
+    key = run_cli(["api-keys", "create", "bench", "--scope", "shop"], env).strip()
+    population = Population(database)
+    populate(population, args.referrers, 0)
+    with_events = Server(
+        "with events",
+        gunicorn_argv("referral_service.wsgi:app", ROOT, on_port, args.workers),
+        ROOT,
+        env,
+        on_port,
+        folder / "with.log",
+    )
+    without = Server(
+        "without events",
+        gunicorn_argv("events_off_app:app", BENCH, off_port, args.workers),
+        BENCH,
+        {**env, "PUBLIC_BASE_URL": f"http://127.0.0.1:{off_port}"},
+        off_port,
+        folder / "without.log",
+    )
+    worker_log = open(folder / "worker.log", "wb")  # noqa: SIM115 - open while it runs
+    worker = subprocess.Popen(
+        [console_script("referral-service"), "worker"],
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        for server in (with_events, without):
+            servers.append(server)
+            server.start("/healthz")
+            check_service(server.port, key, population.referrers[0][2], f"events-{server.port}")
+        if query(database, "SELECT count(*) FROM outbox")[0] == 0:
+            raise BenchError("the service with events wrote no event for its check")
+        results = _event_loads(bench, population, database, key, with_events, without, worker)
+        outbox_end = time.monotonic() + 30
+        while query(database, "SELECT count(*) FROM outbox WHERE relayed_at IS NULL")[0]:
+            if time.monotonic() > outbox_end:
+                raise BenchError("the worker did not relay every event within 30 s")
+            time.sleep(0.2)
+        written = query(database, "SELECT count(*) FROM outbox")[0]
+    finally:
+        for server in (with_events, without):
+            server.stop()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker_log.close()
+    print(f"\n{written:,} events written, every one relayed by the worker")
+    return print_events(results)
+
+
+def _process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _event_loads(bench, population, database, key, with_events, without, worker) -> dict:
+    """Sign-ups, then purchases, on each server in turn; {endpoint: {server name: [(Load,
+    worker CPU seconds)]}}."""
+    args = bench.args
+    codes = ", ".join(f'"{code}"' for _, _, code in population.referrers[:SIGNUP_CODES])
+    script = bench.tmp / "events" / "load.lua"
+    results: dict = {"signups": {}, "purchases": {}}
+
+    def signups():
+        script.write_text(lua(args, key, LUA_SIGNUP, codes=codes))
+        return script
+
+    def purchases():
+        used = query(
+            database,
+            "SELECT max(c.external_id) FROM purchases p JOIN customers c ON c.id = p.customer_id "
+            "WHERE c.external_id LIKE 'pool-%'",
+        )[0]
+        first = int(used.removeprefix("pool-")) + 1 if used else 0
+        needed = first + 600 * (args.warmup + args.duration) + 64 * args.connections
+        if needed > population.pool_end:
+            with contextlib.closing(population.connect()) as connection:
+                population.add_pool(connection, needed - population.pool_end)
+        script.write_text(lua(args, key, LUA_PURCHASE, first=first, threads=args.threads))
+        return script
+
+    loads = {"signups": (signups, "/api/v1/signups"), "purchases": (purchases, "/api/v1/purchases")}
+    for name, (write, path) in loads.items():
+        table = (database, name)
+        for round_number in range(args.event_rounds):
+            pair = (with_events, without) if round_number % 2 == 0 else (without, with_events)
+            for server in pair:
+                before = query(database, f"SELECT count(*) FROM {name}")[0]
+                cpu = _process_cpu(worker.pid)
+                load = bench.load(
+                    server,
+                    path,
+                    f"{LABELS[name]} {server.name}",
+                    write,
+                    table,
+                    lambda name=name: query(database, f"SELECT count(*) FROM {name}")[0],
+                )
+                if query(database, f"SELECT count(*) FROM {name}")[0] <= before:
+                    raise BenchError(f"{server.name}: the load wrote no {name}")
+                worker_cpu = _process_cpu(worker.pid) - cpu
+                results[name].setdefault(server.name, []).append((load, worker_cpu))
+    return results
+
+
+def print_events(results: dict) -> bool:
+    """The events table; True if every cost is within EVENTS_TARGET."""
+    header = (
+        f"{'endpoint':<24}{'req/s with':>11}{'without':>9}{'cost':>8}{'target':>8}  met"
+        f"{'p50 with':>10}{'without':>9}{'CPU µs with':>13}{'without':>9}{'worker µs':>11}"
+    )
+    print(f"\n{header}\n{'-' * len(header)}")
+    all_met = True
+    for name, by_server in results.items():
+        with_loads, without_loads = by_server["with events"], by_server["without events"]
+
+        def mean(values):
+            values = [x for x in values if x is not None]
+            return sum(values) / len(values) if values else None
+
+        rps_with = mean([x.wrk.rps for x, _ in with_loads])
+        rps_without = mean([x.wrk.rps for x, _ in without_loads])
+        cost = rps_without / rps_with - 1
+        met = cost <= EVENTS_TARGET
+        all_met &= met
+        requests = sum(x.wrk.requests for x, _ in with_loads)
+        worker_us = sum(cpu for _, cpu in with_loads) / requests * 1e6 if requests else None
+        cpu_with = mean([x.cpu_per_request_us for x, _ in with_loads])
+        cpu_without = mean([x.cpu_per_request_us for x, _ in without_loads])
+
+        def us(value):
+            return "?" if value is None else f"{value:.0f}"
+
+        print(
+            f"{LABELS[name]:<24}{rps_with:11.0f}{rps_without:9.0f}{cost:+8.1%}"
+            f"{'<= +' + format(EVENTS_TARGET, '.0%'):>8}  {'yes' if met else 'NO ':<3}"
+            f"{mean([x.wrk.p50_ms for x, _ in with_loads]):10.2f}"
+            f"{mean([x.wrk.p50_ms for x, _ in without_loads]):9.2f}"
+            f"{us(cpu_with):>13}{us(cpu_without):>9}{us(worker_us):>11}"
+        )
+    print(
+        "\ncost: mean req/s without events / mean req/s with them - 1 (loads alternated); "
+        "CPU µs: the gunicorn's CPU per request;\nworker µs: the worker's CPU (relaying the "
+        "events) per request of the loads with events."
+    )
     return all_met
 
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from referral_service.domain.unit import unit_of_work
 from referral_service.extensions import db
@@ -56,7 +56,13 @@ def relay_batch(
         for event in events:
             for name, plan in planners.items():
                 planned[name].extend(plan(event, unit.now))
-            event.relayed_at = unit.now
+        if events:
+            db.session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_([event.id for event in events]))
+                .values(relayed_at=unit.now)
+                .execution_options(synchronize_session=False)
+            )
     return len(events), planned
 
 
