@@ -10,6 +10,7 @@ server's certificate and name with the system's trust store.
 import smtplib
 import ssl
 from dataclasses import dataclass, field
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import parseaddr
 from urllib.parse import unquote, urlsplit
@@ -87,11 +88,18 @@ def check_sender(sender: str | None) -> str:
 
 def server_of(config) -> MailServer | None:
     """The mail server of an app's settings, or None when `MAIL_URL` is not set; raises
-    SettingsError for a bad `MAIL_URL` or `MAIL_FROM`."""
+    SettingsError for a bad `MAIL_URL` or `MAIL_FROM`, and when `PUBLIC_BASE_URL` is not set
+    (the emails' links would lead nowhere: a worker has no request to take an address from)."""
     url = config.get("MAIL_URL")
     if not url:
         return None
-    return parse_mail_url(url, config.get("MAIL_FROM"))
+    server = parse_mail_url(url, config.get("MAIL_FROM"))
+    if not config.get("PUBLIC_BASE_URL"):
+        raise SettingsError(
+            "MAIL_URL needs PUBLIC_BASE_URL: the address of the share links and the unsubscribe "
+            "link in the emails, such as https://refer.shop.example"
+        )
+    return server
 
 
 def sender_domain(server: MailServer) -> str:
@@ -103,9 +111,15 @@ class PermanentFailure(Exception):
     """The server refused the message for good (a 5xx answer): retrying would not help."""
 
 
+class TemporaryFailure(Exception):
+    """The server answered that it cannot take the message now (a 4xx answer)."""
+
+
 def send(server: MailServer, message: EmailMessage) -> None:
-    """Hand `message` to the server. Raises PermanentFailure for a 5xx refusal, and OSError or
-    smtplib.SMTPException for what may pass (a connection refused or cut, a timeout, a 4xx)."""
+    """Hand `message` to the server. Raises PermanentFailure for a 5xx refusal of the recipient
+    or the message, TemporaryFailure for another refusal, and OSError or smtplib.SMTPException
+    for what may pass (a connection refused or cut, a timeout). What a failure says holds the
+    server's answer code, never its text (which may repeat the recipient's address)."""
     context = ssl.create_default_context()
     if server.security == "tls":
         client = smtplib.SMTP_SSL(server.host, server.port, timeout=TIMEOUT, context=context)
@@ -122,13 +136,30 @@ def send(server: MailServer, message: EmailMessage) -> None:
         codes = [code for code, _ in refused.recipients.values()]
         if codes and all(500 <= code < 600 for code in codes):
             raise PermanentFailure(f"recipient refused ({codes[0]})") from None
-        raise
+        raise TemporaryFailure(f"recipient refused ({codes[0] if codes else '?'})") from None
     except smtplib.SMTPDataError as answer:
         if 500 <= answer.smtp_code < 600:
             raise PermanentFailure(f"message refused ({answer.smtp_code})") from None
-        raise
+        raise TemporaryFailure(f"message refused ({answer.smtp_code})") from None
+    except smtplib.SMTPResponseException as answer:  # the sender refused, the login failed, ...
+        raise TemporaryFailure(f"{type(answer).__name__} ({answer.smtp_code})") from None
     finally:
         try:
             client.quit()
         except (OSError, smtplib.SMTPException):
             client.close()
+
+
+def recipient(address: str, name: str | None = None) -> Address:
+    """The To of a message: an internationalized domain in its ASCII form (any server takes
+    it). Raises ValueError for an address a header cannot carry (a local part that is not
+    ASCII needs SMTPUTF8, which few servers offer)."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError("not an address")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError("a domain with no ASCII form") from None
+    return Address(display_name=name or "", addr_spec=f"{local}@{domain}")

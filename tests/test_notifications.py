@@ -30,7 +30,8 @@ ALL_ON = {"reward_earned": True, "reward_approved": True, "reward_paid": True}
 
 
 class Mailbox:
-    """What the SMTP server received; recipients starting with `bounce` are refused (550)."""
+    """What the SMTP server received; recipients starting with `bounce` are refused for good
+    (550), those starting with `later` for now (451)."""
 
     def __init__(self):
         self.messages: list[email.message.EmailMessage] = []
@@ -38,7 +39,9 @@ class Mailbox:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("bounce"):
-            return "550 5.1.1 No such mailbox"
+            return f"550 5.1.1 <{address}>: no such mailbox"
+        if address.startswith("later"):
+            return f"451 4.7.1 <{address}>: try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -438,6 +441,38 @@ def test_a_mailbox_refused_for_good_is_not_retried(app, client, shop, admin, smt
     assert smtp.messages == []
 
 
+def test_a_mailbox_refused_for_now_is_retried_and_the_error_names_no_address(
+    app, client, shop, admin, smtp, caplog
+):
+    switch_on(client, admin)
+    converted(client, shop, enrol(client, shop, "ref-1", email_address="later@example.com"))
+    row = rows(app)[0]
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert row.last_error == "TemporaryFailure: recipient refused (451)"
+    assert "later@" not in caplog.text
+    assert smtp.messages == []
+
+
+def test_an_internationalized_domain_is_sent_in_its_ascii_form(app, client, shop, admin, smtp):
+    switch_on(client, admin)
+    converted(client, shop, enrol(client, shop, "ref-1", email_address="anna@bücher.example"))
+    assert smtp.box.envelopes[0].rcpt_tos == ["anna@xn--bcher-kva.example"]
+    assert rows(app)[0].status == "sent"
+
+
+def test_an_address_no_header_can_carry_is_given_up_at_once(app, client, shop, admin, smtp):
+    switch_on(client, admin)
+    code = enrol(client, shop, "ref-1")
+    with app.app_context(), unit_of_work():  # as a shop's import could hold it
+        customer = db.session.scalar(select(Customer).where(Customer.external_id == "ref-1"))
+        customer.email = "zażółć@example.com"
+    converted(client, shop, code)
+    row = rows(app)[0]
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert row.last_error.startswith("unusable address")
+    assert smtp.messages == []
+
+
 def test_a_lease_keeps_other_workers_off_until_it_ends(app, client, shop, admin, smtp):
     switch_on(client, admin)
     smtp.stop()
@@ -600,6 +635,25 @@ def test_bad_mail_urls_are_a_settings_error(url):
 def test_mail_from_must_be_one_address(sender):
     with pytest.raises(SettingsError, match="MAIL_FROM"):
         mail.parse_mail_url("smtp://mail.example", sender)
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"MAIL_URL": "smtp://mail.example:99999", "MAIL_FROM": SENDER}, "MAIL_URL must be"),
+        ({"MAIL_URL": "smtp://mail.example"}, "MAIL_FROM must be"),
+        (
+            {"MAIL_URL": "smtp://mail.example", "MAIL_FROM": SENDER, "PUBLIC_BASE_URL": None},
+            "MAIL_URL needs PUBLIC_BASE_URL",
+        ),
+    ],
+)
+def test_the_service_will_not_start_with_bad_mail_settings(database_url, settings, problem):
+    from referral_service import create_app
+    from tests.conftest import app_config
+
+    with pytest.raises(SettingsError, match=problem):
+        create_app(app_config(database_url, **settings))
 
 
 def test_a_bad_mail_url_plans_nothing_and_says_why(app, client, shop, admin, caplog):

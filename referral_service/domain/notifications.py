@@ -23,7 +23,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.headerregistry import Address
 from email.message import EmailMessage
 
 from flask import current_app
@@ -253,11 +252,20 @@ def send(notification_id: int, now: datetime | None = None) -> datetime | None:
             raise RuntimeError("no email writer is registered")
         message = _writer[0](email, server)
         message["From"] = server.sender
-        message["To"] = Address(display_name=email.name or "", addr_spec=email.to)
+    except Exception as error:  # a bug: said in full, and tried again on the schedule
+        logger.exception(
+            "email %s (attempt %s) could not be written", email.notification_id, email.attempt
+        )
+        return _record(email, now, error=_describe(error), retry=True)
+    try:
+        message["To"] = mail.recipient(email.to, email.name)
+    except (ValueError, IndexError) as error:  # an address email's headers cannot carry
+        return _record(email, now, error=f"unusable address ({_describe(error)})", retry=False)
+    try:
         mail.send(server, message)
     except mail.PermanentFailure as refusal:
         return _record(email, now, error=str(refusal), retry=False)
-    except Exception as error:  # a connection refused or cut, a timeout, a 4xx; a bug too
+    except (OSError, mail.TemporaryFailure) as error:  # refused, cut, timed out, a 4xx answer
         logger.warning(
             "email %s (attempt %s) failed: %s", notification_id, email.attempt, _describe(error)
         )
@@ -347,15 +355,22 @@ def _record(
             .execution_options(synchronize_session=False)
         ).rowcount
     if changed != 1:
-        logger.warning("email %s: its claim ended before the attempt was recorded", email)
+        logger.warning(
+            "email %s: its claim ended before attempt %s was recorded",
+            email.notification_id,
+            email.attempt,
+        )
         return None
     return next_attempt
 
 
 def _describe(error: Exception) -> str:
-    """An error in a line, without what a server might echo of the login."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:MAX_ERROR]
+    """An error in a line: its kind, and its words for the errors of the connection or of
+    mail.py (which never carry an address); a server's own text is never quoted."""
+    if isinstance(error, OSError | mail.TemporaryFailure):
+        text = " ".join(str(error).split())
+        return f"{type(error).__name__}: {text}"[:MAX_ERROR] if text else type(error).__name__
+    return type(error).__name__
 
 
 # --- unsubscribing -------------------------------------------------------------------------------
