@@ -139,8 +139,9 @@ def test_gunicorn_clean_shutdown_keeps_every_click(tmp_path):
 
 
 def test_wheel_installs_and_runs_from_any_directory(tmp_path):
-    """`pip install .` then `referral-service db upgrade` and `run` work outside the checkout;
-    the wheel holds the compiled translation catalogs."""
+    """`pip install .` then `referral-service db upgrade`, `run` and `serve` (gunicorn with the
+    package's settings) work outside the checkout; the wheel holds the compiled translation
+    catalogs."""
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
@@ -197,21 +198,23 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     )
     assert where.stdout.startswith(str(target)), where.stdout
     cli(env, "db", "upgrade", cwd=elsewhere, command=command)
-    server = subprocess.Popen(
-        [*command, "run", "--port", str(port)],
-        env=env,
-        cwd=elsewhere,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/readyz", server)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
-            assert b'"migrations":"head"' in response.read().replace(b" ", b"")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    for server_command in ("run", "serve"):  # the development server, then gunicorn
+        server = subprocess.Popen(
+            [*command, server_command, "--port", str(port)],
+            env=env,
+            cwd=elsewhere,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/readyz", server, seconds=40)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
+                assert b'"migrations":"head"' in response.read().replace(b" ", b"")
+        finally:
+            server.terminate()
+            output, _ = server.communicate(timeout=40)
+        assert server_command == "run" or "Booting worker" in output, output
     shutil.rmtree(wheels)
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
-from referral_service import create_app
+from referral_service import create_app, worker
 from referral_service.domain import relay, unit, webhooks
 from referral_service.domain.unit import unit_of_work
 from referral_service.extensions import db
@@ -327,3 +327,24 @@ def test_the_queue_is_redis_with_redis_url(tmp_path):
     huey = app.extensions["tasks"].huey
     assert type(huey).__name__ == "RedisHuey"
     assert huey.name.startswith("referral-service-")
+
+
+def test_a_busy_process_queues_the_relay_at_most_once_a_second(tmp_path, monkeypatch):
+    """Commits that wrote events wake the relay; a process queues it at most once per
+    WAKE_INTERVAL (the worker's pump relays the rest within a poll), never once per request."""
+    app = create_app(
+        app_config(
+            f"sqlite:///{tmp_path / 'w.sqlite3'}",
+            TASKS_IMMEDIATE=False,
+            TASKS_FILE=str(tmp_path / "tasks.sqlite3"),
+        )
+    )
+    tasks = app.extensions["tasks"]
+    for _ in range(50):
+        tasks.wake()
+    assert tasks.huey.pending_count() == 1
+    clock = iter([time.monotonic() + worker.WAKE_INTERVAL + 0.1])
+    monkeypatch.setattr(worker.time, "monotonic", lambda: next(clock))
+    tasks.wake()
+    assert tasks.huey.pending_count() == 2
+    assert [task.name for task in tasks.huey.pending()] == ["relay", "relay"]
