@@ -534,6 +534,22 @@ def test_one_click_unsubscribe_needs_no_sign_in_and_is_idempotent(app, client, t
     assert "Wypisano Cię" in again and "<form" not in again
 
 
+def test_unsubscribing_at_once_from_many_places_is_one_opt_out_audited_once(app, token):
+    from referral_service.models import AuditRecord
+    from tests.journey_helpers import together
+
+    def click(_):
+        return app.test_client().post(f"/unsubscribe/{token}").status_code
+
+    assert together(6, click) == [200] * 6
+    assert opted_out(app) == 1
+    with app.app_context():
+        audited = db.session.scalars(
+            select(AuditRecord).where(AuditRecord.action == "customer.unsubscribe")
+        ).all()
+    assert len(audited) == 1
+
+
 def test_the_unsubscribe_link_of_an_email_works(app, client, shop, admin, smtp):
     switch_on(client, admin)
     converted(client, shop, enrol(client, shop, "ref-1"))

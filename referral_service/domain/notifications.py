@@ -158,14 +158,19 @@ def plan_emails(event: OutboxEvent, now: datetime) -> list[int]:
     ]
     if not rows:
         return []
-    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
     added = db.session.scalars(
-        dialect.insert(Notification)
+        _insert(Notification)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["event_id", "customer_id"])
         .returning(Notification.id)
     )
     return sorted(added)
+
+
+def _insert(model):
+    """An INSERT that can say ON CONFLICT DO NOTHING, in the database's own dialect."""
+    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(model)
 
 
 def _rewarded(reward_id: int) -> dict[int, list[dict]]:
@@ -402,15 +407,22 @@ class Subscriber:
     opted_out: bool
 
 
-def subscriber(token: str) -> Subscriber:
-    """The customer of an unsubscribe link; raises InvalidLink for a forged or damaged token,
-    or one naming a customer who is gone."""
+def _customer_of(token: str) -> int:
+    """The customer id an unsubscribe token names (its signature checked, no database read);
+    raises InvalidLink."""
     try:
         customer_id = _unsubscribe_serializer().loads(token)
     except (BadSignature, ValueError, TypeError):
         raise InvalidLink() from None
     if isinstance(customer_id, bool) or not isinstance(customer_id, int):
         raise InvalidLink()
+    return customer_id
+
+
+def subscriber(token: str) -> Subscriber:
+    """The customer of an unsubscribe link; raises InvalidLink for a forged or damaged token,
+    or one naming a customer who is gone."""
+    customer_id = _customer_of(token)
     locale = db.session.execute(
         select(Customer.locale).where(Customer.id == customer_id)
     ).one_or_none()
@@ -423,15 +435,16 @@ def subscriber(token: str) -> Subscriber:
 def unsubscribe(token: str, now: datetime | None = None) -> Subscriber:
     """Record that the customer of an unsubscribe link wants no more emails (once; again changes
     nothing). Raises InvalidLink as `subscriber` does."""
+    _customer_of(token)  # a forged token never waits for the write lock
     with unit_of_work(now) as unit:
         found = subscriber(token)
-        if not found.opted_out:
-            dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-            db.session.execute(
-                dialect.insert(EmailOptOut)
-                .values(customer_id=found.customer_id, opted_out_at=unit.now)
-                .on_conflict_do_nothing(index_elements=["customer_id"])
-            )
+        added = db.session.scalar(
+            _insert(EmailOptOut)
+            .values(customer_id=found.customer_id, opted_out_at=unit.now)
+            .on_conflict_do_nothing(index_elements=["customer_id"])
+            .returning(EmailOptOut.customer_id)
+        )
+        if added is not None:  # the first time only, whoever else is unsubscribing at once
             unit.audit(
                 "customer",
                 "customer.unsubscribe",
