@@ -115,12 +115,17 @@ class TemporaryFailure(Exception):
     """The server answered that it cannot take the message now (a 4xx answer)."""
 
 
+def tls_context() -> ssl.SSLContext:
+    """TLS that checks the server's certificate and name against the system's trust store."""
+    return ssl.create_default_context()
+
+
 def send(server: MailServer, message: EmailMessage) -> None:
     """Hand `message` to the server. Raises PermanentFailure for a 5xx refusal of the recipient
     or the message, TemporaryFailure for another refusal, and OSError or smtplib.SMTPException
     for what may pass (a connection refused or cut, a timeout). What a failure says holds the
     server's answer code, never its text (which may repeat the recipient's address)."""
-    context = ssl.create_default_context()
+    context = tls_context()
     if server.security == "tls":
         client = smtplib.SMTP_SSL(server.host, server.port, timeout=TIMEOUT, context=context)
     else:

@@ -7,11 +7,14 @@ import email.policy
 import logging
 import re
 import socket
+import ssl
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from sqlalchemy import select
 
 from referral_service import mail
@@ -54,13 +57,15 @@ class Mailbox:
 
 
 class SmtpServer:
-    """An aiosmtpd server on a free loopback port that can be stopped and started again."""
+    """An aiosmtpd server on a free loopback port that can be stopped and started again;
+    `options` go to aiosmtpd's Controller (TLS, STARTTLS, a login)."""
 
-    def __init__(self):
+    def __init__(self, **options):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.box = Mailbox()
+        self.options = options
         self.controller = None
 
     @property
@@ -68,7 +73,7 @@ class SmtpServer:
         return self.box.messages
 
     def start(self):
-        self.controller = Controller(self.box, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.box, hostname="127.0.0.1", port=self.port, **self.options)
         self.controller.start()
 
     def stop(self):
@@ -84,6 +89,33 @@ def smtp(app):
     app.config.update(MAIL_URL=f"smtp://127.0.0.1:{server.port}", MAIL_FROM=SENDER)
     yield server
     server.stop()
+
+
+CERTIFICATE = str(Path(__file__).with_name("smtp_tls_localhost.pem"))
+
+
+def server_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(CERTIFICATE)
+    return context
+
+
+@pytest.fixture
+def trusting_the_test_certificate(monkeypatch):
+    """The service's TLS trusts the tests' self-signed certificate (and checks it as always)."""
+    monkeypatch.setattr(mail, "tls_context", lambda: ssl.create_default_context(cafile=CERTIFICATE))
+
+
+class Logins:
+    """aiosmtpd's authenticator: one user and password, and the logins it saw."""
+
+    def __init__(self, user: str, password: str):
+        self.user, self.password, self.seen = user, password, []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        self.seen.append(auth_data.login.decode())
+        ok = (auth_data.login.decode(), auth_data.password.decode()) == (self.user, self.password)
+        return AuthResult(success=ok, handled=False)  # aiosmtpd then answers 535 itself
 
 
 def switch_on(client, admin, **kinds):
@@ -491,6 +523,86 @@ def test_a_lease_keeps_other_workers_off_until_it_ends(app, client, shop, admin,
         assert notifications.send(row_id, after_lease) is None
     assert len(smtp.messages) == 1
     assert rows(app)[0].attempts == 3
+
+
+# --- TLS: smtps:// and smtp+starttls://, with a login --------------------------------------------
+
+
+@pytest.fixture
+def tls_server(app):
+    server = SmtpServer(ssl_context=server_tls())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def starttls_server(app):
+    logins = Logins("shop@mail.example", "p@ss:w/rd")
+    server = SmtpServer(
+        tls_context=server_tls(),
+        require_starttls=True,
+        authenticator=logins,
+        auth_require_tls=True,
+    )
+    server.logins = logins
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_smtps_sends_over_tls(app, client, shop, admin, tls_server, trusting_the_test_certificate):
+    app.config.update(MAIL_URL=f"smtps://localhost:{tls_server.port}", MAIL_FROM=SENDER)
+    switch_on(client, admin)
+    converted(client, shop, enrol(client, shop, "ref-1"))
+    assert len(tls_server.messages) == 1 and rows(app)[0].status == "sent"
+
+
+def test_starttls_with_a_login(
+    app, client, shop, admin, starttls_server, trusting_the_test_certificate
+):
+    url = f"smtp+starttls://shop%40mail.example:p%40ss%3Aw%2Frd@localhost:{starttls_server.port}"
+    app.config.update(MAIL_URL=url, MAIL_FROM=SENDER)
+    switch_on(client, admin)
+    converted(client, shop, enrol(client, shop, "ref-1"))
+    assert len(starttls_server.messages) == 1 and rows(app)[0].status == "sent"
+    assert starttls_server.logins.seen == ["shop@mail.example"]
+
+
+def test_a_certificate_the_service_does_not_trust_is_refused_and_retried(
+    app, client, shop, admin, starttls_server, caplog
+):
+    url = f"smtp+starttls://shop%40mail.example:p%40ss%3Aw%2Frd@localhost:{starttls_server.port}"
+    app.config.update(MAIL_URL=url, MAIL_FROM=SENDER)
+    switch_on(client, admin)
+    converted(client, shop, enrol(client, shop, "ref-1"))
+    row = rows(app)[0]
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert row.last_error.startswith("SSLCertVerificationError")
+    assert starttls_server.logins.seen == []  # the password never left before TLS held
+    assert "p@ss" not in caplog.text and "p@ss" not in row.last_error
+
+
+def test_a_wrong_password_is_retried_and_never_recorded(
+    app, client, shop, admin, starttls_server, trusting_the_test_certificate, caplog
+):
+    url = f"smtp+starttls://shop%40mail.example:wrong-secret@localhost:{starttls_server.port}"
+    app.config.update(MAIL_URL=url, MAIL_FROM=SENDER)
+    switch_on(client, admin)
+    converted(client, shop, enrol(client, shop, "ref-1"))
+    row = rows(app)[0]
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert row.last_error == "TemporaryFailure: SMTPAuthenticationError (535)"
+    assert "wrong-secret" not in caplog.text
+
+
+def test_plain_smtp_is_refused_by_a_server_that_requires_starttls(
+    app, client, shop, admin, starttls_server
+):
+    app.config.update(MAIL_URL=f"smtp://localhost:{starttls_server.port}", MAIL_FROM=SENDER)
+    switch_on(client, admin)
+    converted(client, shop, enrol(client, shop, "ref-1"))
+    assert rows(app)[0].status == "pending" and starttls_server.messages == []
 
 
 # --- unsubscribing -------------------------------------------------------------------------------
