@@ -220,7 +220,9 @@ def _paid_by(payout_id: int) -> dict[int, list[dict]]:
 
 
 def due_emails(now: datetime | None = None, limit: int = 100) -> list[int]:
-    """Ids of pending emails whose attempt is due and that no worker holds, oldest due first."""
+    """Ids of pending emails whose attempt is due and that no worker holds, oldest due first.
+
+    Ends its read transaction: call it outside a unit of work (the worker's sweep does)."""
     now = now or utcnow()
     ids = list(
         db.session.scalars(
