@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from referral_service import mail
 from referral_service.config import SettingsError
@@ -444,6 +444,23 @@ def test_a_server_away_is_retried_on_the_schedule_then_sent_once(app, client, sh
     row = rows(app)[0]
     assert (row.status, row.attempts, row.last_error) == ("sent", 3, None)
     assert row.sent_at == third
+
+
+def test_the_workers_sweep_sends_the_emails_that_are_due(app, client, shop, admin, smtp):
+    switch_on(client, admin)
+    smtp.stop()
+    converted(client, shop, enrol(client, shop, "ref-1"))
+    smtp.start()
+    with app.app_context():
+        tasks = app.extensions["tasks"]
+        assert tasks.sweep_due()["emails"] == 0  # its retry is a minute away
+        with unit_of_work():  # the minute has passed
+            db.session.execute(
+                update(Notification).values(next_attempt_at=utcnow() - timedelta(seconds=1))
+            )
+        assert tasks.sweep_due()["emails"] == 1
+        assert tasks.sweep_due()["emails"] == 0
+    assert len(smtp.messages) == 1 and rows(app)[0].status == "sent"
 
 
 def test_retries_run_out_after_a_day_and_more(app, client, shop, admin, smtp):
