@@ -24,6 +24,7 @@ import threading
 import time
 from datetime import datetime
 
+import redis
 from flask import Flask, current_app
 from huey import RedisHuey, SqliteHuey, crontab
 from huey.storage import SqliteStorage
@@ -57,7 +58,12 @@ def register_tasks(app: Flask) -> None:
         name = queue_name(db.engine.url)
     immediate = bool(app.config.get("TASKS_IMMEDIATE"))
     if app.config.get("REDIS_URL"):
-        huey = RedisHuey(name, url=app.config["REDIS_URL"], results=False, immediate=immediate)
+        pool = redis.ConnectionPool.from_url(
+            app.config["REDIS_URL"],
+            socket_connect_timeout=1,  # a Redis away never holds a request long
+            socket_timeout=5,  # above the worker's blocking read (1 s)
+        )
+        huey = RedisHuey(name, connection_pool=pool, results=False, immediate=immediate)
     else:
         path = app.config.get("TASKS_FILE") or os.path.join(app.instance_path, TASKS_FILE)
         if not immediate:
@@ -133,7 +139,10 @@ class Tasks:
             if now - self._woken < WAKE_INTERVAL:
                 return
             self._woken = now
-        self.relay()
+        try:
+            self.relay()
+        except Exception as error:  # the queue is away: the worker's poll finds the events
+            logger.warning("could not queue the relay (%s: %s)", type(error).__name__, error)
 
     # --- what the tasks do (in an app context) ---------------------------------------------------
 

@@ -348,3 +348,24 @@ def test_a_busy_process_queues_the_relay_at_most_once_a_second(tmp_path, monkeyp
     tasks.wake()
     assert tasks.huey.pending_count() == 2
     assert [task.name for task in tasks.huey.pending()] == ["relay", "relay"]
+
+
+def test_a_queue_that_is_away_never_fails_a_business_step(app, database_url, caplog):
+    """Redis away (nothing listens on the port): the step commits, its event waits in the
+    outbox for the worker's poll, and the wake-up that could not be queued is one warning."""
+    from tests.test_processes import free_port
+
+    away = create_app(
+        app_config(
+            database_url, TASKS_IMMEDIATE=False, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
+        )
+    )
+    with away.app_context():
+        started = time.monotonic()
+        customer("while-redis-is-away")
+        assert time.monotonic() - started < 5
+        [event] = outbox()
+        assert event.relayed_at is None
+        db.session.remove()
+        db.engine.dispose()
+    assert "could not queue the relay (ConnectionError" in caplog.text

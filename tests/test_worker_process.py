@@ -18,6 +18,7 @@ from referral_service import create_app
 from referral_service.cli import main
 from referral_service.domain import webhooks
 from referral_service.extensions import db
+from tests.conftest import unavailable
 from tests.test_processes import BIN, cli, free_port, wait_until_up
 from tests.test_worker import Receiver
 
@@ -47,6 +48,18 @@ def receiver():
     receiver.close()
 
 
+def redis_url() -> str:
+    """A Redis database on loopback for the queue's test (its queue is the test database's)."""
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as error:
+        unavailable(f"Redis at {url}", error)
+    return url
+
+
 def service_app(env: dict):
     """The service's app in this process, on the instance's database and queue (not immediate:
     what it queues, the worker process runs)."""
@@ -58,6 +71,7 @@ def service_app(env: dict):
             "WEBHOOKS_ALLOW_PRIVATE": True,
             "RATELIMIT_ENABLED": False,
             "CLICK_SPILL_DIR": env["CLICK_SPILL_DIR"],
+            "REDIS_URL": env.get("REDIS_URL"),
         }
     )
 
@@ -171,7 +185,12 @@ def test_serve_says_why_it_will_not_start(instance):
 # --- a real worker -------------------------------------------------------------------------------
 
 
-def test_a_worker_process_delivers_signed_events(instance, receiver):
+@pytest.mark.parametrize("queue", ["sqlite", "redis"])
+def test_a_worker_process_delivers_signed_events(instance, receiver, queue):
+    """Five business steps in this process, each queueing the relay on the shared queue (the
+    SQLite file, or Redis), and a worker process that delivers their events."""
+    if queue == "redis":
+        instance["REDIS_URL"] = redis_url()
     secret = add_endpoint(instance, receiver.url)
     worker = start_worker(instance)
     try:
