@@ -11,6 +11,7 @@ audited as `admin:<email>`.
 from flask import flash, g, redirect, render_template, request, url_for
 
 from referral_service.admin.views import blp, requires
+from referral_service.api.webhooks import queue_delivery
 from referral_service.domain import events, webhooks
 from referral_service.domain.pages import MAX_ID
 from referral_service.errors import Conflict, NotFound, ValidationFailed
@@ -194,5 +195,6 @@ def webhook_redeliver(endpoint_id: int, delivery_id: int):
     except Conflict as error:
         flash(problem(error), "error")
     else:
+        queue_delivery(delivery.id)
         flash(f"Event {delivery.event_id} will be sent again shortly (the same webhook-id).")
     return redirect(url_for("admin.webhook_page", endpoint_id=endpoint_id))

@@ -1,5 +1,6 @@
 """`/api/v1/webhook-endpoints`: where events are sent, their secrets and their delivery logs."""
 
+from flask import current_app
 from flask.views import MethodView
 from marshmallow import RAISE, Schema, fields, pre_dump, validate
 
@@ -41,14 +42,14 @@ def url_field(**kwargs):
 def events_field(**kwargs):
     """The event filter: known types, or `["*"]`."""
     return fields.List(
-        fields.String(validate=validate.Length(max=64)),
+        fields.String(validate=validate.Length(max=64), metadata={"enum": EVENT_CHOICES}),
         validate=[
             validate.Length(min=1, max=len(EVENT_CHOICES)),
             domain_rule(webhooks.check_events),
         ],
         metadata={
-            "description": 'The event types sent to the endpoint, or `["*"]` for every type.',
-            "items": {"type": "string", "enum": EVENT_CHOICES},
+            "description": 'The event types sent to the endpoint, or `["*"]` for every type '
+            "(`*` beside other types means every type too).",
             "example": ["reward.created", "reward.approved"],
         },
         **kwargs,
@@ -188,6 +189,14 @@ class Accepted(Schema):
     next_retry_at = fields.AwareDateTime(allow_none=True)
 
 
+def queue_delivery(delivery_id: int) -> None:
+    """Ask the task queue for an attempt now, when the app has one (else the worker's sweep of
+    due deliveries finds it)."""
+    tasks = current_app.extensions.get("tasks")
+    if tasks is not None:
+        tasks.deliver(delivery_id)
+
+
 NOT_FOUND = {"schema": ErrorEnvelope, "description": "No such endpoint."}
 
 
@@ -287,6 +296,7 @@ class Redeliver(MethodView):
         """Send the event again with the same `webhook-id`: the delivery is due now and starts
         the retry schedule again; its earlier attempts stay in the log (audited)."""
         delivery = webhooks.redeliver(endpoint_id, delivery_id, actor())
+        queue_delivery(delivery.id)
         return {
             "delivery_id": delivery.id,
             "status": delivery.status,

@@ -41,7 +41,7 @@ from email.utils import parsedate_to_datetime
 import httpcore
 import httpx
 from flask import current_app
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from referral_service.domain import events, pages
@@ -209,11 +209,11 @@ def checked_addresses(host: str, port: int) -> list[str]:
         raise ValueError(f"The host {host!r} does not resolve ({error}).") from None
     if not addresses:
         raise ValueError(f"The host {host!r} does not resolve.")
-    for text in addresses:
-        why = address_refusal(ipaddress.ip_address(text.split("%", 1)[0]))
+    for found in addresses:
+        why = address_refusal(ipaddress.ip_address(found.split("%", 1)[0]))
         if why:
             raise ValueError(
-                f"The host {host!r} resolves to {text}, {why}: webhooks go to public addresses "
+                f"The host {host!r} resolves to {found}, {why}: webhooks go to public addresses "
                 f"only {ALLOW_PRIVATE_HINT}."
             )
     return addresses
@@ -326,15 +326,13 @@ class CreatedEndpoint:
 
 
 def check_events(types) -> list[str]:
-    """The event filter in the order of EVENT_TYPES, without repeats: `["*"]` or known types;
-    raises ValidationFailed (field `events`)."""
+    """The event filter in the order of EVENT_TYPES, without repeats: `["*"]` (also when `*` is
+    listed with other types) or known types; raises ValidationFailed (field `events`)."""
     if not isinstance(types, list | tuple) or not types:
         raise ValidationFailed(fields={"events": ["Must list one event type or more, or '*'."]})
     if not all(isinstance(kind, str) for kind in types):
         raise ValidationFailed(fields={"events": ["Each event type must be a string."]})
-    if events.ALL in types:
-        if len(set(types)) > 1:
-            raise ValidationFailed(fields={"events": ["'*' takes every type: list it alone."]})
+    if events.ALL in types:  # every type, whatever else is listed
         return [events.ALL]
     unknown = sorted({kind for kind in types if kind not in events.EVENT_TYPES})
     if unknown:
@@ -591,6 +589,7 @@ class _Request:
     headers: dict
     body: bytes
     refusal: str | None = None  # why nothing is sent (a secret that no key opens)
+    failing_since: datetime | None = None  # the endpoint's, when the attempt was claimed
 
 
 @dataclass
@@ -622,6 +621,10 @@ def deliver(
 def _claim(delivery_id: int, now: datetime) -> "_Request | datetime | None":
     token = secrets.token_hex(16)
     with unit_of_work(now):
+        if db.session.get_bind().dialect.name == "postgresql":
+            # a claim lost with the server is harmless (the attempt is made again, with the same
+            # webhook-id): no need to wait for its commit to reach the disk
+            db.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
         claimed = db.session.execute(
             update(WebhookDelivery)
             .where(
@@ -632,24 +635,25 @@ def _claim(delivery_id: int, now: datetime) -> "_Request | datetime | None":
                 WebhookDelivery.endpoint_id.in_(_enabled_endpoints()),
             )
             .values(lease_token=token, lease_until=now + LEASE)
+            .returning(WebhookDelivery.endpoint_id, WebhookDelivery.event_id, WebhookDelivery.step)
             .execution_options(synchronize_session=False)
-        ).rowcount
-        delivery = db.session.scalar(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id)
-            .execution_options(populate_existing=True)
-        )
-        if not claimed:
-            if delivery is None or delivery.status != "pending":
-                return None
-            due = delivery.next_attempt_at
+        ).first()
+        if claimed is None:
+            due = db.session.scalar(
+                select(WebhookDelivery.next_attempt_at).where(
+                    WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending"
+                )
+            )
             return due if due is not None and due > now else None
-        endpoint = db.session.get(WebhookEndpoint, delivery.endpoint_id)
-        event = db.session.scalar(
-            select(OutboxEvent).where(OutboxEvent.event_id == delivery.event_id)
-        )
+        endpoint_id, event_id, step = claimed
+        endpoint, event = db.session.execute(
+            select(WebhookEndpoint, OutboxEvent)
+            .join(OutboxEvent, OutboxEvent.event_id == event_id)
+            .where(WebhookEndpoint.id == endpoint_id)
+        ).one()
         body = json.dumps(events.jsonable(events.as_dict(event)), separators=(",", ":")).encode()
-        request = _Request(delivery.id, endpoint.id, token, delivery.step, endpoint.url, {}, body)
+        request = _Request(delivery_id, endpoint_id, token, step, endpoint.url, {}, body)
+        request.failing_since = endpoint.failing_since
         try:
             signing = [unseal(endpoint.secret)]
             if endpoint.previous_secret and (endpoint.previous_secret_until or now) > now:
@@ -662,21 +666,21 @@ def _claim(delivery_id: int, now: datetime) -> "_Request | datetime | None":
             return request
         timestamp = int(now.timestamp())
         request.headers = {
-            "webhook-id": delivery.event_id,
+            "webhook-id": event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": " ".join(
-                signature(secret, delivery.event_id, timestamp, body) for secret in signing
+                signature(secret, event_id, timestamp, body) for secret in signing
             ),
             "content-type": "application/json",
         }
         return request
 
 
-def _clean(text: str | None, limit: int) -> str | None:
+def _clean(value: str | None, limit: int) -> str | None:
     """Text fit for the log: no NUL or other control characters but line breaks, cut short."""
-    if text is None:
+    if value is None:
         return None
-    return "".join(c if not has_control(c, line_breaks=True) else "\ufffd" for c in text[:limit])
+    return "".join(c if not has_control(c, line_breaks=True) else "\ufffd" for c in value[:limit])
 
 
 def _send(request: _Request, timeout: float) -> _Outcome:
@@ -757,23 +761,7 @@ def _record(request: _Request, outcome: _Outcome, now: datetime) -> datetime | N
     if gone and not error:
         error = "Answered 410 Gone: the endpoint is disabled."
     with unit_of_work(now) as unit:
-        if db.session.get(WebhookDelivery, request.delivery_id, populate_existing=True) is None:
-            return None  # the endpoint was deleted meanwhile
-        db.session.add(
-            WebhookAttempt(
-                delivery_id=request.delivery_id,
-                attempted_at=now,
-                status_code=outcome.status_code,
-                duration_ms=outcome.duration_ms,
-                error=error,
-                response_body=outcome.response_body,
-                next_attempt_at=next_at,
-            )
-        )
-        mine = [
-            WebhookDelivery.id == request.delivery_id,
-            WebhookDelivery.status == "pending",
-        ]
+        mine = [WebhookDelivery.id == request.delivery_id, WebhookDelivery.status == "pending"]
         if success:  # recorded once, whoever holds the lease now
             values = {"status": "delivered", "delivered_at": finished, "next_attempt_at": None}
         else:
@@ -791,34 +779,54 @@ def _record(request: _Request, outcome: _Outcome, now: datetime) -> datetime | N
             )
             .execution_options(synchronize_session=False)
         ).rowcount
+        exists = changed or db.session.scalar(
+            select(WebhookDelivery.id).where(WebhookDelivery.id == request.delivery_id)
+        )
+        if not exists:
+            return None  # the endpoint was deleted meanwhile
+        db.session.execute(
+            insert(WebhookAttempt).values(
+                delivery_id=request.delivery_id,
+                attempted_at=now,
+                status_code=outcome.status_code,
+                duration_ms=outcome.duration_ms,
+                error=error,
+                response_body=outcome.response_body,
+                next_attempt_at=next_at,
+            )
+        )
         if not changed:
             return None  # another worker holds the delivery now (our lease ran out)
-        _endpoint_after(request.endpoint_id, success, gone, outcome.status_code, unit)
+        _endpoint_after(request, success, gone, outcome.status_code, unit)
     return next_at
 
 
-def _endpoint_after(endpoint_id: int, success: bool, gone: bool, status, unit) -> None:
+def _endpoint_after(request: _Request, success: bool, gone: bool, status, unit) -> None:
     """The endpoint's health after an attempt: a success clears its failing time; a 410
-    disables it; a failure starts its failing time, and disables it after FAILING_LIMIT."""
-    endpoint = WebhookEndpoint
+    disables it; a failure starts its failing time, and disables it after FAILING_LIMIT.
+    (Nothing is written when the failing time the claim read needs no change.)"""
+    endpoint, endpoint_id = WebhookEndpoint, request.endpoint_id
+    since = request.failing_since
     if success:
+        if since is not None:
+            db.session.execute(
+                update(endpoint)
+                .where(endpoint.id == endpoint_id, endpoint.failing_since.is_not(None))
+                .values(failing_since=None)
+                .execution_options(synchronize_session=False)
+            )
+        return
+    if since is None:
         db.session.execute(
             update(endpoint)
-            .where(endpoint.id == endpoint_id, endpoint.failing_since.is_not(None))
-            .values(failing_since=None)
+            .where(endpoint.id == endpoint_id, endpoint.failing_since.is_(None))
+            .values(failing_since=unit.now)
             .execution_options(synchronize_session=False)
         )
-        return
-    db.session.execute(
-        update(endpoint)
-        .where(endpoint.id == endpoint_id, endpoint.failing_since.is_(None))
-        .values(failing_since=unit.now)
-        .execution_options(synchronize_session=False)
-    )
     if gone:
         reason = f"The endpoint answered 410 Gone on {unit.now:%Y-%m-%d %H:%M} UTC."
         condition = endpoint.disabled.is_(False)
-    else:
+    elif since is not None and unit.now - since >= FAILING_LIMIT:
         reason = (
             f"Every delivery failed for {FAILING_LIMIT.days} days (the last answer: "
             f"{status if status is not None else 'none'}, {unit.now:%Y-%m-%d %H:%M} UTC)."
@@ -826,6 +834,8 @@ def _endpoint_after(endpoint_id: int, success: bool, gone: bool, status, unit) -
         condition = endpoint.disabled.is_(False) & (
             endpoint.failing_since <= unit.now - FAILING_LIMIT
         )
+    else:
+        return
     disabled = db.session.execute(
         update(endpoint)
         .where(endpoint.id == endpoint_id, condition)
