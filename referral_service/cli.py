@@ -63,8 +63,9 @@ def run_worker(workers, poll, sweep):
     """Run the background worker: the outbox relay, webhook deliveries, emails, and every minute
     maturing rewards (daily: purging old risk evidence; hourly: pruning idempotency keys).
 
-    The queue is SQLite in the instance folder, or Redis with REDIS_URL. Run as many workers as
-    you like; SIGTERM (or Ctrl-C) stops one. A killed worker loses nothing: the database keeps
+    The queue is SQLite (TASKS_FILE, in the instance folder by default), or Redis with
+    REDIS_URL. Run as many workers as you like; SIGTERM stops one after its running tasks,
+    Ctrl-C at once. A killed worker loses nothing: the database keeps
     every planned delivery and email, and the next worker resumes them.
     """
     tasks = current_app.extensions["tasks"]
@@ -90,9 +91,9 @@ def run_worker(workers, poll, sweep):
 @click.option("--host", help="Address to listen on (default 127.0.0.1, or BIND).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000, or BIND).")
 def serve(host, port):
-    """Run the production server: gunicorn with the package's settings (referral_service/
-    gunicorn_conf.py: WEB_CONCURRENCY workers, THREADS threads each, a graceful shutdown that
-    writes the buffered clicks). Put a reverse proxy with TLS in front of it."""
+    """Run the production server: gunicorn with the package's settings (gunicorn_conf.py:
+    WEB_CONCURRENCY workers, THREADS threads each, a graceful shutdown that writes the buffered
+    clicks). Put a reverse proxy with TLS in front of it."""
     _create_app()  # a setting it will not start with is said here, in one line
     command = [sys.executable, "-m", "gunicorn", "--config", "python:" + GUNICORN_SETTINGS]
     if host or port:

@@ -22,7 +22,7 @@ from referral_service.models import OutboxEvent
 
 logger = logging.getLogger(__name__)
 
-BATCH = 200  # events per transaction
+BATCH = 100  # events per transaction (their deliveries are queued when it commits)
 # a planner: `plan(event, now) -> ids` of the rows it added for the event
 Planner = Callable[[OutboxEvent, datetime], list[int]]
 
