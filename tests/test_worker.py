@@ -16,7 +16,7 @@ from referral_service import create_app, worker
 from referral_service.domain import relay, unit, webhooks
 from referral_service.domain.unit import unit_of_work
 from referral_service.extensions import db
-from referral_service.models import Click, IdempotencyKey, OutboxEvent, utcnow
+from referral_service.models import IdempotencyKey, OutboxEvent, utcnow
 from referral_service.models.webhook import WebhookAttempt, WebhookDelivery
 from referral_service.worker import Pump, _planners, queue_name
 from tests.conftest import app_config
@@ -241,14 +241,15 @@ def test_the_minute_job_matures_rewards(app, monkeypatch):
     assert called == [None]
 
 
-def test_the_daily_job_purges_old_risk_evidence(app):
-    from referral_service.domain import fraud
+def test_the_daily_job_purges_risk_evidence_past_the_programs_retention(app, monkeypatch):
+    from referral_service.domain import fraud, program
 
-    tasks = app.extensions["tasks"]
+    calls = []
+    real = fraud.purge
+    monkeypatch.setattr(fraud, "purge", lambda days, now: calls.append(days) or real(days, now))
     with app.app_context():
-        assert tasks.purge() == {"signups": 0, "clicks": 0}
-        assert fraud.purge  # the same function `referral-service risk purge` calls
-        assert db.session.scalar(select(func.count()).select_from(Click)) == 0
+        assert app.extensions["tasks"].purge() == {"signups": 0, "clicks": 0}
+        assert calls == [program.settings()["risk_retention_days"]]
 
 
 def test_the_hourly_job_prunes_expired_idempotency_keys(app):
