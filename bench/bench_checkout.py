@@ -1116,6 +1116,7 @@ def print_events(results: dict) -> bool:
     header = (
         f"{'endpoint':<24}{'req/s with':>11}{'without':>9}{'cost':>8}{'target':>8}  met"
         f"{'p50 with':>10}{'without':>9}{'CPU µs with':>13}{'without':>9}{'worker µs':>11}"
+        f"{'CPU cost':>10}"
     )
     print(f"\n{header}\n{'-' * len(header)}")
     all_met = True
@@ -1139,17 +1140,25 @@ def print_events(results: dict) -> bool:
         def us(value):
             return "?" if value is None else f"{value:.0f}"
 
+        cpu_cost = (
+            "?"
+            if None in (cpu_with, cpu_without, worker_us)
+            else f"{(cpu_with + worker_us) / cpu_without - 1:+.1%}"
+        )
+
         print(
             f"{LABELS[name]:<24}{rps_with:11.0f}{rps_without:9.0f}{cost:+8.1%}"
             f"{'<= +' + format(EVENTS_TARGET, '.0%'):>8}  {'yes' if met else 'NO ':<3}"
             f"{mean([x.wrk.p50_ms for x, _ in with_loads]):10.2f}"
             f"{mean([x.wrk.p50_ms for x, _ in without_loads]):9.2f}"
-            f"{us(cpu_with):>13}{us(cpu_without):>9}{us(worker_us):>11}"
+            f"{us(cpu_with):>13}{us(cpu_without):>9}{us(worker_us):>11}{cpu_cost:>10}"
         )
     print(
         "\ncost: mean req/s without events / mean req/s with them - 1 (loads alternated); "
         "CPU µs: the gunicorn's CPU per request;\nworker µs: the worker's CPU (relaying the "
-        "events) per request of the loads with events."
+        "events) per request of the loads with events; CPU cost: (CPU µs with + worker µs) / "
+        "CPU µs without - 1,\nthe machine's work per checkout call, which other work on the "
+        "machine disturbs less than req/s (see `other` above)."
     )
     return all_met
 
