@@ -272,6 +272,27 @@ def test_a_payout_tells_each_referrer_what_it_paid_them(app, client, shop, admin
     }
 
 
+def test_a_payout_email_says_what_was_paid_net_of_clawbacks(app, client, shop, admin, smtp):
+    from tests.journey_helpers import refund
+
+    switch_on(client, admin, reward_paid=True)
+    code = enrol(client, shop, "ref-1")
+    first = converted(client, shop, code, "friend-1")["rewards"][0]["id"]
+    mature(app, utcnow() + timedelta(days=400))
+    assert approve(client, admin, first).status_code == 200
+    pay(client, admin, [first], "SEPA-1")
+    assert refund(client, shop, "o-friend-1").status_code == 200  # after payout: a clawback
+    later = [converted(client, shop, code, f)["rewards"][0]["id"] for f in ("friend-2", "friend-3")]
+    mature(app, utcnow() + timedelta(days=400))
+    for reward_id in later:
+        assert approve(client, admin, reward_id).status_code == 200
+    pay(client, admin, later, "SEPA-2")
+    assert [m["Subject"] for m in smtp.messages] == [
+        "We have paid you €10.00",
+        "We have paid you €10.00",  # €20.00 of rewards, less the €10.00 clawed back
+    ]
+
+
 # --- nothing sent: switches off, unsubscribed, no MAIL_URL ----------------------------------------
 
 
