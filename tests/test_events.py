@@ -6,10 +6,10 @@ import pytest
 from sqlalchemy import select
 
 from referral_service.cli import main
-from referral_service.domain import events, refunds, rewards
+from referral_service.domain import events, idempotency, refunds, rewards
 from referral_service.domain.unit import Unit
 from referral_service.extensions import db
-from referral_service.models import OutboxEvent, Purchase, Referral, Reward, utcnow
+from referral_service.models import IdempotencyKey, OutboxEvent, Purchase, Referral, Reward, utcnow
 from tests.factories import api_key, auth
 from tests.journey_helpers import (
     approve,
@@ -464,3 +464,45 @@ def test_a_second_admin_key_reads_the_same_events(app, client, shop):
     with app.app_context():
         other = auth(api_key("admin", name="second-admin"))
     assert len(client.get("/api/v1/events", headers=other).json["items"]) == 1
+
+
+# --- Idempotency-Key: the answer is saved in the step's transaction ------------------------------
+
+
+def test_a_purchase_whose_answer_cannot_be_saved_is_not_recorded(
+    app, client, shop, program, monkeypatch
+):
+    referred_friend(client, shop)
+    before = types(app)
+    headers = {**shop, "Idempotency-Key": "k-1"}
+    monkeypatch.setattr(idempotency, "save", fail)  # after the step, in its transaction
+    assert crashed(lambda: client.post("/api/v1/purchases", json=ORDER, headers=headers))
+    assert types(app) == before
+    assert count(app, Purchase) == 0
+    with app.app_context():
+        assert db.session.scalar(select(IdempotencyKey.key)) is None  # given back
+    monkeypatch.undo()
+    first = client.post("/api/v1/purchases", json=ORDER, headers=headers)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    replay = client.post("/api/v1/purchases", json=ORDER, headers=headers)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert len(written(app, "referral.converted")) == 1
+
+
+def test_concurrent_keys_for_one_order_record_it_once(app, client, shop, program):
+    referred_friend(client, shop)
+
+    def post(i):
+        headers = {**shop, "Idempotency-Key": f"k-{i}"}
+        response = app.test_client().post("/api/v1/purchases", json=ORDER, headers=headers)
+        return response.status_code, response.get_data()
+
+    results = together(16, post)
+    assert sorted(status for status, _ in results) == [200] * 15 + [201]
+    assert len({body for _, body in results}) == 1
+    assert count(app, Purchase) == 1
+    assert len(written(app, "referral.converted")) == 1
+    assert len(written(app, "reward.created")) == 2
+    with app.app_context():  # every key holds the answer it gave
+        saved = db.session.execute(select(IdempotencyKey.status_code, IdempotencyKey.body)).all()
+    assert sorted(status for status, _ in saved) == [200] * 15 + [201]

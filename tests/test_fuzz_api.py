@@ -43,6 +43,7 @@ BEYOND_THE_SPEC = {
     "POST /api/v1/payouts": {REUSED_KEY},
     "GET /api/v1/referrals": {"cursor"},  # only a `next_cursor` this service gave out
     "GET /api/v1/rewards": {"cursor"},
+    "GET /api/v1/events": {"cursor"},
     "GET /api/v1/stats": {"from", "to"},  # `from` before `to` (default now); a date in UTC
     # settings are checked as a whole: a value's meaning depends on its rule's `type`, an
     # amount's decimals on the program currency

@@ -5,8 +5,10 @@ import json
 from functools import wraps
 
 from flask import g, make_response, request
+from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import idempotency
+from referral_service.domain.unit import unit_of_work
 
 HEADER = "Idempotency-Key"
 
@@ -22,8 +24,22 @@ def _request_hash() -> str:
     ).hexdigest()
 
 
-def idempotent(blp):
-    """Honour `Idempotency-Key` on a view (put it under `requires`, above `@blp.arguments`)."""
+class _NotSaved(Exception):
+    """A server error's answer: never saved for the key (the step is rolled back)."""
+
+    def __init__(self, response):
+        self.response = response
+
+
+def idempotent(blp, joins: bool = True):
+    """Honour `Idempotency-Key` on a view (put it under `requires`, above `@blp.arguments`).
+
+    The key is claimed in a transaction of its own (a retry meanwhile is a 409). With `joins`,
+    the view's step and the saving of its answer are one unit of work, so that they commit
+    together; should the step lose a race on a unique key, the unit is run once more (the step
+    answers as a replay). `joins=False` saves the answer in a unit of its own after the step,
+    for a view that does work outside its step's transaction first.
+    """
 
     def decorator(view):
         @wraps(view)
@@ -39,15 +55,13 @@ def idempotent(blp):
                 response.headers["Idempotent-Replayed"] = "true"
                 return response
             try:
-                response = make_response(view(*args, **kwargs))
+                return _answer(owner, key, lambda: make_response(view(*args, **kwargs)), joins)
+            except _NotSaved as error:
+                idempotency.release(owner, key)
+                return error.response
             except BaseException:
                 idempotency.release(owner, key)
                 raise
-            if response.status_code >= 500:
-                idempotency.release(owner, key)
-            else:
-                idempotency.save(owner, key, response.status_code, response.get_data())
-            return response
 
         return blp.doc(
             parameters=[
@@ -69,3 +83,25 @@ def idempotent(blp):
         )(wrapper)
 
     return decorator
+
+
+def _answer(owner: str, key: str, answer, joins: bool):
+    """The view's answer, saved for the key; raises _NotSaved for a server error's answer."""
+    if not joins:
+        return _saved(owner, key, answer())
+    try:
+        return _joined(owner, key, answer)
+    except IntegrityError:  # a race lost on a unique key: once more, the step answers as a replay
+        return _joined(owner, key, answer)
+
+
+def _joined(owner: str, key: str, answer):
+    with unit_of_work():  # the view's step joins this unit, and its answer is saved in it
+        return _saved(owner, key, answer())
+
+
+def _saved(owner: str, key: str, response):
+    if response.status_code >= 500:
+        raise _NotSaved(response)
+    idempotency.save(owner, key, response.status_code, response.get_data())
+    return response

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, exists, insert, select
-from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain import customers, fraud, program
+from referral_service.domain import customers, fraud, idempotency, program
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.clock import CLOCK_SKEW, check_time
 from referral_service.domain.codes import normalize, signer
@@ -126,10 +125,10 @@ def signup(
         "locale": customers.check_locale(locale),
     }
     seen = fraud.evidence(ip, user_agent, device_id)
-    try:
-        return _signup(external_id, values, seen, referral_code, code, click_id, occurred_at, now)
-    except IntegrityError:  # a concurrent sign-up of the same friend won: answer as a replay
-        return _signup(external_id, values, seen, referral_code, code, click_id, occurred_at, now)
+    # a concurrent sign-up of the same friend won: the second run answers as a replay
+    return idempotency.retried_once(
+        _signup, external_id, values, seen, referral_code, code, click_id, occurred_at, now
+    )
 
 
 def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, now):

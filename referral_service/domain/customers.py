@@ -9,8 +9,8 @@ from datetime import datetime
 from babel import Locale, UnknownLocaleError
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.exc import IntegrityError
 
+from referral_service.domain import idempotency
 from referral_service.domain.codes import forget_code, signer
 from referral_service.domain.stats import customer_stats
 from referral_service.domain.unit import unit_of_work
@@ -281,10 +281,7 @@ def enrol(external_id: str, email: str, name: str | None = None, locale: str | N
     external_id = check_external_id(external_id)
     values = {"email": check_email(email), "name": check_name(name), "locale": check_locale(locale)}
     values["email_key"] = email_key(values["email"])
-    try:
-        return _enrol(external_id, values)
-    except IntegrityError:
-        return _enrol(external_id, values)
+    return idempotency.retried_once(_enrol, external_id, values)  # the loser updates
 
 
 def _enrol(external_id: str, values: dict) -> CustomerCard:

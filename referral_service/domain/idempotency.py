@@ -1,9 +1,14 @@
 """Idempotency keys, as Stripe's work: the same key and request get the saved answer.
 
-A key is claimed by inserting it (a unique key per API key owner decides the race). While the
-first request runs, a retry gets Conflict; once it has answered, a retry with the same request
-gets the saved answer, and one with a different request gets ValidationFailed. Keys are kept
-for 24 hours; a claim left behind by a crash is given up after `ABANDONED`.
+A key is claimed by inserting it (a unique key per API key owner decides the race), in a unit
+of work of its own that commits before the request's step runs: while the first request runs,
+a retry gets Conflict. The answer is saved by `save`, which joins the step's unit when the
+caller runs both in one (api/idempotency.py does), so that the step and its saved answer commit
+together. Once answered, a retry with the same request gets the saved answer, and one with a
+different request gets ValidationFailed. Keys are kept for 24 hours; a claim left behind by a
+crash is given up after `ABANDONED`.
+
+`retried_once` is how a step that lost a race on a unique key runs again as a replay.
 """
 
 from dataclasses import dataclass
@@ -12,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain.unit import unit_of_work
+from referral_service.domain.unit import _UNIT, unit_of_work
 from referral_service.errors import Conflict, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import IdempotencyKey
@@ -28,6 +33,22 @@ class Saved:
 
     status: int
     body: bytes
+
+
+def retried_once(step, *args):
+    """`step(*args)`, run once more if it lost a race on a unique key (IntegrityError): the
+    second run, in a new unit of work, finds what the winner wrote and answers as a replay.
+
+    A step that is part of a unit opened by its caller (a request whose answer is saved in the
+    step's transaction) cannot run again in a transaction the error has spent: the error goes to
+    the caller, which retries the whole unit.
+    """
+    try:
+        return step(*args)
+    except IntegrityError:
+        if db.session().info.get(_UNIT) is not None:
+            raise
+        return step(*args)
 
 
 def check_key(key: str) -> str:

@@ -22,9 +22,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain import payouts, program
+from referral_service.domain import idempotency, payouts, program
 from referral_service.domain.money import from_minor, parse_amount, percent_of, to_minor
 from referral_service.domain.rewards import OPEN, check_order_id, reward_dict
 from referral_service.domain.unit import Unit, unit_of_work
@@ -94,10 +93,10 @@ def refund(
     now = now or utcnow()
     order_id = check_order_id(order_id)
     _check_kind(amount, refund_id, refunded_total)
-    try:
-        return _refund(order_id, amount, refund_id, refunded_total, actor, now)
-    except IntegrityError:  # the same refund id applied concurrently: answer as a replay
-        return _refund(order_id, amount, refund_id, refunded_total, actor, now)
+    # the same refund id applied concurrently: the second run answers as a replay
+    return idempotency.retried_once(
+        _refund, order_id, amount, refund_id, refunded_total, actor, now
+    )
 
 
 def _refund(order_id, amount, refund_id, refunded_total, actor, now) -> dict:

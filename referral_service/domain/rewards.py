@@ -20,10 +20,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from referral_service.domain import customers, fraud, payouts, program
+from referral_service.domain import customers, fraud, idempotency, payouts, program
 from referral_service.domain.attribution import referral_block
 from referral_service.domain.clock import CLOCK_SKEW, check_time, utc_month
 from referral_service.domain.money import (
@@ -133,14 +132,10 @@ def record_purchase(
     amount_minor = to_minor(parse_amount(amount, currency, "amount"), currency)
     occurred_at = check_time(occurred_at, now)
     customers.check_external_id(customer_external_id)
-    try:
-        return _record_purchase(
-            order_id, customer_external_id, amount_minor, currency, occurred_at, now
-        )
-    except IntegrityError:  # the same order id recorded concurrently: a replay or a conflict
-        return _record_purchase(
-            order_id, customer_external_id, amount_minor, currency, occurred_at, now
-        )
+    # the same order id recorded concurrently: the second run is a replay or a conflict
+    return idempotency.retried_once(
+        _record_purchase, order_id, customer_external_id, amount_minor, currency, occurred_at, now
+    )
 
 
 def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at, now):
