@@ -543,6 +543,26 @@ def test_an_address_no_header_can_carry_is_given_up_at_once(app, client, shop, a
     assert smtp.messages == []
 
 
+@pytest.mark.parametrize("broken", ["writer", "sender"])
+def test_a_bug_is_logged_in_full_and_retried(
+    app, client, shop, admin, smtp, monkeypatch, caplog, broken
+):
+    def fail(*args):
+        raise RuntimeError("a bug")
+
+    if broken == "writer":
+        monkeypatch.setattr(notifications, "_writer", [fail])
+    else:
+        monkeypatch.setattr(mail, "send", fail)
+    switch_on(client, admin)
+    converted(client, shop, enrol(client, shop, "ref-1"))
+    row = rows(app)[0]
+    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "RuntimeError")
+    assert row.lease_until is None
+    assert "Traceback" in caplog.text and "a bug" in caplog.text
+    assert smtp.messages == []
+
+
 def test_a_lease_keeps_other_workers_off_until_it_ends(app, client, shop, admin, smtp):
     switch_on(client, admin)
     smtp.stop()

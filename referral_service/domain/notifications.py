@@ -277,6 +277,9 @@ def send(notification_id: int, now: datetime | None = None) -> datetime | None:
             "email %s (attempt %s) failed: %s", notification_id, email.attempt, _describe(error)
         )
         return _record(email, now, error=_describe(error), retry=True)
+    except Exception as error:  # a bug: said in full, and tried again on the schedule
+        logger.exception("email %s (attempt %s) failed", notification_id, email.attempt)
+        return _record(email, now, error=_describe(error), retry=True)
     return _record(email, now)
 
 
