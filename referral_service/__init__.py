@@ -6,7 +6,7 @@ from flask import Flask, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from referral_service import config as settings
-from referral_service import database, i18n, logs, rate_limits
+from referral_service import database, i18n, logs, mail, rate_limits
 from referral_service.admin import blp as admin_blp
 from referral_service.api import BLUEPRINTS
 from referral_service.api.auth import SECURITY_SCHEME
@@ -55,6 +55,7 @@ def register_settings(app: Flask, config: dict | None) -> None:
     settings.check_secret_key(app.config.get("SECRET_KEY"))
     for number, key in enumerate(app.config.get("SECRET_KEY_FALLBACKS") or (), 1):
         settings.check_secret_key(key, f"Key {number} of SECRET_KEY_FALLBACKS")
+    mail.server_of(app.config)  # bad mail settings are refused at start, not at the first email
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = database.engine_options(
         app.config["SQLALCHEMY_DATABASE_URI"], app.config
     )

@@ -22,6 +22,7 @@ DEFAULTS = {
     "landing_mode": "redirect",
     "default_locale": "en",
     "share_messages": {},
+    "notifications": {"reward_earned": False, "reward_approved": False, "reward_paid": False},
 }
 
 

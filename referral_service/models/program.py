@@ -55,3 +55,7 @@ class Program(Base):
     landing_mode: Mapped[str] = mapped_column(String(10), default="redirect")
     default_locale: Mapped[str] = mapped_column(String(5), default="en")
     share_messages: Mapped[dict] = mapped_column(JSON, default=dict)
+    # emails to referrers (domain/notifications.py), each kind off until switched on
+    notify_reward_earned: Mapped[bool] = mapped_column(Boolean, default=False)
+    notify_reward_approved: Mapped[bool] = mapped_column(Boolean, default=False)
+    notify_reward_paid: Mapped[bool] = mapped_column(Boolean, default=False)
