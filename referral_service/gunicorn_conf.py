@@ -12,6 +12,9 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("THREADS", "1"))
 graceful_timeout = 30
+# gunicorn's control socket (one path per user: several servers on a host would take each
+# other's) is not used by the service
+control_socket_disable = True
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s" %(M)sms'
 
 
