@@ -7,7 +7,13 @@ from marshmallow import RAISE, Schema, fields, pre_dump, validate
 from referral_service.api.admin import ID, actor
 from referral_service.api.auth import requires
 from referral_service.api.blueprint import Blueprint
-from referral_service.api.schemas import PageQuery, StrictBoolean, StrictSchema, domain_rule, text
+from referral_service.api.schemas import (
+    PageQuery,
+    StrictBoolean,
+    StrictSchema,
+    domain_rule,
+    no_surrogates,
+)
 from referral_service.domain import events, webhooks
 from referral_service.errors import ErrorEnvelope
 
@@ -56,9 +62,17 @@ def events_field(**kwargs):
     )
 
 
+ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no control character (domain/text.py)
+
+
 def description_field(**kwargs):
-    return text(
-        webhooks.MAX_DESCRIPTION,
+    """One line of text, as the domain takes it (webhooks.check_description)."""
+    return fields.String(
+        validate=[
+            validate.Length(max=webhooks.MAX_DESCRIPTION),
+            validate.Regexp(ONE_LINE_PATTERN, error="Must not contain control characters."),
+            no_surrogates,
+        ],
         metadata={"description": "A note for admins, such as what receives the events."},
         **kwargs,
     )
