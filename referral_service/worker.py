@@ -213,7 +213,7 @@ class Pump(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        swept = None
+        swept, failing = None, False
         while not self.stopping.is_set():
             now = utcnow()
             try:
@@ -223,7 +223,13 @@ class Pump(threading.Thread):
                         swept = now
                     self.tasks.relay_now()
             except Exception:
-                logger.exception("the worker's pump failed; it tries again")
+                if not failing:  # once per outage, not once a second
+                    logger.exception("the worker's pump failed; it tries again every poll")
+                failing = True
+            else:
+                if failing:
+                    logger.info("the worker's pump works again")
+                failing = False
             self.stopping.wait(self.poll)
 
     def stop(self) -> None:

@@ -3,6 +3,7 @@ each event relayed once and kept, relays racing each other, the periodic jobs, t
 pump, and where the queue lives."""
 
 import http.server
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -370,3 +371,29 @@ def test_a_queue_that_is_away_never_fails_a_business_step(app, database_url, cap
         db.session.remove()
         db.engine.dispose()
     assert "could not queue the relay (ConnectionError" in caplog.text
+
+
+def test_the_pump_says_once_that_it_fails_and_once_that_it_works_again(app, caplog, monkeypatch):
+    """The database away for three polls: one error with its traceback, then one line when the
+    pump works again (not a traceback every second)."""
+    caplog.set_level(logging.INFO, logger="referral_service.worker")
+    tasks = app.extensions["tasks"]
+    outcomes = iter([RuntimeError("away")] * 3 + [0] * 1000)
+
+    def relay_now():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(tasks, "relay_now", relay_now)
+    monkeypatch.setattr(tasks, "sweep_due", lambda now=None: {})
+    pump = Pump(tasks, poll=0.01, sweep=60)
+    pump.start()
+    deadline = time.monotonic() + 10
+    while "works again" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pump.stop()
+    pump.join(5)
+    assert caplog.text.count("the worker's pump failed") == 1
+    assert caplog.text.count("works again") == 1
