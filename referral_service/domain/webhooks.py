@@ -697,9 +697,9 @@ def _send(request: _Request, timeout: float) -> _Outcome:
             status = response.status_code
             retry_after = response.headers.get("retry-after")
             received = bytearray()
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_bytes():  # the answer is kept for the log only
                 received += chunk
-                if len(received) >= MAX_RESPONSE_BODY:
+                if len(received) >= MAX_RESPONSE_BODY or time.monotonic() - started > timeout:
                     break
             body = bytes(received[:MAX_RESPONSE_BODY]).decode("utf-8", "replace")
             if response.is_redirect:
