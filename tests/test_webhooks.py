@@ -425,7 +425,8 @@ def test_patch_disable_enable_and_delete(private, client, admin, receiver):
 # --- deliveries ----------------------------------------------------------------------------------
 
 
-def test_delivery_is_signed_and_verifies(private, receiver):
+def test_delivery_is_signed_and_verifies(private, receiver, caplog):
+    caplog.set_level("DEBUG")
     with private.app_context():
         created = endpoint(receiver.url)
         secret, now = created.secret, datetime.now(UTC)
@@ -446,6 +447,7 @@ def test_delivery_is_signed_and_verifies(private, receiver):
         # delivered once: another try does nothing
         assert webhooks.deliver(delivery_id) is None
         assert len(receiver.requests) == 1
+    assert secret not in caplog.text and secret.removeprefix("whsec_") not in caplog.text
 
 
 def test_an_event_reaches_the_receiver_through_the_task_queue(private, task_queue, receiver):
@@ -889,6 +891,13 @@ def test_console_delivery_log_and_redeliver(private, receiver):
         webhooks.deliver(delivery_id, now=next_at)
         endpoint_id = delivery(delivery_id).endpoint_id
     owner = console(private, "owner@example.com", "owner")
+    with private.app_context():
+        db.session.get(WebhookEndpoint, endpoint_id).disabled = False
+        db.session.commit()
+    assert f"failing</span> since {T0:%Y-%m-%d %H:%M} UTC" in page(owner, "/admin/webhooks")
+    with private.app_context():
+        db.session.get(WebhookEndpoint, endpoint_id).disabled = True
+        db.session.commit()
     detail = page(owner, f"/admin/webhooks/{endpoint_id}")
     assert event_id in detail and "500" in detail and "410" in detail
     assert "disabled" in detail and "answered 410 Gone" in detail
