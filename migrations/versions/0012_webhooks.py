@@ -63,9 +63,7 @@ def upgrade():
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
-        sa.UniqueConstraint(
-            "endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"
-        ),
+        sa.UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
     )
     op.create_index(
         "ix_webhook_deliveries_due",
