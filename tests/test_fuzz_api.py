@@ -22,8 +22,16 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from referral_service import create_app
 from referral_service.domain.customers import check_locale
 from referral_service.errors import ValidationFailed
+from tests import test_webhooks
 from tests.conftest import app_config, print_past_capture
 from tests.journey_helpers import rewards_in_every_state
+
+# no connection but to loopback, name resolution stubbed, no task queue (fixtures)
+loopback_only, names, no_task_queue = (
+    test_webhooks.loopback_only,
+    test_webhooks.names,
+    test_webhooks.no_task_queue,
+)
 
 pytestmark = pytest.mark.sqlite_only  # the spec and validation do not depend on the backend
 
@@ -45,6 +53,11 @@ BEYOND_THE_SPEC = {
     "GET /api/v1/rewards": {"cursor"},
     "GET /api/v1/events": {"cursor"},
     "GET /api/v1/stats": {"from", "to"},  # `from` before `to` (default now); a date in UTC
+    "GET /api/v1/webhook-endpoints": {"cursor"},
+    "GET /api/v1/webhook-endpoints/{endpoint_id}/deliveries": {"cursor"},
+    # a host that resolves to public addresses only (domain/webhooks.check_url)
+    "POST /api/v1/webhook-endpoints": {"url"},
+    "PATCH /api/v1/webhook-endpoints/{endpoint_id}": {"url"},
     # settings are checked as a whole: a value's meaning depends on its rule's `type`, an
     # amount's decimals on the program currency
     "PATCH /api/v1/program": {

@@ -20,11 +20,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from referral_service.domain import webhooks
+from referral_service.domain.unit import unit_of_work
 from referral_service.extensions import db
-from referral_service.models import ApiKey, Referral
+from referral_service.models import ApiKey, OutboxEvent, Referral, utcnow
+from tests import test_webhooks
 from tests.conftest import print_past_capture
 from tests.journey_helpers import rewards_in_every_state
 from tests.test_admin_console import signed_in_as, token
+
+# no connection but to loopback, name resolution stubbed, no task queue (fixtures)
+loopback_only, names, no_task_queue = (
+    test_webhooks.loopback_only,
+    test_webhooks.names,
+    test_webhooks.no_task_queue,
+)
 
 EXAMPLES_PER_FORM = 40
 # The pages whose forms are fuzzed (`{name}`: an id of the journey's).
@@ -41,6 +51,10 @@ PAGES = (
     "/admin/keys",
     "/admin/keys/{key}/revoke",
     "/admin/audit",
+    "/admin/webhooks",
+    "/admin/webhooks/{webhook}",
+    "/admin/webhooks/{webhook_off}",
+    "/admin/webhooks/{webhook}/delete",
 )
 SIGN_OUT = "/admin/logout"  # not fuzzed: it ends the session the other forms need
 SIGN_IN = "/admin/login"  # fuzzed signed out
@@ -109,11 +123,28 @@ def forms_of(html: str) -> list[dict]:
 
 
 def journey_names(app, client, admin, shop) -> dict:
-    names = rewards_in_every_state(app, client, admin, shop)
+    """The journey's ids, and two webhook endpoints (one disabled) with deliveries of its
+    events (the task queue is taken away by `no_task_queue`: nothing is sent)."""
     with app.app_context():
-        names["referral"] = db.session.scalar(select(Referral.id).order_by(Referral.id))
-        names["key"] = db.session.scalar(select(ApiKey.id).order_by(ApiKey.id))
-    return names
+        hooks = webhooks.create_endpoint("https://hooks.example/in", ["*"], None, "test")
+        off = webhooks.create_endpoint("https://hooks.example/off", ["*"], None, "test")
+        hooks_id, off_id = hooks.endpoint.id, off.endpoint.id
+    found = rewards_in_every_state(app, client, admin, shop)
+    with app.app_context():
+        found["referral"] = db.session.scalar(select(Referral.id).order_by(Referral.id))
+        found["key"] = db.session.scalar(select(ApiKey.id).order_by(ApiKey.id))
+        for event in db.session.scalars(select(OutboxEvent).limit(3)):
+            with unit_of_work():
+                webhooks.plan_deliveries(event, utcnow())
+        webhooks.update_endpoint(off_id, {"disabled": True}, "test")
+        found["webhook"], found["webhook_off"] = hooks_id, off_id
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _public_hooks(names):
+    """The webhook endpoints' host resolves to a public address (stubbed: no DNS query)."""
+    names["hooks.example"] = ["93.184.216.34"]
 
 
 def console_forms(app, client, names: dict) -> dict[tuple, dict]:

@@ -3,6 +3,7 @@
 import referral_service.admin.customers  # noqa: F401  (registers its pages)
 from referral_service.admin import payouts as payout_pages  # noqa: F401  (registers its views)
 from referral_service.admin import settings  # noqa: F401  (registers its views)
+from referral_service.admin import webhooks as webhook_pages  # noqa: F401  (registers its views)
 from referral_service.admin.views import blp
 
 __all__ = ["blp"]

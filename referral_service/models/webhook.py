@@ -70,9 +70,7 @@ class WebhookDelivery(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    endpoint_id: Mapped[int] = mapped_column(
-        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
-    )
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(ForeignKey("outbox.event_id", ondelete="CASCADE"))
     event_type: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(10), default="pending")
