@@ -267,20 +267,23 @@ def reward_queue():
                 "admin.reward_queue", status=status, referrer=referrer or None, risk=risk or None
             )
         )
-    friends = [item["referral"]["friend_external_id"] for item in items]
-    names = customers.names_of(friends)
+    names = customers.names_of(reward.referral.friend.external_id for reward in items)
     now = utcnow()
     rows = [
         {
-            **item,
-            "friend": item["referral"]["friend_external_id"],
-            "friend_name": names.get(item["referral"]["friend_external_id"]),
-            "referrer": item["referral"]["referrer_external_id"],
-            "age": age(item["created_at"], now),
-            "risks": [RISK_WORDS.get(code, code) for code in item["risk"]["reasons"]],
-            "open": item["status"] in rewards.OPEN,
+            **rewards.reward_dict(reward),
+            "note": reward.note,
+            "order_id": reward.referral.order_id,
+            "referral": {"id": reward.referral_id},
+            "friend": reward.referral.friend.external_id,
+            "friend_name": names.get(reward.referral.friend.external_id),
+            "referrer": reward.referral.referrer.external_id,
+            "age": age(reward.created_at, now),
+            "risk": {"score": reward.referral.risk_score},
+            "risks": [RISK_WORDS.get(code, code) for code in reward.referral.risk_reasons or []],
+            "open": reward.status in rewards.OPEN,
         }
-        for item in items
+        for reward in items
     ]
     return render_template(
         "admin/rewards.html",

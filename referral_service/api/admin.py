@@ -31,7 +31,26 @@ def actor() -> str:
 
 def reward_out(reward: Reward) -> dict:
     """A reward as the API shows it (an item of GET /rewards): with its referral and risk."""
-    return rewards.reward_dict(reward, with_referral=True)
+    referral = reward.referral
+    return {
+        **rewards.reward_dict(reward),
+        "customer_external_id": reward.customer.external_id,
+        "order_id": referral.order_id,
+        "created_at": reward.created_at,
+        "updated_at": reward.updated_at,
+        "note": reward.note,
+        "payout_id": reward.payout_id,
+        "referral": {
+            "id": referral.id,
+            "referrer_external_id": referral.referrer.external_id,
+            "status": referral.status,
+            "friend_external_id": referral.friend.external_id,
+            "channel": referral.channel,
+            "attributed_at": referral.attributed_at,
+            "converted_at": referral.converted_at,
+        },
+        "risk": {"score": referral.risk_score, "reasons": list(referral.risk_reasons or [])},
+    }
 
 
 def referral_out(referral: Referral) -> dict:
@@ -62,7 +81,7 @@ class Rewards(MethodView):
     def get(self, query):
         """A page of rewards, newest first, each with its referral and risk."""
         items, next_cursor = rewards.list_rewards(**query)
-        return {"items": items, "next_cursor": next_cursor}
+        return {"items": [reward_out(reward) for reward in items], "next_cursor": next_cursor}
 
 
 @blp.route(f"/rewards/<{ID}:reward_id>/approve")

@@ -15,6 +15,9 @@ two `external_id`s exactly one is attributed, and the other answers `already_ref
 Only a click dates how the friend arrived. A typed code is not refused for having been issued
 after the sign-up's `occurred_at`: a code is often typed at checkout, after the account was made,
 and still attributes until the friend's first purchase.
+
+A sign-up is one unit of work (domain/unit.py); an attribution writes its `referral.attributed`
+event in it (a sign-up that attributes nothing, and a replay, write none).
 """
 
 from dataclasses import dataclass
@@ -44,12 +47,21 @@ MAX_CLICK_ID = 32  # the length of `clicks.id` and `signups.click_id`
 
 
 @dataclass
+class ReferralRef:
+    """Which referral a sign-up made or found: its id, its referrer and its status."""
+
+    id: int
+    referrer_external_id: str
+    status: str
+
+
+@dataclass
 class SignupAnswer:
     """The answer to a sign-up; `created` is False for a replay or a later call."""
 
     attributed: bool
     reason: str | None
-    referral: dict | None
+    referral: ReferralRef | None
     friend_offer: dict | None
     created: bool
 
@@ -73,17 +85,6 @@ class _Source:
 class _Refused(Exception):
     def __init__(self, reason: str):
         self.reason = reason
-
-
-def referral_block(referral: Referral | None) -> dict | None:
-    """`{id, referrer_external_id, status}` of a referral."""
-    if referral is None:
-        return None
-    return {
-        "id": referral.id,
-        "referrer_external_id": referral.referrer.external_id,
-        "status": referral.status,
-    }
 
 
 def signup(
@@ -300,11 +301,7 @@ def _fresh_answer(source: "_Source | None", referral_id, reason, settings) -> Si
         reason=reason,
         referral=None
         if source is None
-        else {
-            "id": referral_id,
-            "referrer_external_id": source.referrer_external_id,
-            "status": "attributed",
-        },
+        else ReferralRef(referral_id, source.referrer_external_id, "attributed"),
         friend_offer=settings["friend_offer"] if source is not None else None,
         created=True,
     )
@@ -315,7 +312,9 @@ def _answer(record: Signup, settings: dict, created: bool) -> SignupAnswer:
     return SignupAnswer(
         attributed=record.attributed,
         reason=record.reason,
-        referral=referral_block(referral),
+        referral=None
+        if referral is None
+        else ReferralRef(referral.id, referral.referrer.external_id, referral.status),
         friend_offer=settings["friend_offer"] if record.attributed else None,
         created=created,
     )

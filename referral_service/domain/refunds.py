@@ -16,6 +16,10 @@ off the beneficiary's later payouts. When the friend's qualifying order no longe
 none of its rewards was paid (all reversed), the referral goes back to `attributed`, so that a
 later qualifying order within the conversion window converts it again (audited as
 `referral.requalified`).
+
+A refund is one unit of work (domain/unit.py); its events are `reward.reversed` for each reward
+it reverses, `clawback.created` for each clawback and `referral.requalified`. A percent reward
+recomputed on what remains has no event of its own; a replay writes none.
 """
 
 from datetime import datetime

@@ -13,6 +13,12 @@ on that customer.
 An `order_id` names one order for ever: sent again with the same customer, amount and currency it
 gets the saved answer; with another, it is refused (OrderConflict), never answered as the first.
 A purchase that earns nothing says why (`reason`, one of PURCHASE_REASONS).
+
+Each step is one unit of work (domain/unit.py) and writes its events in its transaction: a
+conversion `referral.converted` and `reward.created` for each reward; `mature` a
+`reward.matured` for each reward it moved; an admin's decision `reward.approved` or
+`reward.rejected`. A reward approved without an admin (by `auto_approve_max_amount`) is told
+`reward.approved` as well. A replay writes nothing, so it tells nothing.
 """
 
 from dataclasses import dataclass
@@ -23,7 +29,6 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import selectinload
 
 from referral_service.domain import customers, fraud, idempotency, payouts, program
-from referral_service.domain.attribution import referral_block
 from referral_service.domain.clock import CLOCK_SKEW, check_time, utc_month
 from referral_service.domain.money import (
     check_currency,
@@ -71,9 +76,10 @@ def check_order_id(value: str) -> str:
     return value
 
 
-def reward_dict(reward: Reward, with_referral: bool = False) -> dict:
-    """A reward as the API shows it."""
-    body = {
+def reward_dict(reward: Reward) -> dict:
+    """A reward as a checkout answer shows it (a refund's answer is made in the refund's
+    transaction, so it shows the rewards as that refund left them)."""
+    return {
         "id": reward.id,
         "beneficiary": reward.beneficiary,
         "amount": from_minor(reward.amount_minor, reward.currency),
@@ -81,25 +87,6 @@ def reward_dict(reward: Reward, with_referral: bool = False) -> dict:
         "status": reward.status,
         "available_at": reward.available_at,
     }
-    if with_referral:
-        referral = reward.referral
-        body.update(
-            customer_external_id=reward.customer.external_id,
-            order_id=referral.order_id,
-            created_at=reward.created_at,
-            updated_at=reward.updated_at,
-            note=reward.note,
-            payout_id=reward.payout_id,
-            referral={
-                **referral_block(referral),
-                "friend_external_id": referral.friend.external_id,
-                "channel": referral.channel,
-                "attributed_at": referral.attributed_at,
-                "converted_at": referral.converted_at,
-            },
-            risk={"score": referral.risk_score, "reasons": list(referral.risk_reasons or [])},
-        )
-    return body
 
 
 # --- purchases -----------------------------------------------------------------------------------
@@ -594,10 +581,10 @@ def reject(reward_id: int, actor: str, reason: str, now=None) -> Reward:
 
 def list_rewards(
     status=None, referrer=None, cursor=None, limit=None, risk=None
-) -> tuple[list, str | None]:
-    """A page of rewards, newest first, each with its referral and risk; `risk` is `flagged`
-    (a risk signal on the referral) or `clean` (none), or None for both. A filter holding a
-    control character finds nothing."""
+) -> tuple[list[Reward], str | None]:
+    """A page of rewards, newest first: `(rewards, next_cursor)`, each reward with its referral,
+    friend and referrer loaded. `risk` is `flagged` (a risk signal on the referral) or `clean`
+    (none), or None for both. A filter holding a control character finds nothing."""
     if not (findable(status) and findable(referrer)):
         return [], None
     query = select(Reward)
@@ -616,5 +603,9 @@ def list_rewards(
                 .where(Customer.external_id == referrer)
             )
         )
-    items, next_cursor = page(query, Reward.id, cursor, limit)
-    return [reward_dict(r, with_referral=True) for r in items], next_cursor
+    query = query.options(
+        selectinload(Reward.customer),
+        selectinload(Reward.referral).selectinload(Referral.referrer),
+        selectinload(Reward.referral).selectinload(Referral.friend),
+    )
+    return page(query, Reward.id, cursor, limit)
