@@ -77,7 +77,7 @@ def run_worker(workers, poll, sweep):
     logging.getLogger("huey").setLevel(logging.WARNING)  # not a line per task run
     logging.getLogger("huey.consumer").setLevel(logging.INFO)  # its start and stop
     consumer = tasks.huey.create_consumer(
-        workers=workers, worker_type="thread", max_delay=1.0, graceful_signal="TERM"
+        workers=workers, worker_type="thread", max_delay=0.25, graceful_signal="TERM"
     )
     pump = Pump(tasks, poll, sweep)
     pump.start()
