@@ -9,7 +9,15 @@ from referral_service.cli import main
 from referral_service.domain import events, idempotency, refunds, rewards
 from referral_service.domain.unit import Unit
 from referral_service.extensions import db
-from referral_service.models import IdempotencyKey, OutboxEvent, Purchase, Referral, Reward, utcnow
+from referral_service.models import (
+    Customer,
+    IdempotencyKey,
+    OutboxEvent,
+    Purchase,
+    Referral,
+    Reward,
+    utcnow,
+)
 from tests.factories import api_key, auth
 from tests.journey_helpers import (
     approve,
@@ -506,3 +514,33 @@ def test_concurrent_keys_for_one_order_record_it_once(app, client, shop, program
     with app.app_context():  # every key holds the answer it gave
         saved = db.session.execute(select(IdempotencyKey.status_code, IdempotencyKey.body)).all()
     assert sorted(status for status, _ in saved) == [200] * 15 + [201]
+
+
+# --- the shapes of objects other steps tell about ------------------------------------------------
+
+
+def test_payout_events_show_the_payout_as_the_api_does(app, client, shop, admin, program):
+    ids = ready_for_payout(app, client, admin, converted_friend(client, shop))
+    created = client.post("/api/v1/payouts", json={"reward_ids": ids}, headers=admin)
+    assert created.status_code == 201
+    [event] = written(app, "payout.created")
+    assert event["data"] == created.json
+    paid = client.post(
+        f"/api/v1/payouts/{created.json['id']}/mark-paid", json={"reference": "R"}, headers=admin
+    )
+    assert paid.status_code == 200
+    [event] = written(app, "payout.paid")
+    assert (
+        event["data"]
+        == paid.json
+        == client.get(f"/api/v1/payouts/{created.json['id']}", headers=admin).json
+    )
+
+
+def test_a_customer_model_is_shown_as_the_api_shows_the_customer(app, client, shop):
+    enrol(client, shop, "ref-1")
+    shown = client.get("/api/v1/customers/ref-1", headers=shop).json
+    shown.pop("stats")
+    with app.test_request_context(), app.app_context():
+        customer = db.session.scalar(select(Customer))
+        assert events.jsonable(events.shaped(customer)) == shown
