@@ -6,8 +6,10 @@ never a silent skip.
 """
 
 import atexit
+import ipaddress
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 
@@ -71,6 +73,41 @@ def _own_click_spill_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CLICK_SPILL_DIR", str(tmp_path / "clicks-spill"))
 
 
+_connect = socket.socket.connect
+_connect_ex = socket.socket.connect_ex
+
+
+def _loopback_only(address) -> None:
+    """Raise for an internet address that is not loopback (the tests talk to nothing else)."""
+    host = address[0] if isinstance(address, tuple) else None
+    if host is None:  # a Unix socket
+        return
+    try:
+        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConnectionRefusedError(f"the tests never connect beyond loopback: {host!r}")
+
+
+@pytest.fixture(autouse=True)
+def _no_connections_beyond_loopback(monkeypatch):
+    """Every connection a test's process opens goes to loopback: a webhook endpoint, an SMTP
+    server or a name a test registers can never reach the internet (tasks run at once in tests,
+    so registering an endpoint is enough to send to it)."""
+
+    def connect(sock, address):
+        _loopback_only(address)
+        return _connect(sock, address)
+
+    def connect_ex(sock, address):
+        _loopback_only(address)
+        return _connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
 def print_past_capture(request, line: str) -> None:
     """Print a summary line of a test module, shown with or without `-s`."""
     capture = request.config.pluginmanager.get_plugin("capturemanager")
@@ -129,6 +166,7 @@ def app_config(database_url: str, **extra) -> dict:
         "PUBLIC_BASE_URL": BASE_URL,
         "CLICK_FLUSH_INTERVAL": 0.05,
         "RATELIMIT_ENABLED": False,  # tests/test_rate_limits.py turns them on
+        "TASKS_IMMEDIATE": True,  # tasks run at once in the test's process (worker.py)
         "CLICK_SPILL_DIR": tempfile.mkdtemp(dir=SPILL_ROOT),
         **extra,
     }

@@ -32,14 +32,12 @@ EVENT_ID = re.compile(r"^evt_[0-9A-HJKMNP-TV-Z]{26}$")  # Crockford base32, 26 c
 # Modules that may end transactions themselves, and why.
 INFRASTRUCTURE = {
     "domain/unit.py": "the unit of work: the one place a business step commits or rolls back",
-    "models/base.py": "begin_write ends a read-only transaction before a step begins",
+    "models/base.py": "end_read ends a read-only transaction (begin_write, before a step)",
     "database.py": "outage recovery: a session an outage broke is rolled back to be usable",
     "extensions.py": "the end-of-request clean-up of the session",
 }
 # Functions outside those modules that may, each with the reason its module gives in a comment.
 EXCEPTIONS = {
-    # ends a read-only snapshot before a read of fresh clicks; writes nothing
-    ("domain/clicks.py", "flush_pending"),
     # the click flusher's batch insert on its own connection: clicks are no business event
     ("domain/clicks.py", "ClickRecorder._insert"),
     # the rate limit's key lookup, before any step: a read that failed is dropped

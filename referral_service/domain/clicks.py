@@ -54,7 +54,7 @@ from sqlalchemy.exc import IntegrityError
 
 from referral_service.extensions import db
 from referral_service.models import Click
-from referral_service.models.base import writer_queue
+from referral_service.models.base import end_read, writer_queue
 from referral_service.outages import Dependency
 
 log = logging.getLogger(__name__)
@@ -574,13 +574,7 @@ def flush_pending() -> None:
     authentication) is ended, as its snapshot would predate the clicks just written.
     """
     current_app.extensions["clicks"].flush()  # or wait for the flush under way
-    session = db.session()
-    if session.in_transaction():
-        if session.new or session.dirty or session.deleted:
-            raise RuntimeError("flush_pending() called with unsaved changes in the session")
-        # not a business step, so not a unit of work: this ends a read-only snapshot (nothing
-        # is written), as begin_write does before a step
-        session.rollback()
+    end_read(db.session)
 
 
 def _click_id_key() -> bytes:

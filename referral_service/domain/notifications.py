@@ -45,6 +45,7 @@ from referral_service.models import (
     Reward,
     utcnow,
 )
+from referral_service.models.base import end_read
 from referral_service.models.notification import EmailOptOut, Notification
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def due_emails(now: datetime | None = None, limit: int = 100) -> list[int]:
             .limit(limit)
         )
     )
-    db.session.rollback()  # end the read: each send begins its own transaction
+    end_read(db.session)  # each send begins its own transaction
     return ids
 
 

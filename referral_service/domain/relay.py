@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from referral_service.domain.unit import unit_of_work
 from referral_service.extensions import db
 from referral_service.models import OutboxEvent
+from referral_service.models.base import end_read
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def pending() -> bool:
     found = db.session.scalar(
         select(OutboxEvent.id).where(OutboxEvent.relayed_at.is_(None)).limit(1)
     )
-    db.session.rollback()  # end the read: a relay or the next step begins its own transaction
+    end_read(db.session)  # a relay or the next step begins its own transaction
     return found is not None
 
 
@@ -123,7 +124,7 @@ def _one_by_one(
         .order_by(OutboxEvent.id)
         .limit(limit)
     ).all()
-    db.session.rollback()
+    end_read(db.session)
     count, planned = 0, {name: [] for name in planners}
     for event_id in ids:
         try:

@@ -163,6 +163,19 @@ def writer_queue(bind) -> WriterQueue | None:
         return _queues.setdefault(path, WriterQueue(path))
 
 
+def end_read(session) -> None:
+    """End the session's read-only transaction, if one is open, so that the next read sees what
+    was committed since. Writes nothing; unsaved changes or an open unit of work at this point
+    are a bug, so they raise (the unit of work alone ends a step's transaction)."""
+    if hasattr(session, "registry"):  # a scoped_session: work on the session it holds
+        session = session()
+    if not session.in_transaction():
+        return
+    if session.new or session.dirty or session.deleted or session.info.get("unit_of_work"):
+        raise RuntimeError("end_read() called inside a step that writes")
+    session.rollback()
+
+
 def begin_write(session) -> None:
     """Start the session's transaction as a writer (`BEGIN IMMEDIATE` on SQLite).
 
@@ -173,10 +186,7 @@ def begin_write(session) -> None:
     """
     if hasattr(session, "registry"):  # a scoped_session: work on the session it holds
         session = session()
-    if session.in_transaction():
-        if session.new or session.dirty or session.deleted:
-            raise RuntimeError("begin_write() called with unsaved changes in the session")
-        session.rollback()
+    end_read(session)
     queue = writer_queue(session.get_bind())
     if queue is not None:
         queue.acquire()
