@@ -75,7 +75,7 @@ class Unit:
             }
             for type, subject in self._events
         ]
-        self.session.execute(insert(OutboxEvent), rows)
+        self.session.execute(insert(OutboxEvent.__table__), rows)  # a plain insert, no ORM work
         return [row["event_id"] for row in rows]
 
 
