@@ -40,6 +40,7 @@ from email.utils import parsedate_to_datetime
 
 import httpcore
 import httpx
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app
 from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -86,7 +87,7 @@ USER_AGENT = "referral-service-webhooks/1"
 SYSTEM_ACTOR = "system:webhooks"
 ALLOW_PRIVATE_HINT = "(WEBHOOKS_ALLOW_PRIVATE=1 allows it, for development)"
 
-_SEAL_PREFIX = "s1."
+_SEAL_PREFIX = "f1."
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _random = random.Random()
@@ -100,34 +101,26 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-def _seal_keys(secret_key: str) -> tuple[bytes, bytes]:
-    key = secret_key.encode("utf-8", "surrogatepass")
-    derive = lambda purpose: hmac.new(key, purpose, hashlib.sha256).digest()  # noqa: E731
-    return derive(b"referral-service webhook secret: encrypt"), derive(
-        b"referral-service webhook secret: authenticate"
-    )
+def _fernet(secret_key: str) -> Fernet:
+    """The Fernet key of one SECRET_KEY: HMAC-SHA256 of a fixed label, keyed by SECRET_KEY."""
+    key = hmac.new(
+        secret_key.encode("utf-8", "surrogatepass"),
+        b"referral-service webhook signing secret",
+        hashlib.sha256,
+    ).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
 
 
-def _keystream(key: bytes, nonce: bytes, length: int) -> bytes:
-    blocks = (
-        hmac.new(key, nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest()
-        for counter in range((length + 31) // 32)
-    )
-    return b"".join(blocks)[:length]
+def _sealer() -> MultiFernet:
+    """Seals with SECRET_KEY; opens with it or any of SECRET_KEY_FALLBACKS."""
+    fallbacks = current_app.config.get("SECRET_KEY_FALLBACKS") or []
+    return MultiFernet([_fernet(key) for key in (current_app.secret_key, *fallbacks)])
 
 
 def seal(secret: str) -> str:
-    """`secret` encrypted and authenticated for storage, with keys derived from SECRET_KEY:
-    HMAC-SHA256 in counter mode as the key stream (a fresh 16-byte nonce each time), then an
-    HMAC-SHA256 tag over the nonce and the ciphertext (encrypt-then-MAC)."""
-    encrypt, authenticate = _seal_keys(current_app.secret_key)
-    plain = secret.encode()
-    nonce = os.urandom(16)
-    cipher = bytes(
-        a ^ b for a, b in zip(plain, _keystream(encrypt, nonce, len(plain)), strict=True)
-    )
-    tag = hmac.new(authenticate, nonce + cipher, hashlib.sha256).digest()
-    return _SEAL_PREFIX + base64.urlsafe_b64encode(nonce + cipher + tag).decode()
+    """`secret` encrypted and authenticated for storage (a Fernet token of the `cryptography`
+    package: AES-128-CBC and HMAC-SHA256) under a key derived from SECRET_KEY."""
+    return _SEAL_PREFIX + _sealer().encrypt(secret.encode()).decode()
 
 
 class SealBroken(Exception):
@@ -137,16 +130,12 @@ class SealBroken(Exception):
 def unseal(sealed: str) -> str:
     """The secret `seal` sealed, opened with SECRET_KEY or one of SECRET_KEY_FALLBACKS; raises
     SealBroken when none of them sealed it."""
-    raw = base64.urlsafe_b64decode(sealed.removeprefix(_SEAL_PREFIX))
-    nonce, cipher, tag = raw[:16], raw[16:-32], raw[-32:]
-    fallbacks = current_app.config.get("SECRET_KEY_FALLBACKS") or []
-    for secret_key in (current_app.secret_key, *reversed(fallbacks)):
-        encrypt, authenticate = _seal_keys(secret_key)
-        expected = hmac.new(authenticate, nonce + cipher, hashlib.sha256).digest()
-        if hmac.compare_digest(expected, tag):
-            stream = _keystream(encrypt, nonce, len(cipher))
-            return bytes(a ^ b for a, b in zip(cipher, stream, strict=True)).decode()
-    raise SealBroken("no key of SECRET_KEY or SECRET_KEY_FALLBACKS opens the endpoint's secret")
+    try:
+        return _sealer().decrypt(sealed.removeprefix(_SEAL_PREFIX).encode()).decode()
+    except InvalidToken:
+        raise SealBroken(
+            "no key of SECRET_KEY or SECRET_KEY_FALLBACKS opens the endpoint's secret"
+        ) from None
 
 
 def signature(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
