@@ -11,7 +11,7 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from referral_service import create_app
-from referral_service.config import SettingsError
+from referral_service.config import SettingsError, server_settings
 from referral_service.domain import admins, api_keys, customers, fraud, portal, program, rewards
 from referral_service.errors import ReferralError
 from referral_service.links import portal_url
@@ -95,6 +95,10 @@ def serve(host, port):
     WEB_CONCURRENCY workers, THREADS threads each, a graceful shutdown that writes the buffered
     clicks). Put a reverse proxy with TLS in front of it."""
     _create_app()  # a setting it will not start with is said here, in one line
+    try:
+        server_settings()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
     command = [sys.executable, "-m", "gunicorn", "--config", "python:" + GUNICORN_SETTINGS]
     if host or port:
         command += ["--bind", f"{host or '127.0.0.1'}:{port or 8000}"]

@@ -142,6 +142,29 @@ def database_timeouts() -> dict:
     return found
 
 
+MAX_WEB_CONCURRENCY = 64  # gunicorn worker processes (each holds the app: about 90 MB)
+MAX_THREADS = 64  # threads per worker process
+
+
+def server_settings() -> dict:
+    """`{workers, threads}` of `referral-service serve` (gunicorn) from `WEB_CONCURRENCY`
+    (default 2) and `THREADS` (default 1).
+
+    Raises SettingsError for a value that is not a whole number from 1 to its maximum (64 each):
+    a mistyped `WEB_CONCURRENCY=1000000` must not fork a million processes.
+    """
+    found = {}
+    for name, key, default, most in (
+        ("WEB_CONCURRENCY", "workers", 2, MAX_WEB_CONCURRENCY),
+        ("THREADS", "threads", 1, MAX_THREADS),
+    ):
+        value = os.environ.get(name, "").strip() or str(default)
+        if not (value.isascii() and value.isdecimal() and 1 <= int(value) <= most):
+            raise SettingsError(f"{name} must be a whole number from 1 to {most}: {value!r}")
+        found[key] = int(value)
+    return found
+
+
 def from_environment(instance_path: str) -> dict:
     """All settings of the service, read from the environment."""
     fallbacks = [k.strip() for k in os.environ.get("SECRET_KEY_FALLBACKS", "").split(",")]

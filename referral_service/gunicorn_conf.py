@@ -8,9 +8,11 @@ service masks addresses in every log line too, see referral_service/logs.py).
 
 import os
 
+from referral_service.config import server_settings
+
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("THREADS", "1"))
+# WEB_CONCURRENCY (default 2) and THREADS (default 1), each 1 to 64: anything else stops the start
+workers, threads = server_settings().values()
 graceful_timeout = 30
 # gunicorn's control socket (one path per user: several servers on a host would take each
 # other's) is not used by the service

@@ -279,3 +279,25 @@ def test_an_event_committed_by_a_process_killed_at_once_is_still_delivered(insta
     finally:
         stop(worker)
     assert receiver.ids() == [event_id]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("WEB_CONCURRENCY", "1000000"),
+        ("WEB_CONCURRENCY", "0"),
+        ("THREADS", "two"),
+        ("THREADS", "-1"),
+    ],
+)
+def test_serve_refuses_a_number_of_workers_out_of_range(instance, name, value):
+    result = subprocess.run(
+        [str(BIN / "referral-service"), "serve", "--port", str(free_port())],
+        env={**instance, name: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"{name} must be a whole number from 1 to 64" in result.stderr
+    assert "Booting worker" not in result.stdout + result.stderr

@@ -33,16 +33,7 @@ blp = Blueprint(
 
 
 def _customer(customer: Customer) -> dict:
-    card = customers.CustomerCard(
-        external_id=customer.external_id,
-        email=customer.email,
-        name=customer.name,
-        locale=customer.locale,
-        created_at=customer.created_at,
-        updated_at=customer.updated_at,
-        code=customers.active_code(customer.id),
-    )
-    return _card(card)
+    return _card(customers.card_of(customer, customers.active_code(customer.id)))
 
 
 def _card(card: customers.CustomerCard) -> dict:

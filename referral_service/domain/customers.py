@@ -246,7 +246,8 @@ def active_code(customer_id: int) -> str | None:
     )
 
 
-def _card(customer: Customer, code: str, created: bool = False, stats=None) -> CustomerCard:
+def card_of(customer: Customer, code: str, created: bool = False, stats=None) -> CustomerCard:
+    """The customer as the doors show it, with their active `code`."""
     return CustomerCard(
         external_id=customer.external_id,
         email=customer.email,
@@ -302,7 +303,7 @@ def _enrol(external_id: str, values: dict) -> CustomerCard:
                     setattr(customer, key, value)
                 customer.updated_at = now
             code = active_code(customer.id) or add_code(customer.id)
-        card = _card(customer, code, created=created)
+        card = card_of(customer, code, created=created)
         if created:
             unit.emit("customer.enrolled", card)
     return card
@@ -311,7 +312,7 @@ def _enrol(external_id: str, values: dict) -> CustomerCard:
 def get(external_id: str) -> CustomerCard:
     """The customer with its active code and stats; raises NotFound."""
     customer = find(check_external_id(external_id))
-    return _card(customer, active_code(customer.id), stats=customer_stats(customer.id))
+    return card_of(customer, active_code(customer.id), stats=customer_stats(customer.id))
 
 
 def names_of(external_ids) -> dict[str, str | None]:
@@ -353,7 +354,7 @@ def rotate_code(external_id: str, actor: str | None = None) -> CustomerCard:
                 {"external_id": external_id, "code": old_code},
                 {"external_id": external_id, "code": code},
             )
-        card = _card(customer, code)
+        card = card_of(customer, code)
     forget_code(customer.id)
     return card
 
