@@ -17,9 +17,11 @@ from sqlalchemy import select
 from werkzeug.routing import BuildError
 
 from referral_service.admin import settings as settings_form
-from referral_service.domain import audit, rewards, stats, timeline
+from referral_service.domain import audit, rewards, stats, timeline, webhooks
+from referral_service.domain.unit import unit_of_work
 from referral_service.extensions import db
-from referral_service.models import ApiKey, Base, Click, Referral
+from referral_service.models import ApiKey, Base, Click, OutboxEvent, Referral, utcnow
+from tests import test_webhooks
 from tests.journey_helpers import rewards_in_every_state
 from tests.test_admin_console import PASSWORD, sign_in, signed_in_as, token
 
@@ -348,6 +350,8 @@ SIGNED_IN = {"email": "owner@example.com", "password": PASSWORD, "next": "/admin
 CUSTOMER = {"external_id": "ref-1"}
 PAYOUT = {"payout_id": "{payout}"}
 KEY = {"key_id": "{key}"}
+HOOK = {"endpoint_id": "{webhook}"}
+HOOK_FORM = {"url": "https://hooks.example/in", "events": "*", "description": "ERP"}
 CONSOLE = {
     "admin.login": Reads(query=("next",), form=SIGNED_IN),
     "admin.logout": Reads(),
@@ -380,6 +384,16 @@ CONSOLE = {
     "admin.confirm_revoke": Reads(path=KEY),
     "admin.revoke_key": Reads(path=KEY),
     "admin.audit_log": Reads(query=("action", "actor", "subject_type", "subject_id", "cursor")),
+    "admin.webhooks_list": Reads(query=("cursor",)),
+    "admin.webhook_create": Reads(form=HOOK_FORM),
+    "admin.webhook_page": Reads(path=HOOK, query=("cursor",)),
+    "admin.webhook_update": Reads(path=HOOK, form=HOOK_FORM),
+    "admin.webhook_disable": Reads(path=HOOK),
+    "admin.webhook_enable": Reads(path=HOOK),
+    "admin.webhook_rotate": Reads(path=HOOK),
+    "admin.webhook_confirm_delete": Reads(path=HOOK),
+    "admin.webhook_delete": Reads(path=HOOK),
+    "admin.webhook_redeliver": Reads(path={**HOOK, "delivery_id": "{delivery}"}),
 }
 REDIRECT_TARGETS = {"next", "back"}
 UNREAD = "unread"  # a parameter no view reads: refused all the same
@@ -434,11 +448,36 @@ def safe_console_target(location: str) -> bool:
     )
 
 
+# webhook endpoints on a public name (resolution stubbed: no DNS query, no connection but to
+# loopback) and no task queue (deliveries stay planned: nothing is sent)
+loopback_only, names, no_task_queue = (
+    test_webhooks.loopback_only,
+    test_webhooks.names,
+    test_webhooks.no_task_queue,
+)
+
+
+@pytest.fixture(autouse=True)
+def _public_hooks(names):
+    names["hooks.example"] = ["93.184.216.34"]
+
+
 def console_journey(app, journey: dict) -> dict:
+    """The journey's ids, with a webhook endpoint and a planned delivery of one of its events."""
     with app.app_context():
         referral = db.session.scalar(select(Referral.id).order_by(Referral.id))
         key = db.session.scalar(select(ApiKey.id).order_by(ApiKey.id))
-    return {**journey, "referral": referral, "key": key}
+        hook = webhooks.create_endpoint("https://hooks.example/in", ["*"], None, "test").endpoint.id
+        event = db.session.scalar(select(OutboxEvent).order_by(OutboxEvent.id))
+        with unit_of_work():
+            (delivery,) = webhooks.plan_deliveries(event, utcnow())
+    return {
+        **journey,
+        "referral": referral,
+        "key": key,
+        "webhook": hook,
+        "delivery": delivery,
+    }
 
 
 def refused_in(where: str, value: str) -> bool:
