@@ -48,6 +48,7 @@ REFUSED = [
     ("https://192.168.1.1/hooks", "private"),
     ("https://[fd00::1]/hooks", "private"),
     ("https://100.64.0.1/hooks", "CGNAT"),
+    ("https://192.0.0.8/hooks", "special-purpose"),
     ("https://0.0.0.0/hooks", "unspecified"),
     ("https://[::]/hooks", "unspecified"),
     ("https://224.0.0.1/hooks", "multicast"),

@@ -89,6 +89,8 @@ ALLOW_PRIVATE_HINT = "(WEBHOOKS_ALLOW_PRIVATE=1 allows it, for development)"
 
 _SEAL_PREFIX = "f1."
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# 192.0.0.0/24 (RFC 6890), not routable; some Python versions count a few of it as global
+_IETF_PROTOCOLS = ipaddress.ip_network("192.0.0.0/24")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _random = random.Random()
 
@@ -169,6 +171,7 @@ def address_refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
         ("a link-local", address.is_link_local),
         ("a multicast", address.is_multicast),
         ("a shared (CGNAT)", address in _CGNAT),
+        ("a special-purpose (IETF protocol assignments)", address in _IETF_PROTOCOLS),
         ("a reserved", address.is_reserved),
         ("a private", address.is_private),
         ("a non-public", not address.is_global),
