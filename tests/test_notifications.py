@@ -925,3 +925,18 @@ def test_the_program_change_is_audited_once(app, client, admin):
         assert record.after == {
             "notifications": {"reward_earned": True, "reward_approved": False, "reward_paid": False}
         }
+
+
+def test_a_reward_reversed_before_its_email_went_out_is_not_told(app, client, shop, admin, smtp):
+    switch_on(client, admin)
+    smtp.stop()
+    converted(client, shop, enrol(client, shop, "ref-1"))
+    assert (
+        client.post("/api/v1/refunds", json={"order_id": "o-friend-1"}, headers=shop).status_code
+        == 200
+    )
+    smtp.start()
+    with app.app_context():
+        assert notifications.send(rows(app)[0].id, utcnow() + timedelta(minutes=2)) is None
+    assert smtp.messages == []
+    assert rows(app)[0].status == "skipped" and rows(app)[0].last_error == "reward no longer owed"

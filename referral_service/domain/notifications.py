@@ -241,6 +241,16 @@ def due_emails(now: datetime | None = None, limit: int = 100) -> list[int]:
     return ids
 
 
+def _reward_withdrawn(row: Notification) -> bool:
+    """Whether the reward an "earned" or "approved" email tells of was reversed or rejected
+    since it was planned (a refund within the hold, say): such an email is not sent."""
+    if row.kind == "reward_paid":
+        return False
+    data = db.session.scalar(select(OutboxEvent.data).where(OutboxEvent.event_id == row.event_id))
+    reward = db.session.get(Reward, (data or {}).get("id"))
+    return reward is not None and reward.status in ("reversed", "rejected")
+
+
 def send(notification_id: int, now: datetime | None = None) -> datetime | None:
     """Make one attempt at an email if it is due and no other worker holds it.
 
@@ -313,6 +323,8 @@ def _claim(notification_id: int, now: datetime) -> Email | None:
             if not customer.email
             else "switched off"
             if not settings["notifications"][row.kind]
+            else "reward no longer owed"
+            if _reward_withdrawn(row)
             else None
         )
         if reason is not None:
