@@ -912,3 +912,10 @@ def test_console_delivery_log_and_redeliver(private, receiver):
         assert delivery(delivery_id).status == "pending"
     missing = post(owner, f"{path}/deliveries/{delivery_id + 5}/redeliver", path)
     assert missing.status_code == 404
+
+
+def test_a_deleted_endpoints_id_is_never_given_again(private, client, admin, receiver):
+    first = make(client, admin, receiver.url).json["id"]
+    assert client.delete(f"/api/v1/webhook-endpoints/{first}", headers=admin).status_code == 204
+    second = make(client, admin, receiver.url).json["id"]
+    assert second > first  # SQLite would hand out the newest row's id again without AUTOINCREMENT

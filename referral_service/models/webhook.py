@@ -31,6 +31,9 @@ class WebhookEndpoint(Base):
     """
 
     __tablename__ = "webhook_endpoints"
+    # ids are never reused (SQLite would reuse the newest one's after a delete): an id in a
+    # client's records or in the audit log always names the same endpoint
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(String(2048))
