@@ -35,7 +35,7 @@ def choose_language(customer_locale: str | None = None) -> str:
         language_of(request.args.get("lang"))
         or language_of(customer_locale)
         or request.accept_languages.best_match(LANGUAGES)
-        or program.settings()["default_locale"]
+        or program.settings(last_known=True)["default_locale"]
     )
 
 

@@ -205,7 +205,9 @@ def empty_tables() -> None:
 
 @pytest.fixture
 def app(database_url):
-    app = create_app(app_config(database_url))
+    # Races open a dozen connections at once; on a busy machine PostgreSQL can take longer than
+    # the 3 s default to fork them. The outage tests build their own apps with the defaults.
+    app = create_app(app_config(database_url, DATABASE_CONNECT_TIMEOUT=15.0))
     with app.app_context():
         empty_tables()
     yield app

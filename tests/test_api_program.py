@@ -2,6 +2,11 @@
 
 import pytest
 
+from referral_service import create_app
+from referral_service.extensions import db
+from tests.conftest import app_config
+from tests.journey_helpers import converted_friend, set_program
+
 DEFAULTS = {
     "landing_url": None,
     "currency": "EUR",
@@ -142,3 +147,24 @@ def test_a_fixed_friend_offer_does_not_block_later_changes(client, admin):
         "/api/v1/program", json={"friend_offer": {**offer, "currency": "EUR"}}, headers=admin
     )
     assert sent.status_code == 422  # a client does not send it: it follows the program's
+
+
+def test_a_change_made_by_another_process_decides_the_next_purchase_at_once(
+    app, client, shop, admin, database_url
+):
+    """Each gunicorn worker and the worker process has its own cache: business steps read the
+    settings in their own transaction, so a reward changed on one process is paid on the next
+    purchase served by any other (a public page may show the old copy for CACHE_SECONDS)."""
+    other = create_app(app_config(database_url, DATABASE_CONNECT_TIMEOUT=15.0))
+    other_client = other.test_client()
+    first = converted_friend(other_client, shop, "friend-1")  # the other process reads 10.00
+    assert first["rewards"][0]["amount"] == "10.00"
+    set_program(client, admin, referrer_reward={"type": "fixed", "value": "25.00"})
+    second = converted_friend(other_client, shop, "friend-2", referrer="ref-2")
+    assert second["rewards"][0]["amount"] == "25.00"
+    assert other_client.get("/api/v1/program", headers=admin).json["referrer_reward"] == {
+        "type": "fixed",
+        "value": "25.00",
+    }
+    with other.app_context():
+        db.engine.dispose()

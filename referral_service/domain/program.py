@@ -38,29 +38,35 @@ def _program() -> Program:
 
 
 def settings(last_known: bool = False) -> dict:
-    """The program settings as plain values (cached in this process for `CACHE_SECONDS`).
+    """The program settings as plain values.
 
-    With `last_known` (the public pages), a refresh the database cannot serve (errors.py
-    `is_outage`, or the database known to be away) keeps the last good copy for another
-    `CACHE_SECONDS`, and raises Unavailable only when this process never read the settings.
-    Without it the failure is raised as it is (a business step needs the database anyway, and
-    its open transaction is left alone).
+    By default they are read from the database, inside the caller's transaction: a business step
+    (a sign-up, a purchase, a refund, a payout, the worker's jobs) and the admin API always decide
+    by the settings as they are now, whichever process changed them. Within one transaction the
+    row is read once (the session's identity map).
+
+    With `last_known` (the public pages: share links, QR codes, the share page's language), a copy
+    cached in this process for `CACHE_SECONDS` serves; a change made by another process shows
+    there within that time. A refresh the database cannot serve (errors.py `is_outage`, or the
+    database known to be away) keeps the last good copy for another `CACHE_SECONDS`, and raises
+    Unavailable only when this process never read the settings. Without `last_known` the
+    failure is raised as it is (a business step needs the database anyway, and its open
+    transaction is left alone).
     """
+    if not last_known:
+        return as_dict(_program())
     cache = current_app.extensions["program_cache"]
     if cache.get("expires", 0) > time.monotonic():
         return cache["value"]
     seconds = current_app.config["CACHE_SECONDS"]
-    if not last_known:
-        value = as_dict(_program())
-    else:
-        try:
-            with database.attempt(quick=True):
-                value = as_dict(_program())
-        except Unavailable:
-            if "value" not in cache:
-                raise
-            cache["expires"] = time.monotonic() + seconds
-            return cache["value"]
+    try:
+        with database.attempt(quick=True):
+            value = as_dict(_program())
+    except Unavailable:
+        if "value" not in cache:
+            raise
+        cache["expires"] = time.monotonic() + seconds
+        return cache["value"]
     cache.update(value=value, expires=time.monotonic() + seconds)
     return value
 

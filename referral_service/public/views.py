@@ -435,7 +435,10 @@ class SharePage(MethodView):
             use_language()
             return _page("public/link_problem.html", 404, expired=False)
         language = use_language(page.locale)
-        return _page("public/share.html", **sharing.share_page(page, program.settings(), language))
+        return _page(
+            "public/share.html",
+            **sharing.share_page(page, program.settings(last_known=True), language),
+        )
 
 
 per_address(blp, ShareLink, QrPng, QrSvg, Welcome, SharePage)
