@@ -139,3 +139,17 @@ def test_the_shops_own_query_is_kept_byte_for_byte(client, admin, code):
     assert response.status_code == 200, response.json
     location = client.get(f"/r/{code}").headers["Location"]
     assert location.startswith(f"https://shop.example/welcome?a=%ff&b=x+y&ref={code}&click_id=")
+
+
+def test_links_outside_a_request_without_a_public_address_say_so_once(app, caplog):
+    """The command line and the worker have no request to take the address from."""
+    from referral_service import links
+
+    app.config["PUBLIC_BASE_URL"] = None
+    with app.app_context(), caplog.at_level("WARNING", logger="referral_service.links"):
+        assert links.share_url("ABC") == f"{links.LOCAL_BASE_URL}/r/ABC"
+        assert links.share_url("DEF", via="qr") == f"{links.LOCAL_BASE_URL}/r/DEF?via=qr"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "referral_service.links"]
+    assert len(warnings) == 1 and warnings[0].startswith("PUBLIC_BASE_URL is not set")
+    with app.test_request_context("/", base_url="https://refer.shop.example"):
+        assert links.share_url("ABC") == "https://refer.shop.example/r/ABC"
