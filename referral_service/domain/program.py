@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 from flask import current_app
+from sqlalchemy import select
 
 from referral_service import database
 from referral_service.domain.money import check_currency, format_amount, parse_amount
@@ -54,7 +55,7 @@ def settings(last_known: bool = False) -> dict:
     transaction is left alone).
     """
     if not last_known:
-        return as_dict(_program())
+        return _current()
     cache = current_app.extensions["program_cache"]
     if cache.get("expires", 0) > time.monotonic():
         return cache["value"]
@@ -71,7 +72,28 @@ def settings(last_known: bool = False) -> dict:
     return value
 
 
+_CURRENT = select(Program.__table__).where(Program.__table__.c.id == 1)
+
+
+def _current() -> dict:
+    """The settings as the caller's transaction reads them: one small Core read of the row, and
+    its values shaped again only when they changed (the last shaped copy is kept per process).
+    The copy is shared: callers read it, never change it."""
+    row = db.session.execute(_CURRENT).first()
+    if row is None:
+        return as_dict(_program())
+    values = repr(tuple(row))  # exact: Decimal("12.5") == Decimal("12.50"), and True == 1
+    cache = current_app.extensions["program_cache"]
+    seen = cache.get("current")
+    if seen is not None and seen[0] == values:
+        return seen[1]
+    shaped = as_dict(row)
+    cache["current"] = (values, shaped)
+    return shaped
+
+
 def as_dict(program: Program) -> dict:
+    """The settings of `program` (a Program, or a row of its table) as the API shows them."""
     currency = program.currency
 
     def reward(kind, value):
