@@ -8,7 +8,7 @@ import sys
 
 import click
 from flask import current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import FlaskGroup, NoAppException, ScriptInfo, with_appcontext
 
 from referral_service import create_app
 from referral_service.config import SettingsError, server_settings
@@ -23,14 +23,33 @@ from referral_service.worker import POLL_SECONDS, SWEEP_SECONDS, Pump
 
 def _create_app():
     """The application, or a plain error without a traceback for a setting it will not start
-    with (a short secret key, say)."""
+    with (a short secret key, a database URL of another scheme, a timeout that is not a number:
+    config.py reads every setting and says which one is wrong and what it takes)."""
     try:
         return create_app()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False, set_debug_flag=False)
+class _Commands(FlaskGroup):
+    """Flask's command group; listing the commands (`--help`) with a setting the service will
+    not start with says so in one line, as any command does, not with a traceback."""
+
+    def list_commands(self, ctx):
+        info = ctx.ensure_object(ScriptInfo)
+        try:
+            info.load_app()
+        except click.ClickException as error:
+            message = error.format_message()
+
+            def refused():
+                raise NoAppException(message)
+
+            info.create_app = refused  # Flask says it in a line, and lists the other commands
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Commands, create_app=_create_app, add_version_option=False, set_debug_flag=False)
 def main():
     """Referral service: run it, migrate its database, manage keys and admins, import customers."""
 

@@ -5,21 +5,90 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from limits import parse_many
+from redis.connection import parse_url as parse_redis_url
+from sqlalchemy.engine import URL, make_url
 
 SECRET_KEY_FILE = "secret_key"
 SQLITE_FILE = "referral-service.sqlite3"
 
 
+DATABASE_SCHEMES = ("postgresql+psycopg", "sqlite", "sqlite+pysqlite")
+DATABASE_EXAMPLES = (
+    "postgresql+psycopg://user:password@host:5432/dbname or sqlite:////absolute/path/file.sqlite3"
+)
+
+
 def database_url(instance_path: str) -> str:
-    """The SQLAlchemy URL from `DATABASE_URL`, or SQLite in the instance folder."""
+    """The SQLAlchemy URL from `DATABASE_URL`, or SQLite in the instance folder.
+
+    `postgres://` and `postgresql://` are read as `postgresql+psycopg://`. Raises SettingsError
+    for another scheme (the service runs on PostgreSQL with psycopg 3 and on SQLite), a URL that
+    does not parse, a bad port, or a SQLite file whose folder does not exist. The message never
+    quotes the URL itself (it may hold a password).
+    """
     url = os.environ.get("DATABASE_URL", "").strip()
     if not url:
         Path(instance_path).mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{Path(instance_path) / SQLITE_FILE}"
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
+            url = "postgresql+psycopg://" + url[len(prefix) :]
+    scheme, separator, _ = url.partition("://")
+    if not separator:
+        raise SettingsError(f"DATABASE_URL is not a database URL: use {DATABASE_EXAMPLES}")
+    if scheme.lower() not in DATABASE_SCHEMES:
+        raise SettingsError(
+            f"DATABASE_URL's scheme {_shown(scheme)} is not one the service runs on: use "
+            f"{DATABASE_EXAMPLES} (postgres:// and postgresql:// mean postgresql+psycopg://)"
+        )
+    url = scheme.lower() + url[len(scheme) :]
+    try:
+        parsed = make_url(url)
+    except ValueError:  # a port that is not a number (ArgumentError is a ValueError too)
+        parsed = None
+    if parsed is None or not _port_ok(parsed.port):
+        raise SettingsError(
+            "DATABASE_URL does not parse as a URL with a port from 1 to 65535: use "
+            f"{DATABASE_EXAMPLES}"
+        )
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_file(parsed, instance_path)
     return url
+
+
+def _check_sqlite_file(url: URL, instance_path: str) -> None:
+    """A SQLite file's folder must exist (Flask-SQLAlchemy makes a relative path one in the
+    instance folder, which it creates), and the file, if there, must not be a folder."""
+    name = url.database or ""
+    if name in ("", ":memory:") or name.startswith("file:"):
+        return
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = Path(instance_path) / path
+        folder_made = path.parent == Path(instance_path)
+    else:
+        folder_made = False
+    if not folder_made and not path.parent.is_dir():
+        raise SettingsError(
+            f"DATABASE_URL names a SQLite file in {_shown(str(path.parent))}, which is not an "
+            "existing folder: create the folder or correct the path (sqlite:////absolute/path)"
+        )
+    if path.is_dir():
+        raise SettingsError(
+            f"DATABASE_URL names {_shown(str(path))}, a folder: name a SQLite file in it"
+        )
+
+
+def _port_ok(port) -> bool:
+    return port is None or 1 <= port <= 65535
+
+
+def _shown(value: str, most: int = 80) -> str:
+    """A value as a message quotes it: repr (control characters escaped), cut to `most`."""
+    return repr(value if len(value) <= most else value[:most] + "…")
 
 
 MIN_SECRET_KEY = 32  # characters; a generated key has 64
@@ -76,21 +145,47 @@ def _create_key_file(path: Path, key: str) -> None:
 
 RATE_LIMITS = ("RATELIMIT_API", "RATELIMIT_PUBLIC", "RATELIMIT_SIGNUPS_PER_REFERRER")
 FALSE = ("0", "false", "no", "off")
+TRUE = ("1", "true", "yes", "on")
+
+
+def flag(name: str) -> bool | None:
+    """A yes/no setting: None when not given; raises SettingsError for a word that is neither."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value not in TRUE + FALSE:
+        raise SettingsError(
+            f"{name} must be one of {', '.join(TRUE)} (on) or {', '.join(FALSE)} (off): "
+            f"{_shown(value)}"
+        )
+    return value in TRUE
 
 
 def rate_limit_settings() -> dict:
     """The rate-limit settings given in the environment; the others keep their defaults.
 
-    Raises ValueError for a `TRUSTED_PROXIES` that is not a whole number from 0 to 10.
+    Raises SettingsError for a limit that does not parse (`6000/minute`, `10/second;1000/hour`),
+    a `RATELIMIT_ENABLED` that is not a yes or a no, and a `TRUSTED_PROXIES` that is not a whole
+    number from 0 to 10.
     """
     found = {name: value for name in RATE_LIMITS if (value := os.environ.get(name, "").strip())}
-    enabled = os.environ.get("RATELIMIT_ENABLED", "").strip().lower()
-    if enabled:
-        found["RATELIMIT_ENABLED"] = enabled not in FALSE
+    for name, value in found.items():
+        try:
+            parse_many(value)
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be rate limits such as 600/minute or 10/second;1000/hour "
+                f"(per second, minute, hour or day): {_shown(value)}"
+            ) from None
+    enabled = flag("RATELIMIT_ENABLED")
+    if enabled is not None:
+        found["RATELIMIT_ENABLED"] = enabled
     proxies = os.environ.get("TRUSTED_PROXIES", "").strip()
     if proxies:
-        if not (proxies.isdecimal() and int(proxies) <= 10):
-            raise ValueError(f"TRUSTED_PROXIES must be a number of proxies, 0 to 10: {proxies!r}")
+        if not (proxies.isascii() and proxies.isdecimal() and int(proxies) <= 10):
+            raise SettingsError(
+                f"TRUSTED_PROXIES must be a number of proxies, 0 to 10: {_shown(proxies)}"
+            )
         found["TRUSTED_PROXIES"] = int(proxies)
     return found
 
@@ -98,14 +193,15 @@ def rate_limit_settings() -> dict:
 def payout_settings() -> dict:
     """`PAYOUT_APPROVAL_THRESHOLD` when given: a plain decimal amount such as `500.00`.
 
-    Raises ValueError for anything else (a sign, an exponent, a comma, a word).
+    Raises SettingsError for anything else (a sign, an exponent, a comma, a word).
     """
     threshold = os.environ.get("PAYOUT_APPROVAL_THRESHOLD", "").strip()
     if not threshold:
         return {}
     if not re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,12})?", threshold):
-        raise ValueError(
-            f"PAYOUT_APPROVAL_THRESHOLD must be a decimal amount such as 500.00: {threshold!r}"
+        raise SettingsError(
+            "PAYOUT_APPROVAL_THRESHOLD must be a plain decimal amount such as 500.00 (digits, "
+            f"an optional point and decimals; no sign, comma or currency): {_shown(threshold)}"
         )
     return {"PAYOUT_APPROVAL_THRESHOLD": threshold}
 
@@ -122,7 +218,7 @@ def database_timeouts() -> dict:
     """The database timeouts given in the environment, in seconds (see database.py); the others
     keep their defaults.
 
-    Raises ValueError for a value that is not a number of seconds above 0 and at most 300.
+    Raises SettingsError for a value that is not a number of seconds above 0 and at most 300.
     """
     found = {}
     for name in DATABASE_TIMEOUTS:
@@ -134,9 +230,9 @@ def database_timeouts() -> dict:
         except ValueError:
             seconds = None
         if seconds is None or not 0 < seconds <= MAX_DATABASE_TIMEOUT:
-            raise ValueError(
+            raise SettingsError(
                 f"{name} must be a number of seconds above 0 and at most "
-                f"{MAX_DATABASE_TIMEOUT}, such as 3 or 0.5: {value!r}"
+                f"{MAX_DATABASE_TIMEOUT}, such as 3 or 0.5: {_shown(value)}"
             )
         found[name] = seconds
     return found
@@ -147,11 +243,12 @@ MAX_THREADS = 64  # threads per worker process
 
 
 def server_settings() -> dict:
-    """`{workers, threads}` of `referral-service serve` (gunicorn) from `WEB_CONCURRENCY`
-    (default 2) and `THREADS` (default 1).
+    """`{workers, threads, bind}` of `referral-service serve` (gunicorn) from `WEB_CONCURRENCY`
+    (default 2), `THREADS` (default 1) and `BIND` (default 127.0.0.1:8000).
 
     Raises SettingsError for a value that is not a whole number from 1 to its maximum (64 each):
-    a mistyped `WEB_CONCURRENCY=1000000` must not fork a million processes.
+    a mistyped `WEB_CONCURRENCY=1000000` must not fork a million processes; and for a `BIND`
+    that is not `HOST:PORT`, `[IPv6]:PORT`, `unix:PATH` or `fd://N`.
     """
     found = {}
     for name, key, default, most in (
@@ -160,40 +257,181 @@ def server_settings() -> dict:
     ):
         value = os.environ.get(name, "").strip() or str(default)
         if not (value.isascii() and value.isdecimal() and 1 <= int(value) <= most):
-            raise SettingsError(f"{name} must be a whole number from 1 to {most}: {value!r}")
+            raise SettingsError(f"{name} must be a whole number from 1 to {most}: {_shown(value)}")
         found[key] = int(value)
+    found["bind"] = bind_address()
     return found
 
 
+BIND_FORMS = "HOST:PORT (127.0.0.1:8000), [IPv6]:PORT ([::1]:8000), unix:/path/to.sock or fd://3"
+
+
+def bind_address() -> str:
+    """`BIND` (default 127.0.0.1:8000), the address gunicorn listens on; raises SettingsError
+    for one it could not read (a port that is not from 1 to 65535, say)."""
+    value = os.environ.get("BIND", "").strip() or "127.0.0.1:8000"
+    problem = None
+    if not value.isprintable() or any(char.isspace() for char in value):
+        problem = "spaces or control characters"
+    elif value.startswith("unix:"):
+        if not value.removeprefix("unix:").lstrip("/"):
+            problem = "no socket path"
+    elif value.startswith("fd://"):
+        if not (value[5:].isascii() and value[5:].isdecimal()):
+            problem = "no file descriptor number"
+    else:
+        match = re.fullmatch(r"(?:tcp://)?(?:\[[0-9A-Za-z:.%]+\]|[^:\[\]/]+)(?::([0-9]+))?", value)
+        if not match:
+            problem = "a host or a port it cannot read (an IPv6 address goes in [brackets])"
+        elif match[1] is not None and not 1 <= int(match[1]) <= 65535:
+            problem = "a port that is not from 1 to 65535"
+    if problem:
+        raise SettingsError(f"BIND must be {BIND_FORMS}; {_shown(value)} has {problem}")
+    return value
+
+
 def from_environment(instance_path: str) -> dict:
-    """All settings of the service, read from the environment."""
+    """All settings of the service, read from the environment.
+
+    Raises SettingsError, whose message names the setting, says what is wrong with its value
+    and what is accepted, for any value the service would not run well with: the service stops
+    before it starts rather than fail later, at a request or in a worker.
+    """
     fallbacks = [k.strip() for k in os.environ.get("SECRET_KEY_FALLBACKS", "").split(",")]
-    public_base_url = os.environ.get("PUBLIC_BASE_URL", "").strip().rstrip("/") or None
     return {
         "SECRET_KEY": secret_key(instance_path),
         "SECRET_KEY_FALLBACKS": [k for k in fallbacks if k],
         "SQLALCHEMY_DATABASE_URI": database_url(instance_path),
         **database_timeouts(),
-        "PUBLIC_BASE_URL": public_base_url,
-        "REDIS_URL": os.environ.get("REDIS_URL", "").strip() or None,
+        "PUBLIC_BASE_URL": public_base_url(),
+        **redis_settings(),
         **rate_limit_settings(),
         **payout_settings(),
-        "CLICK_SPILL_DIR": os.environ.get("CLICK_SPILL_DIR", "").strip()
+        "CLICK_SPILL_DIR": _path("CLICK_SPILL_DIR", folder=True)
         or os.path.join(instance_path, "clicks-spill"),
-        "DISPOSABLE_DOMAINS_FILE": os.environ.get("DISPOSABLE_DOMAINS_FILE", "").strip()
+        "DISPOSABLE_DOMAINS_FILE": _path("DISPOSABLE_DOMAINS_FILE", made=False)
         or os.path.join(instance_path, "disposable_domains.txt"),
         **events_settings(),
-        "TASKS_FILE": os.environ.get("TASKS_FILE", "").strip() or None,
+        "TASKS_FILE": _path("TASKS_FILE"),
     }
+
+
+def public_base_url() -> str | None:
+    """`PUBLIC_BASE_URL` without a trailing slash: `http(s)://host[:port][/path]`; raises
+    SettingsError for anything else (share links and emails would lead nowhere)."""
+    value = os.environ.get("PUBLIC_BASE_URL", "").strip().rstrip("/")
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        port_ok = _port_ok(parts.port)
+    except ValueError:
+        parts, port_ok = None, False
+    if (
+        parts is None
+        or parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or not port_ok
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or not value.isprintable()
+        or any(char.isspace() for char in value)
+    ):
+        raise SettingsError(
+            "PUBLIC_BASE_URL must be the service's public address, http(s)://host[:port][/path] "
+            f"such as https://refer.shop.example (no user, query or fragment): {_shown(value)}"
+        )
+    return value
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_EXAMPLES = "redis://[:password@]host:6379/0, rediss://... (TLS) or unix:///path/redis.sock"
+
+
+def redis_settings() -> dict:
+    """`REDIS_URL` (the rate-limit counters and the task queue), checked: raises SettingsError for
+    a scheme other than redis://, rediss:// and unix://, a bad port, a database that is not a
+    number, or query arguments Redis's client refuses. The URL (it may hold a password) is never
+    quoted back. Also the rate limiter's storage for a unix:// URL, which it names
+    redis+unix://."""
+    url = os.environ.get("REDIS_URL", "").strip()
+    if not url:
+        return {"REDIS_URL": None}
+    scheme, separator, _ = url.partition("://")
+    if not separator:
+        raise SettingsError(f"REDIS_URL is not a URL: use {REDIS_EXAMPLES}")
+    if scheme.lower() not in REDIS_SCHEMES:
+        raise SettingsError(
+            f"REDIS_URL's scheme {_shown(scheme)} is not one Redis takes: use {REDIS_EXAMPLES}"
+        )
+    scheme = scheme.lower()
+    url = scheme + url[len(scheme) :]
+    try:
+        parts = urlsplit(url)
+        port_ok = _port_ok(parts.port)
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or not port_ok:
+        raise SettingsError(f"REDIS_URL's port must be a number from 1 to 65535: {REDIS_EXAMPLES}")
+    if scheme == "unix":
+        if not parts.path.strip("/"):
+            raise SettingsError(f"REDIS_URL names no socket path: use {REDIS_EXAMPLES}")
+    elif parts.path.strip("/") and not (parts.path[1:].isascii() and parts.path[1:].isdecimal()):
+        raise SettingsError(
+            f"REDIS_URL's database (its path) must be a number, such as /0: use {REDIS_EXAMPLES}"
+        )
+    try:
+        parse_redis_url(url)
+    except ValueError as error:  # an argument of the query (db, socket_timeout, ...)
+        raise SettingsError(f"REDIS_URL cannot be used: {error}") from None
+    found = {"REDIS_URL": url}
+    if scheme == "unix":  # the same socket for the limiter (limits names it redis+unix://)
+        found["RATELIMIT_STORAGE_URI"] = "redis+" + url
+    return found
+
+
+def _path(name: str, folder: bool = False, made: bool = True) -> str | None:
+    """The path a setting names, or None when not given. Raises SettingsError when it names a
+    folder where a file is wanted (or a file where a folder is), and, for a path the service
+    writes (`made`), when its folder cannot be made (it is made now, as it would be later)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    what = "folder" if folder else "file"
+    if not value.isprintable():
+        raise SettingsError(f"{name} must be the path of a {what}: {_shown(value)}")
+    path = Path(value).expanduser()
+    if path.exists() and path.is_dir() != folder:
+        raise SettingsError(
+            f"{name} must be the path of a {what}; {_shown(value)} is "
+            f"{'a folder' if path.is_dir() else 'not a folder'}"
+        )
+    if made:
+        above = path.absolute().parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise SettingsError(
+                f"{name} must be the path of a {what}; {_shown(value)} is under "
+                f"{_shown(str(above))}, which is not a folder"
+            )
+        try:
+            (path if folder else path.absolute().parent).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SettingsError(
+                f"{name} must be the path of a {what} the service can write; the folder of "
+                f"{_shown(value)} cannot be made: {error.strerror or error}"
+            ) from None
+    return value
 
 
 def events_settings() -> dict:
     """Where events go out: `WEBHOOKS_ALLOW_PRIVATE` (1 lets webhook endpoints be http and on
     private, loopback or link-local addresses), `MAIL_URL` and `MAIL_FROM` (emails to
     referrers: `smtp://user:password@host:port`, `smtps://` or `smtp+starttls://`)."""
-    allow = os.environ.get("WEBHOOKS_ALLOW_PRIVATE", "").strip().lower()
     return {
-        "WEBHOOKS_ALLOW_PRIVATE": bool(allow) and allow not in FALSE,
+        "WEBHOOKS_ALLOW_PRIVATE": bool(flag("WEBHOOKS_ALLOW_PRIVATE")),
         "MAIL_URL": os.environ.get("MAIL_URL", "").strip() or None,
         "MAIL_FROM": os.environ.get("MAIL_FROM", "").strip() or None,
     }
