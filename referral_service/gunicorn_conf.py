@@ -6,13 +6,19 @@ without the query string and no referrer, which may hold a search or a person's 
 service masks addresses in every log line too, see referral_service/logs.py).
 """
 
-import os
-
 from referral_service.config import server_settings
 
-bind = os.environ.get("BIND", "127.0.0.1:8000")
-# WEB_CONCURRENCY (default 2) and THREADS (default 1), each 1 to 64: anything else stops the start
-workers, threads = server_settings().values()
+# WEB_CONCURRENCY (default 2) and THREADS (default 1), each 1 to 64, and BIND (default
+# 127.0.0.1:8000): anything else stops the start (`referral-service serve` says so in one line)
+_settings = server_settings()
+bind = _settings["bind"]
+workers = _settings["workers"]
+threads = _settings["threads"]
+# gunicorn's sync or gthread worker (as gunicorn would pick for THREADS), whose own refusals (a
+# request line or headers too large, a request that is not HTTP) are the JSON error envelope
+worker_class = "referral_service.gunicorn_worker." + (
+    "ThreadWorker" if threads > 1 else "SyncWorker"
+)
 graceful_timeout = 30
 # gunicorn's control socket (one path per user: several servers on a host would take each
 # other's) is not used by the service
