@@ -313,7 +313,30 @@ def from_environment(instance_path: str) -> dict:
         or os.path.join(instance_path, "disposable_domains.txt"),
         **events_settings(),
         "TASKS_FILE": _path("TASKS_FILE"),
+        **platform_settings(),
     }
+
+
+PLATFORM_SECRETS = ("STRIPE_WEBHOOK_SECRETS", "SHOPIFY_WEBHOOK_SECRETS")
+
+
+def platform_settings() -> dict:
+    """The secrets that sign the shop's platforms' webhooks (integrations/): each setting a
+    comma-separated list (several during a rotation) of printable secrets without spaces, at
+    most 200 characters each; raises SettingsError for anything else (the secret is never
+    quoted in the message)."""
+    found = {}
+    for name in PLATFORM_SECRETS:
+        value = os.environ.get(name, "").strip()
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        for position, part in enumerate(parts, 1):
+            if len(part) > 200 or not part.isascii() or not part.isprintable() or " " in part:
+                raise SettingsError(
+                    f"{name} must be secrets separated by commas, each printable ASCII without "
+                    f"spaces and at most 200 characters; secret {position} is not"
+                )
+        found[name] = ",".join(parts) or None
+    return found
 
 
 def public_base_url() -> str | None:
@@ -475,6 +498,9 @@ DEFAULTS = {
     "WEBHOOKS_ALLOW_PRIVATE": False,
     "MAIL_URL": None,
     "MAIL_FROM": None,
+    # shop platforms in (integrations/): no secret, no platform event accepted
+    "STRIPE_WEBHOOK_SECRETS": None,
+    "SHOPIFY_WEBHOOK_SECRETS": None,
     # the task queue (worker.py): Huey on SQLite (TASKS_FILE, by default
     # referral-service-tasks.sqlite3 in the instance folder), on Redis when REDIS_URL is set;
     # immediate mode runs each task at once in the process that queues it (tests)

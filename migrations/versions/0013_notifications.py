@@ -1,4 +1,4 @@
-"""Emails To Referrers, One Row Per Event And Recipient.
+"""Emails to referrers: one row per event and recipient.
 
 `notifications` holds one email per (event, customer), unique, with its sending state (a lease
 for the worker that sends it, attempts, next attempt, sent time, last error); `email_opt_outs`

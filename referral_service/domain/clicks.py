@@ -52,6 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from referral_service.domain.unit import current
 from referral_service.extensions import db
 from referral_service.models import Click
 from referral_service.models.base import end_read, writer_queue
@@ -571,8 +572,12 @@ def flush_pending() -> None:
     """Write this process's buffered clicks now, so that a read that follows sees them.
 
     Called before a step's own reads: a read transaction the request already holds (from
-    authentication) is ended, as its snapshot would predate the clicks just written.
+    authentication) is ended, as its snapshot would predate the clicks just written. Inside a
+    unit of work that is already open it does nothing: the flush would wait for the unit's own
+    write lock (SQLite), so a caller that opens a unit around a step with a click flushes first.
     """
+    if current() is not None:
+        return
     current_app.extensions["clicks"].flush()  # or wait for the flush under way
     end_read(db.session)
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain.unit import _UNIT, unit_of_work
+from referral_service.domain.unit import current, unit_of_work
 from referral_service.errors import Conflict, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import IdempotencyKey
@@ -46,7 +46,7 @@ def retried_once(step, *args):
     try:
         return step(*args)
     except IntegrityError:
-        if db.session().info.get(_UNIT) is not None:
+        if current() is not None:
             raise
         return step(*args)
 

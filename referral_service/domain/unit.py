@@ -79,6 +79,11 @@ class Unit:
         return [row["event_id"] for row in rows]
 
 
+def current() -> Unit | None:
+    """The unit of work open in this session, if any (a step inside it joins it)."""
+    return db.session().info.get(_UNIT)
+
+
 @contextlib.contextmanager
 def unit_of_work(now: datetime | None = None) -> Iterator[Unit]:
     """Run one business step as one write transaction; see the module's docstring.

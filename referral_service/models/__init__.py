@@ -1,6 +1,6 @@
 """SQLAlchemy models of the service; constraints make wrong states impossible."""
 
-from referral_service.models import notification, webhook  # noqa: F401 (their tables)
+from referral_service.models import notification, platform, webhook  # noqa: F401 (their tables)
 from referral_service.models.admin import Admin, SignInFailure
 from referral_service.models.api_key import ApiKey
 from referral_service.models.base import Base, utcnow
