@@ -11,6 +11,7 @@ from referral_service.admin import blp as admin_blp
 from referral_service.api import BLUEPRINTS
 from referral_service.api.auth import SECURITY_SCHEME
 from referral_service.api.spec import SpecRules
+from referral_service.converters import register_converters
 from referral_service.domain import clicks
 from referral_service.domain.clicks import ClickRecorder
 from referral_service.domain.codes import CodeCache, CodeSigner
@@ -106,6 +107,7 @@ def register_services(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     app.url_map.merge_slashes = False  # `//` in a path is a 404, not a redirect an API would follow
+    register_converters(app)  # `<int:...>` is ASCII digits only, not other scripts' digits
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     api.register_blueprint(public_blp)

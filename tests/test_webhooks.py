@@ -838,7 +838,7 @@ def test_console_refuses_bad_endpoints_with_reasons(app, names):
     names["internal.example"] = ["10.1.2.3"]
     for form, words in (
         ({"url": "https://internal.example/", "events": ["*"]}, "a private address"),
-        ({"url": "http://shop.example/", "events": ["*"]}, "Must be https"),
+        ({"url": "http://shop.example/", "events": ["*"]}, "Must be an https URL, not http"),
         ({"url": "file:///etc/passwd", "events": ["*"]}, "file:"),
         ({"url": "https://internal.example/"}, "one event type or more"),
         ({"url": "https://internal.example/", "events": ["nonsense"]}, "one event type"),
@@ -852,6 +852,27 @@ def test_console_refuses_bad_endpoints_with_reasons(app, names):
     assert control.status_code == 400
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(WebhookEndpoint)) == 0
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_console_url_help_says_what_is_taken(app, allow_private, receiver):
+    """The URL field's help follows WEBHOOKS_ALLOW_PRIVATE: it never says private addresses
+    are refused while they are taken, nor the other way round."""
+    from referral_service.admin.webhooks import URL_HINTS
+    from tests.test_admin_payouts import console, page
+
+    app.config["WEBHOOKS_ALLOW_PRIVATE"] = allow_private
+    owner = console(app, "owner@example.com", "owner")
+    with app.app_context():
+        url = receiver.url if allow_private else "https://93.184.216.34/"
+        endpoint_id = endpoint(url).endpoint.id
+    refused = "private, loopback and link-local addresses are refused"
+    for path in ("/admin/webhooks", f"/admin/webhooks/{endpoint_id}"):
+        shown = page(owner, path)
+        hint = re.search(r'<small id="webhook-url-hint" class="hint">([^<]*)</small>', shown)
+        assert hint and hint.group(1) == URL_HINTS[allow_private], path
+        assert (refused in shown) is not allow_private
+        assert ("WEBHOOKS_ALLOW_PRIVATE is set" in shown) is allow_private
 
 
 def test_console_viewers_read_only(private, receiver):

@@ -193,3 +193,103 @@ def test_check_url_is_the_one_rule(app, names):
         with pytest.raises(ValidationFailed) as raised:
             webhooks.check_url("https://127.0.0.1/")
         assert "WEBHOOKS_ALLOW_PRIVATE" in raised.value.fields["url"][0]
+
+
+HINT = "WEBHOOKS_ALLOW_PRIVATE=1 allows them, for development"
+# every refusal of check_url, word for word: each one a sentence an admin can act on
+MESSAGES = [
+    ("", False, "Must be an absolute URL, such as https://shop.example/hooks."),
+    ("https://x.example/" + "a" * 2048, False, "Must be at most 2048 characters."),
+    ("https://x.example/a b", False, "Must not hold spaces or control characters."),
+    (
+        "//127.0.0.1/x",
+        False,
+        "Must be an https URL, starting with https://, such as https://shop.example/hooks.",
+    ),
+    (
+        "//127.0.0.1:8080/x",
+        False,
+        "Must be an https URL, starting with https://, such as https://shop.example/hooks.",
+    ),
+    (
+        "hooks.example/x",
+        True,
+        "Must be an http or https URL, starting with http:// or https://, such as "
+        "https://shop.example/hooks.",
+    ),
+    ("ftp://files.example/", False, "Must be an https URL: webhooks are not sent to ftp: URLs."),
+    (
+        "javascript:alert(1)",
+        True,
+        "Must be an http or https URL: webhooks are not sent to javascript: URLs.",
+    ),
+    (
+        "http://hooks.example/",
+        False,
+        "Must be an https URL, not http (WEBHOOKS_ALLOW_PRIVATE=1 allows http, for development).",
+    ),
+    ("https://xn--zz.example/", False, "Not a valid URL."),
+    (
+        "https:hooks.example",
+        False,
+        "Must be an absolute URL with a host, such as https://shop.example/hooks.",
+    ),
+    (
+        "https://user@hooks.example/",
+        False,
+        "Must not carry a user name or password (user@host).",
+    ),
+    ("https://hooks.example/#top", False, "Must not have a fragment (#...)."),
+    ("https://hooks.example:0/", False, "The port must be 1 to 65535."),
+    (
+        "https://127.0.0.1/",
+        False,
+        f"The address 127.0.0.1 is a loopback address: webhooks go to public addresses only "
+        f"({HINT}).",
+    ),
+    (
+        "https://[::ffff:10.1.2.3]/",
+        False,
+        "The address ::ffff:10.1.2.3 is a private address inside an IPv6 address: webhooks go "
+        f"to public addresses only ({HINT}).",
+    ),
+    (
+        "https://split.example/",
+        False,
+        "The host 'split.example' resolves to 10.0.0.7, a private address: webhooks go to "
+        f"public addresses only ({HINT}).",
+    ),
+    (
+        "https://nowhere.example/",
+        False,
+        "The host 'nowhere.example' does not resolve (Name or service not known).",
+    ),
+    (
+        f"https://{'a' * 64}.example/",
+        False,
+        f"The host '{'a' * 64}.example' is not a valid host name.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("url", "allow_private", "message"), MESSAGES)
+def test_each_refusal_is_a_sentence(app, names, loopback_only, url, allow_private, message):
+    names["split.example"] = [PUBLIC, "10.0.0.7"]
+    names["hooks.example"] = [PUBLIC]
+    names["files.example"] = [PUBLIC]
+    with app.app_context(), pytest.raises(ValidationFailed) as raised:
+        webhooks.check_url(url, allow_private)
+    assert raised.value.fields == {"url": [message]}
+    assert message[0].isupper() and message.endswith(".")
+    assert " a this " not in message and "not sent to." not in message
+    assert loopback_only == []
+
+
+def test_a_url_without_a_scheme_is_explained_through_the_api(app, client, admin, loopback_only):
+    response = client.post(
+        "/api/v1/webhook-endpoints", headers=admin, json={"url": "//127.0.0.1/x", "events": ["*"]}
+    )
+    assert response.status_code == 422
+    assert response.json["error"]["fields"] == {
+        "url": ["Must be an https URL, starting with https://, such as https://shop.example/hooks."]
+    }

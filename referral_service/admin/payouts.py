@@ -49,8 +49,7 @@ def chosen_ids(text: str) -> list[int] | None:
 
 @blp.get("/payouts")
 def payouts_list():
-    before = request.args.get("before", type=int)
-    before = before if before is not None and 0 < before <= MAX_ID else None
+    before = whole_number(request.args.get("before", ""))  # 1 to MAX_ID in ASCII digits, or None
     items, next_before = payouts.list_payouts(before, PAGE_SIZE)
     threshold, currency = payouts.approval_threshold()
     return render_template(

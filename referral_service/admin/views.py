@@ -187,7 +187,7 @@ def logout():
 
 @blp.get("", strict_slashes=False)  # `/admin/` is the console too
 def dashboard():
-    days = request.args.get("days", type=int)
+    days = inputs.whole_number(request.args.get("days", ""))  # ASCII digits, no spaces or signs
     days = days if days in PERIODS else 30
     now = utcnow()
     funnel = stats.funnel(now - timedelta(days=days), now)

@@ -8,7 +8,7 @@ the event types, the secret) are domain/webhooks.py's, the same as the API's; ea
 audited as `admin:<email>`.
 """
 
-from flask import flash, g, redirect, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, url_for
 
 from referral_service.admin.views import blp, requires
 from referral_service.api.webhooks import queue_delivery
@@ -19,6 +19,13 @@ from referral_service.errors import Conflict, NotFound, ValidationFailed
 PAGE_SIZE = 50
 ID = f"int(min=1, max={MAX_ID})"  # a larger id names nothing: 404 before any query
 EVENT_CHOICES = (events.ALL, *events.EVENT_TYPES)
+# the URL field's help, by WEBHOOKS_ALLOW_PRIVATE: what domain/webhooks.check_url takes
+URL_HINTS = {
+    False: f"An https address on the internet, such as {webhooks.EXAMPLE_URL} (private, "
+    "loopback and link-local addresses are refused).",
+    True: f"An http or https address, such as {webhooks.EXAMPLE_URL}. Private, loopback and "
+    "link-local addresses are taken too: WEBHOOKS_ALLOW_PRIVATE is set (for development).",
+}
 
 
 def actor() -> str:
@@ -32,6 +39,11 @@ def not_found(message: str):
 def problem(error: Conflict | NotFound | ValidationFailed) -> str:
     parts = [message for messages in (error.fields or {}).values() for message in messages]
     return " ".join(parts) if parts else error.message
+
+
+def url_hint() -> str:
+    """The URL field's help for the running configuration."""
+    return URL_HINTS[bool(current_app.config.get("WEBHOOKS_ALLOW_PRIVATE"))]
 
 
 def typed() -> dict:
@@ -57,6 +69,7 @@ def _list_page(form: dict | None = None, errors: dict | None = None, status: int
         choices=EVENT_CHOICES,
         form=form or {"url": "", "description": "", "events": [events.ALL]},
         errors=errors or {},
+        url_hint=url_hint(),
     )
     return page, status
 
@@ -107,6 +120,7 @@ def _detail_page(endpoint_id: int, form: dict | None = None, errors: dict | None
         choices=EVENT_CHOICES,
         form=shown,
         errors=errors or {},
+        url_hint=url_hint(),
     )
     return page, 422 if errors else 200
 

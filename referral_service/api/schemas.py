@@ -66,6 +66,16 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class WholeMatch(validate.Regexp):
+    """validate.Regexp over the whole text: Python's `$` also matches before a final line
+    break, so `^[0-9]+$` alone would take `"10\n"` (the OpenAPI `pattern` is the same)."""
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class QueryInteger(fields.Integer):
     """A whole number in a query string: ASCII digits only (not `1_000`, ` 5` or `+5`)."""
 
@@ -218,7 +228,7 @@ def locale_code(**kwargs):
 def money_amount(description: str, **kwargs):
     """Money in major units as a plain decimal string; its currency decides how many decimals."""
     return fields.String(
-        validate=validate.Regexp(
+        validate=WholeMatch(
             AMOUNT_PATTERN, error='A plain decimal string in major units, e.g. "12.50".'
         ),
         metadata={"example": "49.90", "description": description},
@@ -237,7 +247,7 @@ def rule_value(description: str, **kwargs):
     """The value of a reward or offer rule: a decimal string whose meaning its `type` decides."""
     return fields.String(
         allow_none=True,
-        validate=validate.Regexp(RULE_VALUE_PATTERN, error='A plain decimal string, e.g. "10.00".'),
+        validate=WholeMatch(RULE_VALUE_PATTERN, error='A plain decimal string, e.g. "10.00".'),
         metadata={"description": description, **kwargs.pop("metadata", {})},
         **kwargs,
     )

@@ -14,11 +14,16 @@ MAX_ID = 2**31 - 1  # the largest id an integer primary key holds (PostgreSQL's 
 
 
 def _decode(cursor: str) -> int:
+    """The id a cursor names; raises ValidationFailed for any text `_encode` does not give out.
+
+    Only the exact token counts: base64 alone would skip characters outside its alphabet and
+    int() would read ` 12`, `1_2` or other scripts' digits, so many texts would name one id."""
     try:
-        value = int(base64.urlsafe_b64decode(cursor.encode() + b"=" * (-len(cursor) % 4)))
+        digits = base64.urlsafe_b64decode(cursor.encode() + b"=" * (-len(cursor) % 4))
+        value = int(digits) if digits.isdigit() and len(digits) <= len(str(MAX_ID)) else -1
     except (ValueError, binascii.Error, UnicodeError):
         value = -1
-    if not 0 < value <= MAX_ID:
+    if not 0 < value <= MAX_ID or _encode(value) != cursor:
         raise ValidationFailed(fields={"cursor": ["Not a cursor this service gave out."]})
     return value
 

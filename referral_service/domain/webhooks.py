@@ -85,7 +85,8 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 USER_AGENT = "referral-service-webhooks/1"
 SYSTEM_ACTOR = "system:webhooks"
-ALLOW_PRIVATE_HINT = "(WEBHOOKS_ALLOW_PRIVATE=1 allows it, for development)"
+ALLOW_PRIVATE_HINT = "WEBHOOKS_ALLOW_PRIVATE=1 allows {what}, for development"
+EXAMPLE_URL = "https://shop.example/hooks"
 
 _SEAL_PREFIX = "f1."
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -197,18 +198,33 @@ def checked_addresses(host: str, port: int) -> list[str]:
     not public, or the name does not resolve)."""
     try:
         addresses = resolve(host, port)
-    except (OSError, UnicodeError) as error:
-        raise ValueError(f"The host {host!r} does not resolve ({error}).") from None
+    except UnicodeError:
+        raise ValueError(f"The host {host!r} is not a valid host name.") from None
+    except OSError as error:
+        reason = error.strerror or str(error) or "no address found"
+        raise ValueError(f"The host {host!r} does not resolve ({reason}).") from None
     if not addresses:
-        raise ValueError(f"The host {host!r} does not resolve.")
+        raise ValueError(f"The host {host!r} does not resolve (no address found).")
     for found in addresses:
-        why = address_refusal(ipaddress.ip_address(found.split("%", 1)[0]))
+        address = ipaddress.ip_address(found.split("%", 1)[0])
+        why = address_refusal(address)
         if why:
-            raise ValueError(
-                f"The host {host!r} resolves to {found}, {why}: webhooks go to public addresses "
-                f"only {ALLOW_PRIVATE_HINT}."
+            named = (
+                f"The address {found} is {why}"
+                if _as_address(host) == address
+                else f"The host {host!r} resolves to {found}, {why}"
             )
+            hint = ALLOW_PRIVATE_HINT.format(what="them")
+            raise ValueError(f"{named}: webhooks go to public addresses only ({hint}).")
     return addresses
+
+
+def _as_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `host` is when it is written as one (`127.0.0.1`, `::1`), else None."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def check_url(url, allow_private: bool | None = None) -> str:
@@ -230,24 +246,28 @@ def check_url(url, allow_private: bool | None = None) -> str:
 
 def _check_url(url, allow_private: bool) -> None:
     if not isinstance(url, str) or not url:
-        raise ValueError("Must be an absolute URL, such as https://shop.example/hooks.")
+        raise ValueError(f"Must be an absolute URL, such as {EXAMPLE_URL}.")
     if len(url) > MAX_URL:
         raise ValueError(f"Must be at most {MAX_URL} characters.")
     if has_control(url) or any(char.isspace() for char in url):
         raise ValueError("Must not hold spaces or control characters.")
     scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme not in ("http", "https"):
-        shown = f"{scheme}:" if scheme and scheme.isascii() and scheme.isalnum() else "this"
-        raise ValueError(f"Must be an https URL: a {shown} URL is not sent to.")
+        wanted = "an http or https URL" if allow_private else "an https URL"
+        if scheme.isascii() and scheme.isalnum():  # a scheme such as `ftp` or `javascript`
+            raise ValueError(f"Must be {wanted}: webhooks are not sent to {scheme}: URLs.")
+        start = "http:// or https://" if allow_private else "https://"
+        raise ValueError(f"Must be {wanted}, starting with {start}, such as {EXAMPLE_URL}.")
     if scheme == "http" and not allow_private:
-        raise ValueError(f"Must be https: http is refused {ALLOW_PRIVATE_HINT}.")
+        hint = ALLOW_PRIVATE_HINT.format(what="http")
+        raise ValueError(f"Must be an https URL, not http ({hint}).")
     try:
         parsed = httpx.URL(url)
         host, port = parsed.host, parsed.port
     except (httpx.InvalidURL, ValueError, UnicodeError):
         raise ValueError("Not a valid URL.") from None
     if not url[len(scheme) :].startswith("://") or not host:
-        raise ValueError("Must be an absolute URL with a host, such as https://shop.example/hooks.")
+        raise ValueError(f"Must be an absolute URL with a host, such as {EXAMPLE_URL}.")
     if parsed.userinfo or "@" in url.split("://", 1)[1].split("/", 1)[0]:
         raise ValueError("Must not carry a user name or password (user@host).")
     if parsed.fragment or "#" in url:
