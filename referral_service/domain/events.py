@@ -82,7 +82,9 @@ def jsonable(value):
 
 
 def as_dict(event: OutboxEvent) -> dict:
-    """An event as the API and the webhook body show it: `{id, type, created_at, data}`."""
+    """An event as the API and the webhook body show it: `{id, type, created_at, data}`.
+
+    `event` is an OutboxEvent or a row with its `event_id`, `type`, `created_at` and `data`."""
     return {
         "id": event.event_id,
         "type": event.type,

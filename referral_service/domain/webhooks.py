@@ -23,6 +23,7 @@ the connection made to the address that was checked, so a name that resolves els
 """
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -42,7 +43,7 @@ import httpcore
 import httpx
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import bindparam, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from referral_service.domain import events, pages
@@ -117,7 +118,13 @@ def _fernet(secret_key: str) -> Fernet:
 def _sealer() -> MultiFernet:
     """Seals with SECRET_KEY; opens with it or any of SECRET_KEY_FALLBACKS."""
     fallbacks = current_app.config.get("SECRET_KEY_FALLBACKS") or []
-    return MultiFernet([_fernet(key) for key in (current_app.secret_key, *fallbacks)])
+    return _multi_fernet((current_app.secret_key, *fallbacks))
+
+
+@functools.lru_cache(maxsize=8)
+def _multi_fernet(keys: tuple[str, ...]) -> MultiFernet:
+    """The Fernet keys of these SECRET_KEYs (derived once per process and set of keys)."""
+    return MultiFernet([_fernet(key) for key in keys])
 
 
 def seal(secret: str) -> str:
@@ -630,6 +637,73 @@ def deliver(
     return _record(request, outcome, now)
 
 
+# The statements of one attempt, built once: an attempt is two short transactions (the claim,
+# then the record), and the worker makes hundreds a second. Core statements on the tables, with
+# the values bound at each execution (no ORM bookkeeping: nothing is loaded into the session).
+_deliveries = WebhookDelivery.__table__
+_endpoints = WebhookEndpoint.__table__
+_CLAIM = (
+    update(_deliveries)
+    .where(
+        _deliveries.c.id == bindparam("delivery"),
+        _deliveries.c.status == "pending",
+        _deliveries.c.next_attempt_at <= bindparam("now"),
+        or_(_deliveries.c.lease_until.is_(None), _deliveries.c.lease_until <= bindparam("now")),
+        _deliveries.c.endpoint_id.in_(
+            select(_endpoints.c.id).where(_endpoints.c.disabled.is_(False))
+        ),
+    )
+    .values(lease_token=bindparam("token"), lease_until=bindparam("until"))
+    .returning(_deliveries.c.endpoint_id, _deliveries.c.event_id, _deliveries.c.step)
+)
+_STILL_DUE_AT = select(_deliveries.c.next_attempt_at).where(
+    _deliveries.c.id == bindparam("delivery"), _deliveries.c.status == "pending"
+)
+_ATTEMPT = (
+    select(
+        _endpoints.c.url,
+        _endpoints.c.secret,
+        _endpoints.c.previous_secret,
+        _endpoints.c.previous_secret_until,
+        _endpoints.c.failing_since,
+        OutboxEvent.__table__.c.event_id,
+        OutboxEvent.__table__.c.type,
+        OutboxEvent.__table__.c.created_at,
+        OutboxEvent.__table__.c.data,
+    )
+    .select_from(
+        _endpoints.join(  # one row of each: the delivery's endpoint and its event
+            OutboxEvent.__table__, OutboxEvent.__table__.c.event_id == bindparam("event")
+        )
+    )
+    .where(_endpoints.c.id == bindparam("endpoint"))
+)
+_AFTER_ATTEMPT = {
+    "step": bindparam("next_step"),
+    "attempts": _deliveries.c.attempts + 1,
+    "lease_token": None,
+    "lease_until": None,
+}
+_DELIVERED = (
+    update(_deliveries)
+    .where(_deliveries.c.id == bindparam("delivery"), _deliveries.c.status == "pending")
+    .values(status="delivered", delivered_at=bindparam("finished"), next_attempt_at=None)
+    .values(_AFTER_ATTEMPT)
+)  # recorded once, whoever holds the lease now
+_NOT_DELIVERED = (
+    update(_deliveries)
+    .where(
+        _deliveries.c.id == bindparam("delivery"),
+        _deliveries.c.status == "pending",
+        _deliveries.c.lease_token == bindparam("token"),
+    )
+    .values(status=bindparam("new_status"), next_attempt_at=bindparam("next_at"))
+    .values(_AFTER_ATTEMPT)
+)
+_EXISTS = select(_deliveries.c.id).where(_deliveries.c.id == bindparam("delivery"))
+_LOG_ATTEMPT = insert(WebhookAttempt.__table__)
+
+
 def _claim(delivery_id: int, now: datetime) -> "_Request | datetime | None":
     token = secrets.token_hex(16)
     with unit_of_work(now):
@@ -638,38 +712,20 @@ def _claim(delivery_id: int, now: datetime) -> "_Request | datetime | None":
             # webhook-id): no need to wait for its commit to reach the disk
             db.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
         claimed = db.session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == delivery_id,
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at <= now,
-                or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until <= now),
-                WebhookDelivery.endpoint_id.in_(_enabled_endpoints()),
-            )
-            .values(lease_token=token, lease_until=now + LEASE)
-            .returning(WebhookDelivery.endpoint_id, WebhookDelivery.event_id, WebhookDelivery.step)
-            .execution_options(synchronize_session=False)
+            _CLAIM, {"delivery": delivery_id, "now": now, "token": token, "until": now + LEASE}
         ).first()
         if claimed is None:
-            due = db.session.scalar(
-                select(WebhookDelivery.next_attempt_at).where(
-                    WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending"
-                )
-            )
+            due = db.session.scalar(_STILL_DUE_AT, {"delivery": delivery_id})
             return due if due is not None and due > now else None
         endpoint_id, event_id, step = claimed
-        endpoint, event = db.session.execute(
-            select(WebhookEndpoint, OutboxEvent)
-            .join(OutboxEvent, OutboxEvent.event_id == event_id)
-            .where(WebhookEndpoint.id == endpoint_id)
-        ).one()
-        body = json.dumps(events.jsonable(events.as_dict(event)), separators=(",", ":")).encode()
-        request = _Request(delivery_id, endpoint_id, token, step, endpoint.url, {}, body)
-        request.failing_since = endpoint.failing_since
+        row = db.session.execute(_ATTEMPT, {"endpoint": endpoint_id, "event": event_id}).one()
+        body = json.dumps(events.jsonable(events.as_dict(row)), separators=(",", ":")).encode()
+        request = _Request(delivery_id, endpoint_id, token, step, row.url, {}, body)
+        request.failing_since = row.failing_since
         try:
-            signing = [unseal(endpoint.secret)]
-            if endpoint.previous_secret and (endpoint.previous_secret_until or now) > now:
-                signing.append(unseal(endpoint.previous_secret))
+            signing = [unseal(row.secret)]
+            if row.previous_secret and (row.previous_secret_until or now) > now:
+                signing.append(unseal(row.previous_secret))
         except (SealBroken, ValueError):
             request.refusal = (
                 "The endpoint's secret cannot be read: SECRET_KEY changed without the old key in "
@@ -773,39 +829,32 @@ def _record(request: _Request, outcome: _Outcome, now: datetime) -> datetime | N
     if gone and not error:
         error = "Answered 410 Gone: the endpoint is disabled."
     with unit_of_work(now) as unit:
-        mine = [WebhookDelivery.id == request.delivery_id, WebhookDelivery.status == "pending"]
-        if success:  # recorded once, whoever holds the lease now
-            values = {"status": "delivered", "delivered_at": finished, "next_attempt_at": None}
+        if success:
+            statement, values = _DELIVERED, {"finished": finished}
         else:
-            mine.append(WebhookDelivery.lease_token == request.token)
-            values = {"status": "pending" if next_at else "failed", "next_attempt_at": next_at}
+            statement = _NOT_DELIVERED
+            values = {
+                "token": request.token,
+                "new_status": "pending" if next_at else "failed",
+                "next_at": next_at,
+            }
         changed = db.session.execute(
-            update(WebhookDelivery)
-            .where(*mine)
-            .values(
-                **values,
-                step=step,
-                attempts=WebhookDelivery.attempts + 1,
-                lease_token=None,
-                lease_until=None,
-            )
-            .execution_options(synchronize_session=False)
+            statement, {"delivery": request.delivery_id, "next_step": step, **values}
         ).rowcount
-        exists = changed or db.session.scalar(
-            select(WebhookDelivery.id).where(WebhookDelivery.id == request.delivery_id)
-        )
+        exists = changed or db.session.scalar(_EXISTS, {"delivery": request.delivery_id})
         if not exists:
             return None  # the endpoint was deleted meanwhile
         db.session.execute(
-            insert(WebhookAttempt).values(
-                delivery_id=request.delivery_id,
-                attempted_at=now,
-                status_code=outcome.status_code,
-                duration_ms=outcome.duration_ms,
-                error=error,
-                response_body=outcome.response_body,
-                next_attempt_at=next_at,
-            )
+            _LOG_ATTEMPT,
+            {
+                "delivery_id": request.delivery_id,
+                "attempted_at": now,
+                "status_code": outcome.status_code,
+                "duration_ms": outcome.duration_ms,
+                "error": error,
+                "response_body": outcome.response_body,
+                "next_attempt_at": next_at,
+            },
         )
         if not changed:
             return None  # another worker holds the delivery now (our lease ran out)
