@@ -124,7 +124,7 @@ def text(max_length: int, validate_also=None, **kwargs):
     """A string with no NUL or other control characters, of at most `max_length` characters."""
     rules = [
         validate.Length(max=max_length),
-        validate.Regexp(TEXT_PATTERN, error="Must not contain control characters."),
+        WholeMatch(TEXT_PATTERN, error="Must not contain control characters."),
         no_surrogates,
     ]
     return fields.String(validate=[*rules, *([validate_also] if validate_also else [])], **kwargs)
@@ -147,7 +147,7 @@ def identifier(max_length: int, pattern: str = IDENTIFIER_PATTERN, **kwargs):
     return fields.String(
         validate=[
             validate.Length(min=1, max=max_length),
-            validate.Regexp(pattern, error="Must not contain control characters or '/'."),
+            WholeMatch(pattern, error="Must not contain control characters or '/'."),
             printable,
             no_end_spaces,
         ],
@@ -182,7 +182,7 @@ def email_address(**kwargs):
     return fields.String(
         validate=[
             validate.Length(max=254),
-            validate.Regexp(EMAIL_PATTERN, error="Not a valid email address."),
+            WholeMatch(EMAIL_PATTERN, error="Not a valid email address."),
             no_surrogates,
             domain_rule(customers.check_email),
         ],
@@ -217,7 +217,7 @@ def locale_code(**kwargs):
     return fields.String(
         validate=[
             validate.Length(max=35),
-            validate.Regexp(LOCALE_PATTERN, error="Not a locale code such as 'pl' or 'en-GB'."),
+            WholeMatch(LOCALE_PATTERN, error="Not a locale code such as 'pl' or 'en-GB'."),
             domain_rule(customers.check_locale),
         ],
         metadata={"format": "locale", "example": "pl"},
@@ -497,7 +497,7 @@ def share_message():
         allow_none=True,
         validate=[
             validate.Length(max=program.MAX_SHARE_MESSAGE),
-            validate.Regexp(MESSAGE_PATTERN, error="Must not contain control characters."),
+            WholeMatch(MESSAGE_PATTERN, error="Must not contain control characters."),
             no_surrogates,
             printable_lines,
         ],
@@ -521,7 +521,7 @@ class ProgramPatch(StrictSchema):
         allow_none=True,
         validate=[
             validate.Length(max=2048),
-            validate.Regexp(URL_PATTERN, error="Must be an http(s) URL."),
+            WholeMatch(URL_PATTERN, error="Must be an http(s) URL."),
             no_surrogates,
         ],
         metadata={"description": "Where share links land (an http(s) URL); null: /landing."},

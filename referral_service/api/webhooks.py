@@ -11,6 +11,7 @@ from referral_service.api.schemas import (
     PageQuery,
     StrictBoolean,
     StrictSchema,
+    WholeMatch,
     domain_rule,
     no_surrogates,
 )
@@ -70,7 +71,7 @@ def description_field(**kwargs):
     return fields.String(
         validate=[
             validate.Length(max=webhooks.MAX_DESCRIPTION),
-            validate.Regexp(ONE_LINE_PATTERN, error="Must not contain control characters."),
+            WholeMatch(ONE_LINE_PATTERN, error="Must not contain control characters."),
             no_surrogates,
         ],
         metadata={"description": "A note for admins, such as what receives the events."},
