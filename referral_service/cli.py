@@ -11,6 +11,7 @@ from flask import current_app
 from flask.cli import FlaskGroup, NoAppException, ScriptInfo, with_appcontext
 
 from referral_service import create_app
+from referral_service.cli_types import AsciiFloatRange, AsciiIntRange
 from referral_service.config import SettingsError, server_settings
 from referral_service.domain import admins, api_keys, customers, fraud, portal, program, rewards
 from referral_service.errors import ReferralError
@@ -60,21 +61,21 @@ def main():
     "--workers",
     default=4,
     show_default=True,
-    type=click.IntRange(1, 64),
+    type=AsciiIntRange(1, 64),
     help="Threads that run tasks (deliveries wait on the network: more threads, more at once).",
 )
 @click.option(
     "--poll",
     default=POLL_SECONDS,
     show_default=True,
-    type=click.FloatRange(0.1, 60),
+    type=AsciiFloatRange(0.1, 60),
     help="Seconds between looks for events the relay has not taken yet.",
 )
 @click.option(
     "--sweep",
     default=SWEEP_SECONDS,
     show_default=True,
-    type=click.FloatRange(1, 3600),
+    type=AsciiFloatRange(1, 3600),
     help="Seconds between sweeps for due deliveries and emails (retries, a lost worker's work).",
 )
 @with_appcontext
@@ -108,7 +109,7 @@ def run_worker(workers, poll, sweep):
 
 @main.command("serve")
 @click.option("--host", help="Address to listen on (default 127.0.0.1, or BIND).")
-@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000, or BIND).")
+@click.option("--port", type=AsciiIntRange(1, 65535), help="Port (default 8000, or BIND).")
 def serve(host, port):
     """Run the production server: gunicorn with the package's settings (gunicorn_conf.py:
     WEB_CONCURRENCY workers, THREADS threads each, a graceful shutdown that writes the buffered
@@ -304,7 +305,7 @@ def customers_group():
 
 @customers_group.command("import")
 @click.argument("file", type=click.File("r", encoding="utf-8-sig"))
-@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--batch-size", default=1000, show_default=True, type=AsciiIntRange(1, 10000))
 @with_appcontext
 def import_customers(file, batch_size):
     """Enrol the customers of a CSV file with columns external_id,email[,name,locale].
@@ -360,7 +361,7 @@ def import_customers(file, batch_size):
 @click.argument("external_id")
 @click.option(
     "--expires-in",
-    type=int,
+    type=AsciiIntRange(),
     default=portal.DEFAULT_EXPIRES_IN,
     show_default=True,
     help="Seconds the link works (60 to a year).",

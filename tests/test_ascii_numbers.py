@@ -359,3 +359,28 @@ def test_cli_number_types_take_plain_numbers():
     assert result.output == "8080 3600 0.5\n"
     assert CliRunner().invoke(numbers, ["--port", "70000"]).exit_code == 2
     assert CliRunner().invoke(numbers, ["--poll", "61"]).exit_code == 2
+
+
+def test_every_number_option_of_the_command_line_reads_ascii_digits_only():
+    """Each option or argument of `referral-service` that takes a number uses the ASCII types."""
+    import click
+
+    from referral_service.cli import main
+    from referral_service.cli_types import AsciiFloatRange, AsciiIntRange
+
+    def commands(group, prefix=()):
+        for name, command in group.commands.items():
+            yield (*prefix, name), command
+            if isinstance(command, click.Group):
+                yield from commands(command, (*prefix, name))
+
+    checked = []
+    for path, command in commands(main):
+        if not (command.callback and command.callback.__module__.startswith("referral_service")):
+            continue  # Flask's and Flask-Migrate's own commands (`run --port`) read as they do
+        for param in command.params:
+            if isinstance(param.type, click.types.IntParamType | click.types.FloatParamType):
+                assert isinstance(param.type, AsciiIntRange | AsciiFloatRange), (path, param.name)
+                checked.append((path, param.name))
+    assert (("worker",), "workers") in checked and (("serve",), "port") in checked
+    assert (("customers", "portal-link"), "expires_in") in checked
