@@ -72,8 +72,7 @@ def register_tasks(app: Flask) -> None:
             name, filename=path, results=False, immediate=immediate, storage_class=QueueFile
         )
     app.extensions["tasks"] = Tasks(app, huey)
-    if _wake_relay not in unit._committed_listeners:
-        unit.on_events_committed(_wake_relay)
+    unit.on_events_committed(_wake_relay)
 
 
 class QueueFile(SqliteStorage):

@@ -36,8 +36,10 @@ _committed_listeners: list[Callable[[list[str]], None]] = []
 
 def on_events_committed(listener: Callable[[list[str]], None]) -> None:
     """Call `listener(event_ids)` after each commit that wrote events (the worker's relay is
-    woken this way); a listener's failure is logged by the caller's logs, never raised."""
-    _committed_listeners.append(listener)
+    woken this way); a listener's failure is logged by the caller's logs, never raised. A
+    listener added again is called once all the same."""
+    if listener not in _committed_listeners:
+        _committed_listeners.append(listener)
 
 
 @dataclass
