@@ -55,6 +55,7 @@ PAGES = (
     "/admin/webhooks/{webhook}",
     "/admin/webhooks/{webhook_off}",
     "/admin/webhooks/{webhook}/delete",
+    "/admin/integrations",
 )
 SIGN_OUT = "/admin/logout"  # not fuzzed: it ends the session the other forms need
 SIGN_IN = "/admin/login"  # fuzzed signed out

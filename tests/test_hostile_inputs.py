@@ -394,6 +394,7 @@ CONSOLE = {
     "admin.webhook_confirm_delete": Reads(path=HOOK),
     "admin.webhook_delete": Reads(path=HOOK),
     "admin.webhook_redeliver": Reads(path={**HOOK, "delivery_id": "{delivery}"}),
+    "admin.integrations": Reads(query=("platform", "outcome", "cursor")),
 }
 REDIRECT_TARGETS = {"next", "back"}
 UNREAD = "unread"  # a parameter no view reads: refused all the same
