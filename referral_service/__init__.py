@@ -20,6 +20,7 @@ from referral_service.domain.health import MIGRATIONS
 from referral_service.domain.qr import QrCache
 from referral_service.errors import register_error_handlers
 from referral_service.extensions import api, babel, csrf, db, migrate
+from referral_service.integrations import blp as integrations_blp
 from referral_service.public.views import blp as public_blp
 from referral_service.security import (
     register_body_limit,
@@ -111,6 +112,7 @@ def register_blueprints(app: Flask) -> None:
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     api.register_blueprint(public_blp)
+    api.register_blueprint(integrations_blp)
     app.register_blueprint(admin_blp)
 
     @app.get("/api/docs/assets/<path:filename>")

@@ -168,9 +168,7 @@ def test_an_unknown_customer_with_a_referral_is_signed_up_first(app, client, sho
     assert body["email"] == "new@mail.example"
 
 
-def test_an_unknown_customer_without_a_referral_is_signed_up_and_buys_unreferred(
-    app, client, shop
-):
+def test_an_unknown_customer_without_a_referral_is_signed_up_and_buys_unreferred(app, client, shop):
     with app.app_context():
         outcome = platforms.apply(
             "shopify", "2", "orders/paid", purchase("walk-in", email="w@mail.example")
@@ -264,3 +262,19 @@ def test_the_time_of_an_order_is_the_platforms(app, client, shop):
         assert db.session.scalar(select(PurchaseRow.occurred_at)) == placed.replace(
             microsecond=placed.microsecond
         )
+
+
+def test_hostile_ids_are_kept_cut_and_without_nul(app, client, shop):
+    with app.app_context():
+        outcome = platforms.apply(
+            "stripe",
+            "evt_\x00" + "x" * 400,
+            "t\x00" * 80,
+            Ignore("unused", "m\x00" * 400, order_id="o\x00" * 100, customer_external_id="c" * 300),
+        )
+        assert outcome.outcome == "ignored"
+        record = db.session.scalar(select(PlatformEvent))
+        assert "\x00" not in record.event_id + record.type + record.message + record.order_id
+        assert len(record.event_id) == 255 and len(record.customer_external_id) == 128
+        assert len(record.order_id) == 128 and len(record.message) == platforms.MAX_MESSAGE
+    assert from_stripe_amount(10**30, "eur") == "amount_too_large"

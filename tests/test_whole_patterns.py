@@ -1,6 +1,8 @@
 """A pattern rule covers the whole value: Python's `$` also matches before a final line break,
 so every field checked by a pattern is checked with `fullmatch` (api/schemas.py `WholeMatch`)."""
 
+from pathlib import Path
+
 import pytest
 
 from referral_service.api import schemas
@@ -39,6 +41,6 @@ def test_every_pattern_rule_of_the_api_matches_whole_values():
     from referral_service.api import webhooks
 
     for module in (schemas, webhooks):
-        source = open(module.__file__, encoding="utf-8").read()
+        source = Path(module.__file__).read_text(encoding="utf-8")
         assert "validate.Regexp(" not in source, module.__name__
     assert issubclass(schemas.WholeMatch, validate.Regexp)  # the OpenAPI `pattern` is kept

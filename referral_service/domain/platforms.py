@@ -211,6 +211,8 @@ def from_stripe_amount(amount, currency: str) -> Decimal | str:
     whole krónur cannot hold)."""
     if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
         return "unreadable_amount"
+    if amount >= 10**18:  # beyond any order (and beyond what a Decimal scales exactly)
+        return "amount_too_large"
     if not isinstance(currency, str) or currency.upper() not in EXPONENTS:
         return "unknown_currency"
     code = currency.upper()
@@ -247,7 +249,7 @@ def apply(
     if platform not in PLATFORMS:
         raise ValueError(f"unknown platform {platform!r}")
     now = now or utcnow()
-    event_id, event_type = event_id[:255], event_type[:100]
+    event_id, event_type = _kept(event_id, 255) or "-", _kept(event_type, 100) or "-"
     if isinstance(action, Purchase) and action.click_id:
         flush_pending()  # before the unit: the click may still wait in this process's buffer
     try:
@@ -273,7 +275,7 @@ def _apply_once(platform, event_id, event_type, action, now) -> Outcome:
             # the record first: a concurrent twin waits for it (or fails on it) before any effect
             record = _record(platform, event_id, event_type, "mapped", None, None, action, now)
             message = _carry_out(platform, action, now)
-            record.message = message[:MAX_MESSAGE]
+            record.message = _kept(message, MAX_MESSAGE)
     except ReferralError as refused:  # the ledger's own answer: recorded, never retried
         if refused.status >= 500:  # the service cannot answer now (an outage): retried
             raise
@@ -311,17 +313,24 @@ def _ignored(platform, event_id, event_type, ignore: Ignore, now) -> Outcome:
     return Outcome("ignored", ignore.reason, ignore.message)
 
 
+def _kept(value, limit: int) -> str | None:
+    """A text as the log keeps it: a string, no NUL (PostgreSQL refuses it), at most `limit`."""
+    if value is None or value == "":
+        return None
+    return str(value).replace("\x00", "\ufffd")[:limit]
+
+
 def _record(platform, event_id, event_type, outcome, reason, message, action, now):
     record = PlatformEvent(
         platform=platform,
-        event_id=event_id,
-        type=event_type,
+        event_id=_kept(event_id, 255) or "-",
+        type=_kept(event_type, 100) or "-",
         received_at=now,
         outcome=outcome,
-        reason=reason,
-        message=(message or "")[:MAX_MESSAGE] or None,
-        order_id=(getattr(action, "order_id", None) or None),
-        customer_external_id=getattr(action, "customer_external_id", None),
+        reason=_kept(reason, 64),
+        message=_kept(message, MAX_MESSAGE),
+        order_id=_kept(getattr(action, "order_id", None), 128),
+        customer_external_id=_kept(getattr(action, "customer_external_id", None), 128),
     )
     db.session.add(record)
     db.session.flush()  # the unique record: a concurrent twin fails here, before any effect
