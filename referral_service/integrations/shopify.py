@@ -330,13 +330,17 @@ def _discount_codes(value) -> list:
 
 
 def _email(*candidates) -> str | None:
-    """The first candidate that is a valid email address, as the domain keeps it."""
+    """The first candidate that may be an email address (a printable text with an `@`); the
+    sign-up of an unknown customer checks it (a known customer's is not used)."""
     for value in candidates:
-        if isinstance(value, str) and 0 < len(value) <= MAX_EMAIL and value.isprintable():
-            try:
-                return customers.check_email(value)
-            except ValidationFailed:
-                continue
+        if (
+            isinstance(value, str)
+            and "@" in value
+            and len(value) <= MAX_EMAIL
+            and value.isprintable()
+            and value == value.strip()
+        ):
+            return value
     return None
 
 
