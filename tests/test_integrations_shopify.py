@@ -603,7 +603,9 @@ def test_the_mapping_of_the_fixtures():
     order["processed_at"] = None  # else the order's creation
     assert action_of("orders/paid", order, never_a_code).occurred_at.hour == 16
     refund = action_of("refunds/create", fixture("shopify-refunds-create.json"))
-    assert refund == Refund(ORDER_ID, refund_id="509562969", amount=Decimal("209.00"))
+    assert refund == Refund(
+        ORDER_ID, refund_id="509562969", amount=Decimal("209.00"), currency="USD"
+    )
     assert action_of("customers/redact", {"customer": {"id": 7}}) == Redact("7")
     assert action_of("app/uninstalled", order).reason == "unused_topic"
 

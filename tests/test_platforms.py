@@ -278,3 +278,16 @@ def test_hostile_ids_are_kept_cut_and_without_nul(app, client, shop):
         assert len(record.event_id) == 255 and len(record.customer_external_id) == 128
         assert len(record.order_id) == 128 and len(record.message) == platforms.MAX_MESSAGE
     assert from_stripe_amount(10**30, "eur") == "amount_too_large"
+
+
+def test_a_refund_in_another_currency_than_its_order_is_not_applied(app, client, shop):
+    referred_friend(client, shop)
+    with app.app_context():
+        platforms.apply("shopify", "buy", "orders/paid", purchase())
+        other = Refund("o-1", refund_id="r-1", amount=Decimal("50.00"), currency="USD")
+        outcome = platforms.apply("shopify", "refund", "refunds/create", other)
+        assert (outcome.outcome, outcome.reason) == ("ignored", "currency_mismatch")
+        assert db.session.scalar(select(Reward.status)) != "reversed"
+        same = Refund("o-1", refund_id="r-1", amount=Decimal("50.00"), currency="EUR")
+        assert platforms.apply("shopify", "refund-2", "refunds/create", same).outcome == "mapped"
+        assert db.session.scalar(select(Reward.status)) == "reversed"

@@ -6,7 +6,8 @@ nested object admits null alone (see `_null_means_null`). Every operation that r
 may also answer 400 (the body is not JSON) and 413 (the body is too large), and every one with a
 path parameter 404 (a path that names nothing), and every API operation 400 for an address that
 is not UTF-8 and 503 (with `Retry-After`) while the database is away; those come from the app,
-not from a view, so they are documented here once for all.
+not from a view, so they are documented here once for all. A platform's webhook
+(`/integrations/...`) reads its body raw, so it has no 400 for it, and may answer 503 too.
 """
 
 from apispec import BasePlugin
@@ -65,9 +66,14 @@ class SpecRules(BasePlugin):
     def operation_helper(self, path=None, operations=None, **kwargs):
         for operation in (operations or {}).values():
             responses = operation.setdefault("responses", {})
+            platform = (path or "").startswith("/integrations/")
             if "requestBody" in operation:
                 for status, description in BODY_ERRORS.items():
-                    responses.setdefault(status, _error(description))
+                    # a platform's webhook body is read raw: one that is not JSON is acknowledged
+                    if not (platform and status == "400"):
+                        responses.setdefault(status, _error(description))
+            if platform:  # the platform sends it again later, as it does for any 5xx
+                responses.setdefault("503", UNAVAILABLE)
             if "{" in (path or ""):
                 responses.setdefault("404", _error(NOT_FOUND))
             if (path or "").startswith("/api/"):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import attribution, refunds, rewards
@@ -30,6 +30,7 @@ from referral_service.domain.unit import unit_of_work
 from referral_service.errors import ReferralError, Unauthorized
 from referral_service.extensions import db
 from referral_service.models import Customer, utcnow
+from referral_service.models import Purchase as PurchaseRow
 from referral_service.models.platform import PLATFORMS, PlatformEvent
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,14 @@ class Purchase:
 @dataclass(frozen=True)
 class Refund:
     """A refund of an order: the cumulative `refunded_total`, or one refund (`refund_id` with its
-    `amount`); amounts in major units of the order's currency."""
+    `amount`); amounts in major units of `currency`, which must be the order's (when given)."""
 
     order_id: str
     refunded_total: Decimal | None = None
     refund_id: str | None = None
     amount: Decimal | None = None
     customer_external_id: str | None = None
+    currency: str | None = None  # the amounts' currency, when the platform says it
 
 
 @dataclass(frozen=True)
@@ -254,13 +256,15 @@ def apply(
         flush_pending()  # before the unit: the click may still wait in this process's buffer
     try:
         return _apply_once(platform, event_id, event_type, action, now)
-    except IntegrityError:  # the same event recorded concurrently (rolled back by its unit):
+    except IntegrityError:  # rolled back by its unit: the event recorded before, or a race lost
+        if seen(platform, event_id):
+            return Outcome("duplicate")
         return _apply_once(platform, event_id, event_type, action, now)
 
 
 def _apply_once(platform, event_id, event_type, action, now) -> Outcome:
-    if seen(platform, event_id):
-        return Outcome("duplicate")
+    """One try; its record comes first in its unit, so that an event recorded before (or a
+    twin being recorded) fails it on the unique key before any effect."""
     if isinstance(action, Redact):  # erasure is not automatic yet: the admin sees the request
         action = Ignore(
             "erasure_pending",
@@ -342,6 +346,16 @@ def _carry_out(platform: str, action: Action, now: datetime) -> str:
     if isinstance(action, Purchase):
         return _purchase(action, now)
     if isinstance(action, Refund):
+        if action.currency is not None:
+            ordered_in = db.session.scalar(
+                select(PurchaseRow.currency).where(PurchaseRow.order_id == action.order_id)
+            )
+            if ordered_in is not None and ordered_in != action.currency:
+                raise _Unmappable(
+                    "currency_mismatch",
+                    f"The refund is in {action.currency}, the order {action.order_id} in "
+                    f"{ordered_in}: it cannot be applied.",
+                )
         answer = refunds.refund(
             action.order_id,
             None if action.amount is None else str(action.amount),
@@ -356,9 +370,7 @@ def _carry_out(platform: str, action: Action, now: datetime) -> str:
 
 def _purchase(action: Purchase, now: datetime) -> str:
     known = db.session.scalar(
-        select(func.count())
-        .select_from(Customer)
-        .where(Customer.external_id == action.customer_external_id)
+        select(Customer.id).where(Customer.external_id == action.customer_external_id)
     )
     signed_up = ""
     if not known:

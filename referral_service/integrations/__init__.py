@@ -11,6 +11,7 @@ for a signature that does not verify.
 import json
 
 from flask import current_app, jsonify
+from marshmallow import Schema, fields
 
 from referral_service.api.blueprint import Blueprint
 from referral_service.domain import platforms
@@ -21,6 +22,17 @@ blp = Blueprint(
     url_prefix="/integrations",
     description="Webhooks of the shop's platforms (Stripe, Shopify), verified by their signatures.",
 )
+
+
+UNREADABLE_TYPE = "unreadable"  # the type recorded for an event without a readable one
+
+
+class Acknowledged(Schema):
+    """The answer to a verified event."""
+
+    received = fields.Boolean(required=True)
+    outcome = fields.String(required=True, metadata={"enum": ["mapped", "ignored", "duplicate"]})
+    reason = fields.String(allow_none=True, required=True)
 
 
 def secrets(setting: str) -> list[str]:
@@ -42,4 +54,4 @@ def acknowledged(outcome: platforms.Outcome):
     return jsonify(received=True, outcome=outcome.outcome, reason=outcome.reason)
 
 
-from referral_service.integrations import stripe  # noqa: E402, F401 (its routes)
+from referral_service.integrations import shopify, stripe  # noqa: E402, F401 (their routes)

@@ -36,8 +36,14 @@ from referral_service.domain.platforms import Action, Ignore, Purchase, Redact, 
 from referral_service.domain.refunds import check_refund_id
 from referral_service.domain.rewards import check_order_id
 from referral_service.errors import ErrorEnvelope, InvalidCode, ValidationFailed
-from referral_service.integrations import acknowledged, blp, read_json, secrets
-from referral_service.integrations.stripe import UNREADABLE_TYPE, Acknowledged
+from referral_service.integrations import (
+    UNREADABLE_TYPE,
+    Acknowledged,
+    acknowledged,
+    blp,
+    read_json,
+    secrets,
+)
 
 PLATFORM = "shopify"
 SECRETS = "SHOPIFY_WEBHOOK_SECRETS"
@@ -235,7 +241,7 @@ def refund(payload: dict) -> Action:
             "restock or an adjustment only).",
             order_id=order_id,
         )
-    return Refund(order_id, refund_id=refund_id, amount=amount)
+    return Refund(order_id, refund_id=refund_id, amount=amount, currency=currency)
 
 
 def redact(payload: dict) -> Action:

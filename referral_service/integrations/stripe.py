@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 
 from flask import request
 from flask.views import MethodView
-from marshmallow import Schema, fields
 from sqlalchemy import select
 
 from referral_service.domain import customers, platforms
@@ -35,7 +34,14 @@ from referral_service.domain.platforms import Action, Ignore, Purchase, Refund
 from referral_service.domain.rewards import MAX_ORDER_ID
 from referral_service.errors import ErrorEnvelope, ValidationFailed
 from referral_service.extensions import db
-from referral_service.integrations import acknowledged, blp, read_json, secrets
+from referral_service.integrations import (
+    UNREADABLE_TYPE,
+    Acknowledged,
+    acknowledged,
+    blp,
+    read_json,
+    secrets,
+)
 from referral_service.models import Customer
 
 SETTING = "STRIPE_WEBHOOK_SECRETS"
@@ -48,7 +54,6 @@ MAX_EVENT_ID = 255  # platform_events.event_id
 MAX_EVENT_TYPE = 100  # platform_events.type
 MAX_EMAIL = 320
 MAX_REFERRAL = 200  # longer than any code or click id issued here; kept as typed below it
-UNREADABLE_TYPE = "unreadable"  # the type recorded for an event without a readable one
 LARGEST_AMOUNT = 10**18  # minor units; far beyond the ledger's largest amount (10**12 major)
 LATEST = 10**11  # unix seconds beyond any real date (year 5138): an unreadable time
 
@@ -58,18 +63,17 @@ FindCustomer = Callable[[str], list[str]]  # an email key -> the external ids kn
 # --- the view ---------------------------------------------------------------------------------
 
 
-class Acknowledged(Schema):
-    """The answer to a verified event."""
-
-    received = fields.Boolean(required=True)
-    outcome = fields.String(required=True, metadata={"enum": ["mapped", "ignored", "duplicate"]})
-    reason = fields.String(allow_none=True, required=True)
-
-
 @blp.route("/stripe/webhook")
 class StripeWebhook(MethodView):
     """Stripe's events."""
 
+    @blp.doc(
+        requestBody={
+            "description": "The Event as Stripe sends it, signed in `Stripe-Signature`.",
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    )
     @blp.response(
         200,
         Acknowledged,
