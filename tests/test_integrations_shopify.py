@@ -664,3 +664,14 @@ def test_any_payload_maps_to_an_action_and_never_raises(topic, payload, customer
     assert isinstance(action, Purchase | Refund | Redact | Ignore)
     for value in (getattr(action, "order_id", None), getattr(action, "customer_external_id", None)):
         assert value is None or (isinstance(value, str) and 0 < len(value) <= 128)
+
+
+def test_a_mistyped_code_in_a_cart_attribute_says_invalid_code(shopify, client, shop, usd):
+    enrol(client, shop, "ref-1")
+    attributes = [{"name": "referral_code", "value": "BADCODE"}]
+    order = paid_order("900000002", note_attributes=attributes, discount_codes=[])
+    response = send(client, "orders/paid", order, "evt-typo")
+    acknowledged(response, "mapped")
+    with shopify.app_context():
+        message = db.session.scalar(select(PlatformEvent.message))
+    assert "not attributed (invalid_code)" in message

@@ -653,3 +653,12 @@ def test_the_stripe_package_is_not_used_by_the_service():
             else:
                 continue
             assert not any(name.split(".")[0] == "stripe" for name in names), path
+
+
+def test_a_refund_in_another_currency_than_the_order_is_not_applied(stripe_app, client, shop):
+    referred_friend(client, shop, "friend-1", "ref-1")
+    acknowledged(send(client, checkout("evt_c", "friend-1", payment_intent="pi_1")), "mapped")
+    in_yen = refunded("evt_r", "pi_1", 3000, currency="jpy")
+    acknowledged(send(client, in_yen), "ignored", "currency_mismatch")
+    assert purchase(stripe_app, "pi_1").refunded_minor == 0
+    assert "reversed" not in reward_states(stripe_app)

@@ -291,3 +291,11 @@ def test_a_refund_in_another_currency_than_its_order_is_not_applied(app, client,
         same = Refund("o-1", refund_id="r-1", amount=Decimal("50.00"), currency="EUR")
         assert platforms.apply("shopify", "refund-2", "refunds/create", same).outcome == "mapped"
         assert db.session.scalar(select(Reward.status)) == "reversed"
+
+
+@pytest.mark.parametrize("given", ["é", "\udcff", "ü" * 64, "00\x00"])
+def test_a_stripe_signature_with_other_than_ascii_is_refused_not_a_fault(given):
+    with pytest.raises(BadSignature):
+        platforms.verify_stripe(f"t={NOW},v1={given}", BODY, [SECRET], NOW)
+    with pytest.raises(BadSignature):
+        platforms.verify_shopify(given, BODY, [SECRET])

@@ -77,12 +77,38 @@ class ShopifyWebhook(MethodView):
     """Shopify's webhooks."""
 
     @blp.doc(
+        parameters=[
+            {
+                "in": "header",
+                "name": "X-Shopify-Hmac-SHA256",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "The base64 HMAC-SHA256 of the raw body under a secret of "
+                "`SHOPIFY_WEBHOOK_SECRETS`.",
+            },
+            {
+                "in": "header",
+                "name": "X-Shopify-Topic",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "`orders/paid`, `refunds/create` or `customers/redact` (others "
+                "are acknowledged and ignored).",
+            },
+            {
+                "in": "header",
+                "name": "X-Shopify-Event-Id",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "The event's id, which a retry keeps (else `X-Shopify-Webhook-Id`, "
+                "else a hash of the body).",
+            },
+        ],
         requestBody={
             "description": "The webhook's payload as Shopify sends it (an Order, a Refund, a "
             "customer to redact), signed in `X-Shopify-Hmac-SHA256`.",
             "required": True,
             "content": {"application/json": {"schema": {"type": "object"}}},
-        }
+        },
     )
     @blp.response(
         200,
@@ -202,7 +228,7 @@ def paid_order(order: dict, referral_code: Callable[[object], str | None] = sign
         email=_email(order.get("email"), customer.get("email")),
         name=_name(customer.get("first_name"), customer.get("last_name")),
         # a typed code that does not verify still goes to the sign-up, which says why
-        referral_code=verified or codes.normalize(typed),
+        referral_code=verified or codes.normalize(typed) or _as_typed(typed),
         click_id=click_id if isinstance(click_id, str) and _CLICK_ID.fullmatch(click_id) else None,
     )
 
@@ -325,6 +351,14 @@ def _note_attributes(value) -> dict[tuple[str, ...], object]:
             if name in names and isinstance(name, str):
                 found.setdefault(names, item.get("value"))
     return found
+
+
+def _as_typed(value) -> str | None:
+    """A code as typed, for the sign-up to say why it does not attribute (`invalid_code`): a
+    short printable text, else None."""
+    if isinstance(value, str) and value.strip() and value.isprintable() and len(value) <= 64:
+        return value.strip()
+    return None
 
 
 def _discount_codes(value) -> list:

@@ -68,11 +68,21 @@ class StripeWebhook(MethodView):
     """Stripe's events."""
 
     @blp.doc(
+        parameters=[
+            {
+                "in": "header",
+                "name": "Stripe-Signature",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": '`t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">[,v1=...]`, '
+                "within 300 s of now, under a secret of `STRIPE_WEBHOOK_SECRETS`.",
+            }
+        ],
         requestBody={
             "description": "The Event as Stripe sends it, signed in `Stripe-Signature`.",
             "required": True,
             "content": {"application/json": {"schema": {"type": "object"}}},
-        }
+        },
     )
     @blp.response(
         200,
@@ -222,7 +232,8 @@ def refund_of(charge: dict) -> Action:
     amount = _amount(charge.get("amount_refunded"), charge.get("currency"), "amount_refunded")
     if isinstance(amount, Ignore):
         return Ignore(amount.reason, f"Order {order_id}: {amount.message}", order_id=order_id)
-    return Refund(order_id, refunded_total=amount)
+    # the amount was read in this currency, which must be the order's (checked when applied)
+    return Refund(order_id, refunded_total=amount, currency=charge["currency"].upper())
 
 
 # --- fields -----------------------------------------------------------------------------------
