@@ -16,6 +16,7 @@ from email.utils import parseaddr
 from urllib.parse import unquote, urlsplit
 
 from referral_service.config import SettingsError
+from referral_service.domain.text import plain_port
 
 SCHEMES = {"smtp": ("plain", 25), "smtps": ("tls", 465), "smtp+starttls": ("starttls", 587)}
 TIMEOUT = 10.0  # seconds, per connection and per command
@@ -41,7 +42,12 @@ def parse_mail_url(url: str, sender: str | None) -> MailServer:
         port = parts.port
     except ValueError:
         parts = port = None
-    if parts is None or parts.scheme.lower() not in SCHEMES or not parts.hostname:
+    if (
+        parts is None
+        or parts.scheme.lower() not in SCHEMES
+        or not parts.hostname
+        or not plain_port(url)
+    ):
         raise SettingsError(
             "MAIL_URL must be smtp://user:password@host:port, smtps://... or "
             "smtp+starttls://... (a host, and a port from 1 to 65535 if any)"

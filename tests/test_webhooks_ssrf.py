@@ -240,7 +240,7 @@ MESSAGES = [
         "Must not carry a user name or password (user@host).",
     ),
     ("https://hooks.example/#top", False, "Must not have a fragment (#...)."),
-    ("https://hooks.example:0/", False, "The port must be 1 to 65535."),
+    ("https://hooks.example:0/", False, "The port must be 1 to 65535, written in digits 0-9."),
     (
         "https://127.0.0.1/",
         False,

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from referral_service import database
 from referral_service.domain.money import check_currency, format_amount, parse_amount
+from referral_service.domain.text import plain_port
 from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Unavailable, ValidationFailed
 from referral_service.extensions import db
@@ -147,13 +148,14 @@ def check_url(value, field: str) -> str | None:
         parts is None
         or parts.scheme not in ("http", "https")
         or not parts.hostname
+        or not plain_port(value)
         or len(value) > 2048
     ):
         raise ValidationFailed(
             fields={
                 field: [
-                    "Must be an http(s) URL with a host (and a port from 0 to 65535, if any) "
-                    "of at most 2048 characters."
+                    "Must be an http(s) URL with a host (and a port from 0 to 65535 in digits "
+                    "0-9, if any) of at most 2048 characters."
                 ]
             }
         )

@@ -22,3 +22,19 @@ def findable(value: str | None) -> bool:
     holds a control character, so a filter that holds one finds nothing (and is never sent to
     the database, which may refuse it)."""
     return value is None or not has_control(value)
+
+
+def plain_port(url: str) -> bool:
+    """Whether the port of `url`'s authority, if it has one, is written in ASCII digits 0-9.
+
+    Python's `urlsplit` and httpx read a port with `int()`, which takes any script's decimal
+    digits (`:١٨٦٠٠`), full-width ones and a sign (`:+443`): a URL is kept as it was written,
+    so such a port would be stored in one form and used in another. (RFC 3986: `port = *DIGIT`.)
+    """
+    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    host_port = authority.rpartition("@")[2]
+    if host_port.startswith("["):  # an IPv6 address: the port follows the bracket
+        port = host_port.partition("]")[2].removeprefix(":")
+    else:
+        port = host_port.rpartition(":")[2] if ":" in host_port else ""
+    return port == "" or (port.isascii() and port.isdigit())

@@ -47,7 +47,7 @@ from sqlalchemy import bindparam, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from referral_service.domain import events, pages
-from referral_service.domain.text import has_control
+from referral_service.domain.text import has_control, plain_port
 from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Conflict, NotFound, ValidationFailed
 from referral_service.extensions import db
@@ -279,8 +279,8 @@ def _check_url(url, allow_private: bool) -> None:
         raise ValueError("Must not carry a user name or password (user@host).")
     if parsed.fragment or "#" in url:
         raise ValueError("Must not have a fragment (#...).")
-    if port is not None and not 0 < port <= 65535:
-        raise ValueError("The port must be 1 to 65535.")
+    if not plain_port(url) or (port is not None and not 0 < port <= 65535):
+        raise ValueError("The port must be 1 to 65535, written in digits 0-9.")
     if not allow_private:
         checked_addresses(parsed.raw_host.decode("ascii"), port or 443)
 
