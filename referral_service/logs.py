@@ -9,8 +9,9 @@ applied by the log record factory, so it covers the records of every logger (our
 servers' access logs, the database driver's) whichever handler writes them.
 
 The service's own addresses are not client data: the development server's startup banner
-(` * Running on http://192.0.2.10:5000`) and gunicorn's `Listening at: ...` keep theirs, so an
-operator can see where the service listens.
+(` * Running on http://192.0.2.10:5000`), gunicorn's `Listening at: ...` and the warning that
+links made outside a request name the development address keep theirs, so an operator can see
+where the service listens and what its links say.
 """
 
 import ipaddress
@@ -42,7 +43,10 @@ DECODINGS = 8  # `%252540` is `@` encoded three times; no client encodes eight
 _OWN_ADDRESS_LINE = {
     "werkzeug": re.compile(r" \* Running on (all addresses \(.*\)|\S+)"),
 }
-_OWN_ADDRESS_TEMPLATE = {"gunicorn.error": ("Listening at: ",)}
+_OWN_ADDRESS_TEMPLATE = {
+    "gunicorn.error": ("Listening at: ",),
+    "referral_service.links": ("PUBLIC_BASE_URL is not set",),  # the address links then name
+}
 
 
 def redact(text: str) -> str:

@@ -29,7 +29,7 @@ from tests.test_admin_payouts import console, flashed, page, post
 # 1 in other scripts and forms: Arabic-Indic, full-width, superscript, mathematical bold, NKo,
 # Devanagari; and the ASCII forms int() also reads
 NOT_ASCII_IDS = ["\u0661", "\uff11", "\u00b2", "\U0001d7cf", "\u07c1", "\u0967", "\u0661\u0662"]
-ODD_IDS = ["1_0", "+1", "%201", "1%20", "-1", "1.0"]
+ODD_IDS = ["1_0", "+1", "%201", "1%20", "-1", "1.0", "01", "001"]  # a leading zero names nothing
 # amounts int() or Decimal() would read as 10 or 1000, and other near misses
 BAD_AMOUNTS = [
     "\u0661\u0660.\u0660\u0660",

@@ -151,5 +151,6 @@ def test_links_outside_a_request_without_a_public_address_say_so_once(app, caplo
         assert links.share_url("DEF", via="qr") == f"{links.LOCAL_BASE_URL}/r/DEF?via=qr"
     warnings = [r.getMessage() for r in caplog.records if r.name == "referral_service.links"]
     assert len(warnings) == 1 and warnings[0].startswith("PUBLIC_BASE_URL is not set")
+    assert links.LOCAL_BASE_URL in warnings[0]  # the service's own address is not masked
     with app.test_request_context("/", base_url="https://refer.shop.example"):
         assert links.share_url("ABC") == "https://refer.shop.example/r/ABC"
