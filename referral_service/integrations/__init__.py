@@ -25,6 +25,11 @@ blp = Blueprint(
 
 
 UNREADABLE_TYPE = "unreadable"  # the type recorded for an event without a readable one
+ACKNOWLEDGED = (  # the spec's description of the 200 answer
+    "Verified and acknowledged: `mapped` (the ledger has it), `ignored` (with the `reason`; "
+    "nothing to map, shown in the console's integration log) or `duplicate` (an event id seen "
+    "before; nothing changed)."
+)
 
 
 class Acknowledged(Schema):

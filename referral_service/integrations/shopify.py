@@ -37,6 +37,7 @@ from referral_service.domain.refunds import check_refund_id
 from referral_service.domain.rewards import check_order_id
 from referral_service.errors import ErrorEnvelope, InvalidCode, ValidationFailed
 from referral_service.integrations import (
+    ACKNOWLEDGED,
     UNREADABLE_TYPE,
     Acknowledged,
     acknowledged,
@@ -113,9 +114,7 @@ class ShopifyWebhook(MethodView):
     @blp.response(
         200,
         Acknowledged,
-        description="Verified and acknowledged: `mapped` (the ledger has it), `ignored` (with "
-        "the `reason`; nothing to map, shown in the console's integration log) or `duplicate` "
-        "(an event id seen before; nothing changed).",
+        description=ACKNOWLEDGED,
     )
     @blp.alt_response(
         401,

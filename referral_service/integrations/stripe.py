@@ -35,6 +35,7 @@ from referral_service.domain.rewards import MAX_ORDER_ID
 from referral_service.errors import ErrorEnvelope, ValidationFailed
 from referral_service.extensions import db
 from referral_service.integrations import (
+    ACKNOWLEDGED,
     UNREADABLE_TYPE,
     Acknowledged,
     acknowledged,
@@ -87,9 +88,7 @@ class StripeWebhook(MethodView):
     @blp.response(
         200,
         Acknowledged,
-        description="Verified and acknowledged: `mapped` (the ledger has it), `ignored` (with "
-        "the `reason`; nothing to map, shown in the console's integration log) or `duplicate` "
-        "(an event id seen before; nothing changed).",
+        description=ACKNOWLEDGED,
     )
     @blp.alt_response(
         401,
