@@ -4,17 +4,23 @@ import csv
 import io
 import logging
 import os
+import socket
+import sqlite3
 import sys
+from urllib.parse import quote
 
 import click
+import psycopg
 from flask import current_app
 from flask.cli import FlaskGroup, NoAppException, ScriptInfo, with_appcontext
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
-from referral_service import create_app
+from referral_service import create_app, outages
 from referral_service.cli_types import AsciiFloatRange, AsciiIntRange
-from referral_service.config import SettingsError, server_settings
+from referral_service.config import SettingsError, listen_address, server_settings
 from referral_service.domain import admins, api_keys, customers, fraud, portal, program, rewards
-from referral_service.errors import ReferralError
+from referral_service.errors import ReferralError, Unavailable, is_outage
 from referral_service.links import portal_url
 from referral_service.models import utcnow
 from referral_service.models.admin import ROLES
@@ -34,7 +40,29 @@ def _create_app():
 
 class _Commands(FlaskGroup):
     """Flask's command group; listing the commands (`--help`) with a setting the service will
-    not start with says so in one line, as any command does, not with a traceback."""
+    not start with says so in one line, as any command does, not with a traceback; and a
+    command that finds its database unusable says so in one line too (`database_trouble`)."""
+
+    def invoke(self, ctx):
+        # a command that runs once says a database it cannot use in its own line: not also in
+        # the outage warning (the worker and the server log that one, and carry on)
+        hush = _OneShotOutages(ctx)
+        outage_log = logging.getLogger(outages.__name__)
+        outage_log.addFilter(hush)
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            line = database_trouble(error, ctx)
+            if line is None:  # a fault of the code: its traceback is what to read
+                raise
+            raise click.ClickException(line) from None
+        finally:
+            outage_log.removeFilter(hush)
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta[_COMMAND] = name
+        return name, command, rest
 
     def list_commands(self, ctx):
         info = ctx.ensure_object(ScriptInfo)
@@ -48,6 +76,88 @@ class _Commands(FlaskGroup):
 
             info.create_app = refused  # Flask says it in a line, and lists the other commands
         return super().list_commands(ctx)
+
+
+_COMMAND = "referral_service.command"
+LONG_RUNNING = ("worker", "serve", "run")  # they log an outage and carry on
+
+
+class _OneShotOutages(logging.Filter):
+    """Drops the outage lines (outages.py) while a command that runs once runs."""
+
+    def __init__(self, ctx: click.Context):
+        super().__init__()
+        self.ctx = ctx
+
+    def filter(self, record) -> bool:
+        return self.ctx.meta.get(_COMMAND) in LONG_RUNNING
+
+
+def database_trouble(error: BaseException, ctx: click.Context | None = None) -> str | None:
+    """The line that says a command could not use its database, or None when `error` is no
+    such thing.
+
+    The database cannot be used when it cannot be connected to (refused, unreachable, no such
+    database, a password or an option libpq refuses: an error before any statement), when a
+    connection breaks or times out (`is_outage`), when the service's pool already knows it is
+    away (`Unavailable`), and when it has no tables yet (`db upgrade` was not run). The line
+    gives the driver's first line, without the URL's password; an integrity or a syntax
+    error, a fault of the code, is not such a thing.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:  # the error, or what it was raised from
+        seen.add(id(error))
+        if isinstance(error, Unavailable):
+            return f"{UNUSABLE}: it is away (a connection failed moments ago)"
+        if isinstance(error, DBAPIError):
+            break
+        error = error.__cause__
+    else:
+        return None
+    driver_error = error.orig
+    if _missing_table(driver_error) and not _migrating(ctx):
+        return (
+            f"{UNUSABLE}: it has no tables yet ({_first_line(driver_error, ctx)}); run "
+            "`referral-service db upgrade` first"
+        )
+    if not (
+        error.statement is None  # raised while connecting
+        or is_outage(error)
+        or isinstance(driver_error, (psycopg.OperationalError, psycopg.InterfaceError))
+    ):
+        return None
+    return f"{UNUSABLE}: {_first_line(driver_error, ctx)}"
+
+
+UNUSABLE = "the database (DATABASE_URL) cannot be used"
+
+
+def _missing_table(driver_error) -> bool:
+    if isinstance(driver_error, psycopg.errors.UndefinedTable):
+        return True
+    return isinstance(driver_error, sqlite3.OperationalError) and str(driver_error).startswith(
+        "no such table"
+    )
+
+
+def _migrating(ctx: click.Context | None) -> bool:
+    """Whether the command is one of `db`'s (a missing table there is a fault of a migration)."""
+    return ctx is not None and (ctx.invoked_subcommand == "db")
+
+
+def _first_line(driver_error, ctx: click.Context | None) -> str:
+    """The driver's message's first line, with the database password (if any) hidden."""
+    lines = str(driver_error).strip().splitlines()
+    line = lines[0].strip() if lines else type(driver_error).__name__
+    password = None
+    if ctx is not None and (info := ctx.find_object(ScriptInfo)) is not None:
+        try:
+            password = make_url(info.load_app().config["SQLALCHEMY_DATABASE_URI"]).password
+        except Exception:  # no app, or no URL: no password of it to hide
+            password = None
+    if password:
+        line = line.replace(password, "***").replace(quote(password, safe=""), "***")
+    return line
 
 
 @click.group(cls=_Commands, create_app=_create_app, add_version_option=False, set_debug_flag=False)
@@ -116,17 +226,36 @@ def serve(host, port):
     clicks). Put a reverse proxy with TLS in front of it."""
     _create_app()  # a setting it will not start with is said here, in one line
     try:
-        server_settings()
+        bind = server_settings()["bind"]
+        given = listen_address(host, port) if host or port else None
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+    _check_resolves(given or bind, "--host" if given else "BIND")
     command = [sys.executable, "-m", "gunicorn", "--config", "python:" + GUNICORN_SETTINGS]
-    if host or port:
-        command += ["--bind", f"{host or '127.0.0.1'}:{port or 8000}"]
+    if given:
+        command += ["--bind", given]
     sys.stdout.flush()
     os.execv(sys.executable, [*command, "referral_service.wsgi:app"])
 
 
 GUNICORN_SETTINGS = "referral_service.gunicorn_conf"
+
+
+def _check_resolves(address: str, source: str) -> None:
+    """A host name gunicorn could not resolve is said in one line now (gunicorn would retry
+    it for 5 s and log each try); an IP address, a socket or a descriptor is not looked up."""
+    if address.startswith(("unix:", "fd://")):
+        return
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise click.ClickException(
+            f"{source} names the host {host!r}, which does not resolve to an address to listen "
+            f"on here ({reason})"
+        ) from None
 
 
 @main.group("api-keys")

@@ -1,13 +1,17 @@
 """Settings from the environment, with embedded defaults so that a first run needs none."""
 
+import ipaddress
 import os
 import re
 import secrets
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
+import psycopg
 from limits import parse_many
+from psycopg.conninfo import make_conninfo
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import URL, make_url
 
@@ -41,7 +45,7 @@ def database_url(instance_path: str) -> str:
         raise SettingsError(f"DATABASE_URL is not a database URL: use {DATABASE_EXAMPLES}")
     if scheme.lower() not in DATABASE_SCHEMES:
         raise SettingsError(
-            f"DATABASE_URL's scheme {_shown(scheme)} is not one the service runs on: use "
+            f"DATABASE_URL's scheme{_scheme_shown(scheme)} is not one the service runs on: use "
             f"{DATABASE_EXAMPLES} (postgres:// and postgresql:// mean postgresql+psycopg://)"
         )
     url = scheme.lower() + url[len(scheme) :]
@@ -49,23 +53,79 @@ def database_url(instance_path: str) -> str:
         parsed = make_url(url)
     except ValueError:  # a port that is not a number (ArgumentError is a ValueError too)
         parsed = None
-    if parsed is None or not _port_ok(parsed.port):
+    if parsed is None or not _port_ok(parsed.port) or not _plain_port(url):
         raise SettingsError(
-            "DATABASE_URL does not parse as a URL with a port from 1 to 65535: use "
+            "DATABASE_URL does not parse as a URL with a port from 1 to 65535 (digits 0-9): use "
             f"{DATABASE_EXAMPLES}"
         )
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, instance_path)
+    else:
+        _check_postgresql_options(parsed)
     return url
+
+
+def _plain_port(url: str) -> bool:
+    """Whether the port of `url`'s authority, if it has one, is written in ASCII digits 0-9 (a
+    URL parser reads `:١٨٦٠٠`, `:+5432` or `:54_32` as a number with int())."""
+    authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
+    host_port = authority.rpartition("@")[2]
+    if host_port.startswith("["):  # an IPv6 address: the port follows the bracket
+        port = host_port.partition("]")[2].removeprefix(":")
+    else:
+        port = host_port.rpartition(":")[2] if ":" in host_port else ""
+    return port == "" or _WHOLE.fullmatch(port) is not None
+
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# libpq's options that take a whole number (libpq reads other digits, or a sign, in its own ways)
+WHOLE_OPTIONS = ("connect_timeout", "port", "keepalives", "keepalives_idle")
+WHOLE_OPTIONS += ("keepalives_interval", "keepalives_count", "tcp_user_timeout")
+
+
+def _check_postgresql_options(url: URL) -> None:
+    """The options in a PostgreSQL URL's query must be libpq's, each given once, an `sslmode`
+    one of libpq's and a number option a whole number in digits 0-9: otherwise every
+    connection would fail, later (the message never quotes a password)."""
+    for name, value in url.query.items():
+        if not isinstance(value, str):
+            raise SettingsError(f"DATABASE_URL gives the option {_shown(name)} more than once")
+        if name == "sslmode" and value not in SSLMODES:
+            raise SettingsError(
+                f"DATABASE_URL's sslmode must be {_either(SSLMODES)}; got {_shown(value)}"
+            )
+        if name in WHOLE_OPTIONS and plain_number(value) is None:
+            raise SettingsError(
+                f"DATABASE_URL's option {name} must be a whole number in digits 0-9; "
+                f"got {_shown(value)}"
+            )
+    try:
+        make_conninfo("", **{name: value for name, value in url.query.items()})
+    except psycopg.Error as error:  # an option libpq does not know
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if url.password:
+            reason = reason.replace(url.password, "***")
+        raise SettingsError(f"DATABASE_URL's options cannot be used: {reason}") from None
 
 
 def _check_sqlite_file(url: URL, instance_path: str) -> None:
     """A SQLite file's folder must exist (Flask-SQLAlchemy makes a relative path one in the
-    instance folder, which it creates), and the file, if there, must not be a folder."""
+    instance folder, which it creates; `~` is not expanded), and the file, if there, must not
+    be a folder. An in-memory database is refused: each connection, and each process, would
+    have its own, empty one (no tables, and nothing the worker or another process wrote)."""
     name = url.database or ""
-    if name in ("", ":memory:") or name.startswith("file:"):
+    if (
+        name in ("", ":memory:")
+        or name.startswith("file::memory:")
+        or url.query.get("mode") == "memory"
+    ):
+        raise SettingsError(
+            "DATABASE_URL names an in-memory SQLite database, which every connection and "
+            "process would have empty and apart: name a file (sqlite:////absolute/path/file.sqlite3)"
+        )
+    if name.startswith("file:"):
         return
-    path = Path(name).expanduser()
+    path = Path(name)
     if not path.is_absolute():
         path = Path(instance_path) / path
         folder_made = path.parent == Path(instance_path)
@@ -89,6 +149,44 @@ def _port_ok(port) -> bool:
 def _shown(value: str, most: int = 80) -> str:
     """A value as a message quotes it: repr (control characters escaped), cut to `most`."""
     return repr(value if len(value) <= most else value[:most] + "…")
+
+
+def _shown_url(value: str) -> str:
+    """A URL as a message quotes it (`_shown`), without what may be a user and a password:
+    everything from the scheme's `//` (or the start) to the last `@` becomes `***` (a path
+    with an @ is hidden too: a message may say less, never a password)."""
+    scheme, separator, rest = value.partition("://")
+    if not separator:
+        scheme, rest = "", value
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return _shown(f"{scheme}{separator}{rest}")
+
+
+def _scheme_shown(scheme: str) -> str:
+    """A URL's scheme as a message quotes it, or nothing when it does not look like a scheme
+    (`user:password@host://...`, say, whose "scheme" would be the password)."""
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,30}", scheme):
+        return " " + _shown(scheme)
+    return ""
+
+
+_WHOLE = re.compile(r"[0-9]{1,12}")
+_DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,12})?|\.[0-9]{1,12}")
+
+
+def plain_number(value: str, decimal: bool = False) -> int | float | None:
+    """`value` (surrounding spaces stripped) as a number when written plainly in ASCII digits
+    0-9: a whole number (`3`), or with `decimal` also a point and decimals (`0.5`, `.5`); else
+    None. Not what int() and float() also take: other scripts' digits (Arabic-Indic,
+    full-width), underscores (`1_0`), signs, exponents (`1e2`), `nan`, `inf` or inner spaces.
+    Every number setting is read so."""
+    text = value.strip()
+    if _WHOLE.fullmatch(text):
+        return int(text)
+    if decimal and _DECIMAL.fullmatch(text):
+        return float(text)
+    return None
 
 
 MIN_SECRET_KEY = 32  # characters; a generated key has 64
@@ -148,6 +246,10 @@ FALSE = ("0", "false", "no", "off")
 TRUE = ("1", "true", "yes", "on")
 
 
+def _either(words: tuple[str, ...]) -> str:
+    return f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def flag(name: str) -> bool | None:
     """A yes/no setting: None when not given; raises SettingsError for a word that is neither."""
     value = os.environ.get(name, "").strip().lower()
@@ -155,8 +257,7 @@ def flag(name: str) -> bool | None:
         return None
     if value not in TRUE + FALSE:
         raise SettingsError(
-            f"{name} must be one of {', '.join(TRUE)} (on) or {', '.join(FALSE)} (off): "
-            f"{_shown(value)}"
+            f"{name} must be {_either(TRUE)} (on), or {_either(FALSE)} (off); got {_shown(value)}"
         )
     return value in TRUE
 
@@ -182,11 +283,12 @@ def rate_limit_settings() -> dict:
         found["RATELIMIT_ENABLED"] = enabled
     proxies = os.environ.get("TRUSTED_PROXIES", "").strip()
     if proxies:
-        if not (proxies.isascii() and proxies.isdecimal() and int(proxies) <= 10):
+        number = plain_number(proxies)
+        if number is None or number > 10:
             raise SettingsError(
                 f"TRUSTED_PROXIES must be a number of proxies, 0 to 10: {_shown(proxies)}"
             )
-        found["TRUSTED_PROXIES"] = int(proxies)
+        found["TRUSTED_PROXIES"] = number
     return found
 
 
@@ -198,7 +300,7 @@ def payout_settings() -> dict:
     threshold = os.environ.get("PAYOUT_APPROVAL_THRESHOLD", "").strip()
     if not threshold:
         return {}
-    if not re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,12})?", threshold):
+    if plain_number(threshold, decimal=True) is None or threshold.startswith("."):
         raise SettingsError(
             "PAYOUT_APPROVAL_THRESHOLD must be a plain decimal amount such as 500.00 (digits, "
             f"an optional point and decimals; no sign, comma or currency): {_shown(threshold)}"
@@ -225,16 +327,13 @@ def database_timeouts() -> dict:
         value = os.environ.get(name, "").strip()
         if not value:
             continue
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = None
+        seconds = plain_number(value, decimal=True)
         if seconds is None or not 0 < seconds <= MAX_DATABASE_TIMEOUT:
             raise SettingsError(
                 f"{name} must be a number of seconds above 0 and at most "
                 f"{MAX_DATABASE_TIMEOUT}, such as 3 or 0.5: {_shown(value)}"
             )
-        found[name] = seconds
+        found[name] = float(seconds)
     return found
 
 
@@ -256,9 +355,10 @@ def server_settings() -> dict:
         ("THREADS", "threads", 1, MAX_THREADS),
     ):
         value = os.environ.get(name, "").strip() or str(default)
-        if not (value.isascii() and value.isdecimal() and 1 <= int(value) <= most):
+        number = plain_number(value)
+        if number is None or not 1 <= number <= most:
             raise SettingsError(f"{name} must be a whole number from 1 to {most}: {_shown(value)}")
-        found[key] = int(value)
+        found[key] = number
     found["bind"] = bind_address()
     return found
 
@@ -266,9 +366,50 @@ def server_settings() -> dict:
 BIND_FORMS = "HOST:PORT (127.0.0.1:8000), [IPv6]:PORT ([::1]:8000), unix:/path/to.sock or fd://3"
 
 
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def host_problem(host: str) -> str | None:
+    """What is wrong with `host` as the host of an address to listen on, or None for an IPv4
+    address, an IPv6 address in [brackets] or a host name (letters, digits, `-` and `_` in
+    dot-separated labels). Whether a name resolves is not looked at here."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return "an IPv6 address it cannot read"
+        return None
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "an IPv4 address it cannot read"
+        return None
+    if _HOST_NAME.fullmatch(host):
+        return None
+    return "a host that is neither a name nor an address (an IPv6 address goes in [brackets])"
+
+
+def listen_address(host: str | None, port: int | None) -> str:
+    """The `HOST:PORT` of `referral-service serve --host/--port` (defaults 127.0.0.1 and 8000);
+    an IPv6 address may be given with or without its brackets. Raises SettingsError naming
+    --host for a host that is neither a name nor an address."""
+    host = (host or "127.0.0.1").strip()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    problem = host_problem(host)
+    if problem:
+        raise SettingsError(
+            f"--host must be a host name or an IP address; {_shown(host)} is {problem}"
+        )
+    return f"{host}:{port or 8000}"
+
+
 def bind_address() -> str:
     """`BIND` (default 127.0.0.1:8000), the address gunicorn listens on; raises SettingsError
-    for one it could not read (a port that is not from 1 to 65535, say)."""
+    for one it could not read: a host form without a port (gunicorn would take 8000 without a
+    word), a port that is not from 1 to 65535, a host that is neither a name nor an address."""
     value = os.environ.get("BIND", "").strip() or "127.0.0.1:8000"
     problem = None
     if not value.isprintable() or any(char.isspace() for char in value):
@@ -280,11 +421,15 @@ def bind_address() -> str:
         if not (value[5:].isascii() and value[5:].isdecimal()):
             problem = "no file descriptor number"
     else:
-        match = re.fullmatch(r"(?:tcp://)?(?:\[[0-9A-Za-z:.%]+\]|[^:\[\]/]+)(?::([0-9]+))?", value)
-        if not match:
-            problem = "a host or a port it cannot read (an IPv6 address goes in [brackets])"
-        elif match[1] is not None and not 1 <= int(match[1]) <= 65535:
+        host, colon, port = value.removeprefix("tcp://").rpartition(":")
+        if not colon or port.endswith("]"):  # `localhost`, `[::1]`
+            problem = "no port (HOST:PORT)"
+        elif not host:
+            problem = "no host (0.0.0.0:PORT listens on every IPv4 address)"
+        elif plain_number(port) is None or not 1 <= int(port) <= 65535:
             problem = "a port that is not from 1 to 65535"
+        else:
+            problem = host_problem(host)
     if problem:
         raise SettingsError(f"BIND must be {BIND_FORMS}; {_shown(value)} has {problem}")
     return value
@@ -355,6 +500,7 @@ def public_base_url() -> str | None:
         or parts.scheme.lower() not in ("http", "https")
         or not parts.hostname
         or not port_ok
+        or not _plain_port(value)
         or parts.username is not None
         or parts.query
         or parts.fragment
@@ -363,7 +509,7 @@ def public_base_url() -> str | None:
     ):
         raise SettingsError(
             "PUBLIC_BASE_URL must be the service's public address, http(s)://host[:port][/path] "
-            f"such as https://refer.shop.example (no user, query or fragment): {_shown(value)}"
+            f"such as https://refer.shop.example (no user, query or fragment): {_shown_url(value)}"
         )
     return value
 
@@ -386,7 +532,8 @@ def redis_settings() -> dict:
         raise SettingsError(f"REDIS_URL is not a URL: use {REDIS_EXAMPLES}")
     if scheme.lower() not in REDIS_SCHEMES:
         raise SettingsError(
-            f"REDIS_URL's scheme {_shown(scheme)} is not one Redis takes: use {REDIS_EXAMPLES}"
+            f"REDIS_URL's scheme{_scheme_shown(scheme)} is not one Redis takes: "
+            f"use {REDIS_EXAMPLES}"
         )
     scheme = scheme.lower()
     url = scheme + url[len(scheme) :]
@@ -395,8 +542,10 @@ def redis_settings() -> dict:
         port_ok = _port_ok(parts.port)
     except ValueError:
         parts, port_ok = None, False
-    if parts is None or not port_ok:
-        raise SettingsError(f"REDIS_URL's port must be a number from 1 to 65535: {REDIS_EXAMPLES}")
+    if parts is None or not port_ok or not _plain_port(url):
+        raise SettingsError(
+            f"REDIS_URL's port must be a number from 1 to 65535 (digits 0-9): {REDIS_EXAMPLES}"
+        )
     if scheme == "unix":
         if not parts.path.strip("/"):
             raise SettingsError(f"REDIS_URL names no socket path: use {REDIS_EXAMPLES}")
@@ -404,6 +553,13 @@ def redis_settings() -> dict:
         raise SettingsError(
             f"REDIS_URL's database (its path) must be a number, such as /0: use {REDIS_EXAMPLES}"
         )
+    for name, value in parse_qsl(parts.query):
+        parse = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if parse in (int, float) and plain_number(value, decimal=parse is float) is None:
+            raise SettingsError(
+                f"REDIS_URL's option {name} must be a {'whole ' if parse is int else ''}number "
+                f"in digits 0-9; got {_shown(value)}"
+            )
     try:
         parse_redis_url(url)
     except ValueError as error:  # an argument of the query (db, socket_timeout, ...)

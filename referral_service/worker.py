@@ -32,6 +32,7 @@ from sqlalchemy import delete
 
 from referral_service.domain import fraud, idempotency, program, relay, rewards, unit
 from referral_service.domain.unit import unit_of_work
+from referral_service.errors import Unavailable, is_outage
 from referral_service.extensions import db
 from referral_service.models import IdempotencyKey, utcnow
 
@@ -112,8 +113,18 @@ class Tasks:
         def in_app(fn):
             def run(*args):
                 with app.app_context():
-                    return fn(*args)
+                    try:
+                        return fn(*args)
+                    except Exception as error:
+                        reason = outage_reason(error)
+                        if reason is None:  # a fault: Huey logs it with its traceback
+                            raise
+                        # the database is away: what the task was for is still in it, and a
+                        # sweep queues it again once it is back
+                        logger.warning("task %s: the database cannot be used (%s)", name, reason)
+                        return None
 
+            name = fn.__name__
             run.__name__ = fn.__name__
             run.__qualname__ = fn.__name__
             return run
@@ -200,6 +211,17 @@ class Tasks:
             ).rowcount
 
 
+def outage_reason(error: BaseException) -> str | None:
+    """The first line of a database error that means the database is away (`is_outage`, or the
+    pool's `Unavailable`), for a log line without a traceback; None for any other error."""
+    if isinstance(error, Unavailable):
+        return "it failed moments ago"
+    if not is_outage(error):
+        return None
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class Pump(threading.Thread):
     """The worker's own clock below Huey's minute: relays the events it finds in the outbox
     every `poll` seconds (the after-commit wake-up may have been lost with a web process) and
@@ -221,9 +243,17 @@ class Pump(threading.Thread):
                         self.tasks.sweep_due(now)
                         swept = now
                     self.tasks.relay_now()
-            except Exception:
+            except Exception as error:
                 if not failing:  # once per outage, not once a second
-                    logger.exception("the worker's pump failed; it tries again every poll")
+                    reason = outage_reason(error)
+                    if reason is None:
+                        logger.exception("the worker's pump failed; it tries again every poll")
+                    else:
+                        logger.warning(
+                            "the worker's pump cannot use the database (%s); it tries again "
+                            "every poll",
+                            reason,
+                        )
                 failing = True
             else:
                 if failing:
