@@ -159,13 +159,18 @@ def plan_emails(event: OutboxEvent, now: datetime) -> list[int]:
     ]
     if not rows:
         return []
-    added = db.session.scalars(
-        _insert(Notification)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["event_id", "customer_id"])
-        .returning(Notification.id)
-    )
-    return sorted(added)
+    statement = _PLAN[db.session.get_bind().dialect.name == "postgresql"]
+    return sorted(db.session.scalars(statement, rows))
+
+
+# the insert of planned emails, built once per dialect (the relay plans for every event)
+_PLAN = {
+    is_postgresql: (postgresql if is_postgresql else sqlite)
+    .insert(Notification.__table__)
+    .on_conflict_do_nothing(index_elements=["event_id", "customer_id"])
+    .returning(Notification.__table__.c.id)
+    for is_postgresql in (False, True)
+}
 
 
 def _insert(model):

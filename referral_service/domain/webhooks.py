@@ -565,14 +565,18 @@ def plan_deliveries(event, now: datetime) -> list[int]:
         }
         for endpoint_id in chosen
     ]
-    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(WebhookDelivery)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
-        .returning(WebhookDelivery.id)
-    )
-    return sorted(db.session.scalars(statement))
+    statement = _PLAN[db.session.get_bind().dialect.name == "postgresql"]
+    return sorted(db.session.scalars(statement, values))
+
+
+# the insert of planned deliveries, built once per dialect (the relay plans one per event)
+_PLAN = {
+    is_postgresql: (postgresql if is_postgresql else sqlite)
+    .insert(WebhookDelivery.__table__)
+    .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+    .returning(WebhookDelivery.__table__.c.id)
+    for is_postgresql in (False, True)
+}
 
 
 def _enabled_endpoints():
