@@ -12,7 +12,7 @@ from sqlalchemy import select
 from referral_service import database
 from referral_service.domain.money import check_currency, format_amount, parse_amount
 from referral_service.domain.text import plain_port
-from referral_service.domain.unit import unit_of_work
+from referral_service.domain.unit import current, unit_of_work
 from referral_service.errors import Unavailable, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Program
@@ -80,6 +80,9 @@ def _current() -> dict:
     """The settings as the caller's transaction reads them: one small Core read of the row, and
     its values shaped again only when they changed (the last shaped copy is kept per process).
     The copy is shared: callers read it, never change it."""
+    unit = current()
+    if unit is not None and "program_settings" in unit.memo:  # read once per step
+        return unit.memo["program_settings"]
     row = db.session.execute(_CURRENT).first()
     if row is None:
         return as_dict(_program())
@@ -87,9 +90,12 @@ def _current() -> dict:
     cache = current_app.extensions["program_cache"]
     seen = cache.get("current")
     if seen is not None and seen[0] == values:
-        return seen[1]
-    shaped = as_dict(row)
-    cache["current"] = (values, shaped)
+        shaped = seen[1]
+    else:
+        shaped = as_dict(row)
+        cache["current"] = (values, shaped)
+    if unit is not None:
+        unit.memo["program_settings"] = shaped
     return shaped
 
 
@@ -343,6 +349,7 @@ def update(changes: dict, actor: str | None = None) -> dict:
     """
     with unit_of_work() as unit:
         after = _update(unit, changes, actor)
+        unit.memo.pop("program_settings", None)  # a step that goes on in the unit reads anew
     current_app.extensions["program_cache"].pop("expires", None)  # read anew; kept if it cannot be
     return after
 

@@ -49,6 +49,9 @@ class Unit:
     session: object
     now: datetime
     _events: list[tuple[str, object]] = field(default_factory=list)
+    # what the step read once and may read again in its transaction (the program settings, the
+    # enabled webhook endpoints while the relay plans a batch): gone with the unit
+    memo: dict = field(default_factory=dict)
 
     def emit(self, type: str, subject) -> None:
         """Write event `type` (one of events.EVENT_TYPES) about `subject` (a model instance, or a

@@ -48,7 +48,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from referral_service.domain import events, pages
 from referral_service.domain.text import has_control, plain_port
-from referral_service.domain.unit import unit_of_work
+from referral_service.domain.unit import current, unit_of_work
 from referral_service.errors import Conflict, NotFound, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import OutboxEvent, utcnow
@@ -544,11 +544,16 @@ def plan_deliveries(event, now: datetime) -> list[int]:
     """Add a due delivery of `event` (an OutboxEvent) for each enabled endpoint whose filter takes
     its type, in the caller's transaction (no commit); the ids of the rows added. A delivery that
     exists already (the same endpoint and event) is left alone, so planning twice adds nothing."""
-    rows = db.session.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.events).where(
-            WebhookEndpoint.disabled.is_(False)
-        )
-    ).all()
+    unit = current()  # the relay plans a batch of events in one unit: the endpoints read once
+    rows = unit.memo.get("webhook_endpoints") if unit is not None else None
+    if rows is None:
+        rows = db.session.execute(
+            select(WebhookEndpoint.id, WebhookEndpoint.events).where(
+                WebhookEndpoint.disabled.is_(False)
+            )
+        ).all()
+        if unit is not None:
+            unit.memo["webhook_endpoints"] = rows
     chosen = [id for id, types in rows if events.ALL in types or event.type in types]
     if not chosen:
         return []
