@@ -22,6 +22,7 @@ from referral_service.errors import register_error_handlers
 from referral_service.extensions import api, babel, csrf, db, migrate
 from referral_service.integrations import blp as integrations_blp
 from referral_service.public.views import blp as public_blp
+from referral_service.request_id import register_request_id
 from referral_service.security import (
     register_body_limit,
     register_security_headers,
@@ -41,6 +42,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_tasks(app)
     register_blueprints(app)
     register_error_handlers(app)
+    register_request_id(app)
     register_security_headers(app)
     register_body_limit(app)
     register_url_check(app)

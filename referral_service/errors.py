@@ -1,7 +1,8 @@
 """The domain's exception tree, and the one place that maps errors to HTTP answers.
 
-Every error leaves the service as `{"error": {"code", "message", "fields"?}}`, except on the
-public pages: a browser there gets an HTML page with the same status (see `wants_page`).
+Every error leaves the service as `{"error": {"code", "message", "fields"?, "request_id"}}`,
+except on the public pages: a browser there gets an HTML page with the same status (see
+`wants_page`). `request_id` is the request's id, also in the `Request-Id` header (request_id.py).
 """
 
 import logging
@@ -12,6 +13,8 @@ from marshmallow import Schema, fields
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
+
+from referral_service.request_id import request_id
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,15 @@ class ErrorBody(Schema):
 
     code = fields.String(required=True, metadata={"example": "validation_error"})
     message = fields.String(required=True)
+    request_id = fields.String(
+        required=True,
+        metadata={
+            "description": "The request's id, as in the `Request-Id` response header: the "
+            "request's `X-Request-ID` when that is printable ASCII without spaces, at most 128 "
+            "characters, else one the service made. Quote it when reporting a problem.",
+            "example": "9f1c2e4b7a6d4f0e8b3c5a2d1e0f9a8b",
+        },
+    )
     fields = fields.Dict(
         keys=fields.String(),
         values=fields.List(fields.String()),
@@ -208,7 +220,7 @@ class ErrorBody(Schema):
 
 
 class ErrorEnvelope(Schema):
-    """Every error: `{"error": {"code", "message", "fields"?}}`."""
+    """Every error: `{"error": {"code", "message", "fields"?, "request_id"}}`."""
 
     error = fields.Nested(ErrorBody, required=True)
 
@@ -253,6 +265,9 @@ def error_response(status: int, code: str, message: str, fields: dict | None = N
         body = {"code": code, "message": message}
         if fields:
             body["fields"] = fields
+        current_id = request_id()
+        if current_id is not None:  # always, in a request
+            body["request_id"] = current_id
         response = jsonify({"error": body})
         response.status_code = status
     for name, value in (headers or {}).items():
