@@ -352,14 +352,22 @@ class CustomerStats(Schema):
 
 
 class CustomerOut(Schema):
-    """A customer with their referral block."""
+    """A customer with their referral block; an erased customer (`erased_at`) has no email,
+    name or locale."""
 
     external_id = fields.String(required=True)
-    email = fields.String(required=True)
+    email = fields.String(
+        required=True, allow_none=True, metadata={"description": "null once erased."}
+    )
     name = fields.String(allow_none=True)
     locale = fields.String(allow_none=True)
     created_at = fields.AwareDateTime(required=True)
     updated_at = fields.AwareDateTime(required=True)
+    erased_at = fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "When the person's data was erased; null if it was not."},
+    )
     referral = fields.Nested(ReferralBlock, required=True)
 
 
@@ -894,7 +902,9 @@ class PayoutLine(Schema):
     """What one beneficiary gets in one currency."""
 
     customer_external_id = fields.String(required=True)
-    email = fields.String(required=True)
+    email = fields.String(
+        required=True, allow_none=True, metadata={"description": "null once erased."}
+    )
     name = fields.String(allow_none=True)
     rewards = fields.Integer(required=True)
     currency = fields.String(required=True)

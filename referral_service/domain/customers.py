@@ -26,10 +26,12 @@ ISSUE_ATTEMPTS = 12
 
 @dataclass
 class CustomerCard:
-    """A customer as the outside world sees it: its fields, its active code, and maybe its stats."""
+    """A customer as the outside world sees it: its fields, its active code, and maybe its stats.
+
+    An erased customer (`erased_at`) has no email, name or locale."""
 
     external_id: str
-    email: str
+    email: str | None
     name: str | None
     locale: str | None
     created_at: datetime
@@ -37,6 +39,7 @@ class CustomerCard:
     code: str
     created: bool = False
     stats: dict | None = None
+    erased_at: datetime | None = None
 
 
 @dataclass
@@ -258,6 +261,7 @@ def card_of(customer: Customer, code: str, created: bool = False, stats=None) ->
         code=code,
         created=created,
         stats=stats,
+        erased_at=customer.erased_at,
     )
 
 
@@ -302,6 +306,7 @@ def _enrol(external_id: str, values: dict) -> CustomerCard:
                 for key, value in values.items():
                     setattr(customer, key, value)
                 customer.updated_at = now
+                customer.erased_at = None  # enrolled again, with the details given now
             code = active_code(customer.id) or add_code(customer.id)
         card = card_of(customer, code, created=created)
         if created:
@@ -441,6 +446,7 @@ def _import_batch(batch: list[dict], report: ImportReport) -> None:
                 for key, value in values.items():
                     setattr(customer, key, value)
                 customer.updated_at = now
+                customer.erased_at = None  # enrolled again, with the details given now
                 report.updated += 1
             else:
                 report.unchanged += 1

@@ -308,7 +308,7 @@ def as_csv(payout_id: int) -> str:
         writer.writerow(
             [
                 _safe(line["customer_external_id"]),
-                _safe(line["email"]),
+                _safe(line["email"] or ""),
                 _safe(line["name"] or ""),
                 line["rewards"],
                 line["currency"],

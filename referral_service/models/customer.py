@@ -15,13 +15,15 @@ class Customer(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     external_id: Mapped[str] = mapped_column(String(128), unique=True)
-    email: Mapped[str] = mapped_column(String(320))
-    email_key: Mapped[str] = mapped_column(String(320), index=True)
+    # email, its key, name and locale are NULL once the person is erased (`erased_at`)
+    email: Mapped[str | None] = mapped_column(String(320))
+    email_key: Mapped[str | None] = mapped_column(String(320), index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     locale: Mapped[str | None] = mapped_column(String(35))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     origin: Mapped[str] = mapped_column(String(10), default="enrolled")
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     codes: Mapped[list["ReferralCode"]] = relationship(
         back_populates="customer", order_by="ReferralCode.id"
