@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import logging
 import os
 import socket
@@ -19,7 +20,16 @@ from sqlalchemy.exc import DBAPIError
 from referral_service import create_app, outages
 from referral_service.cli_types import AsciiFloatRange, AsciiIntRange
 from referral_service.config import SettingsError, listen_address, server_settings
-from referral_service.domain import admins, api_keys, customers, fraud, portal, program, rewards
+from referral_service.domain import (
+    admins,
+    api_keys,
+    customers,
+    fraud,
+    portal,
+    privacy,
+    program,
+    rewards,
+)
 from referral_service.errors import ReferralError, Unavailable, is_outage
 from referral_service.links import portal_url
 from referral_service.models import utcnow
@@ -429,7 +439,7 @@ def purge_risk_evidence():
 
 @main.group("customers")
 def customers_group():
-    """Enrol existing customers."""
+    """Enrol existing customers; export or erase what is held about one."""
 
 
 @customers_group.command("import")
@@ -501,6 +511,31 @@ def portal_link(external_id, expires_in):
     link = _or_fail(portal.issue_link, external_id, expires_in)
     click.echo(portal_url(link.token))
     click.echo(f"It works until {link.expires_at.isoformat()}.", err=True)
+
+
+@customers_group.command("export")
+@click.argument("external_id")
+@with_appcontext
+def export_customer(external_id):
+    """Print everything held about a customer as JSON."""
+    click.echo(json.dumps(_or_fail(privacy.export, external_id), indent=2, ensure_ascii=False))
+
+
+@customers_group.command("erase")
+@click.argument("external_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def erase_customer(external_id, yes):
+    """Erase a customer's personal data (email, name, locale, risk evidence) for good; the money
+    ledger (rewards, payouts, clawbacks) and the audit log stay whole."""
+    if not yes:
+        click.confirm(
+            f"Erase the personal data of customer {external_id!r}? This cannot be undone",
+            abort=True,
+            err=True,
+        )
+    card = _or_fail(privacy.erase, external_id, privacy.CLI_ACTOR)
+    click.echo(f"Customer {card.external_id} erased at {card.erased_at.isoformat()}.")
 
 
 def _count_rows(file) -> int:

@@ -294,3 +294,75 @@ def test_an_erased_customer_enrolled_again_is_a_customer_again(app, client, shop
         privacy.erase(OTHER["id"], "cli")
     again = put(client, shop, OTHER)
     assert again["email"] == OTHER["email"] and again["erased_at"] is None
+
+
+# --- the doors: admin API and command line -------------------------------------------------------
+
+
+def test_the_admin_api_exports_and_erases(app, client, shop, admin, story):
+    exported = client.get(f"/api/v1/customers/{FRIEND['id']}/export", headers=admin)
+    assert exported.status_code == 200
+    assert exported.json["customer"]["name"] == FRIEND["name"]
+    assert exported.json["signup"]["evidence"]["device_hash"] == story["hashes"][2]
+
+    erased = client.delete(f"/api/v1/customers/{FRIEND['id']}", headers=admin)
+    assert erased.status_code == 200, erased.json
+    assert (erased.json["email"], erased.json["name"], erased.json["locale"]) == (None, None, None)
+    assert erased.json["erased_at"] and erased.json["stats"]
+    shown = client.get(f"/api/v1/customers/{FRIEND['id']}", headers=shop)
+    assert shown.status_code == 200
+    assert shown.json == erased.json
+    again = client.delete(f"/api/v1/customers/{FRIEND['id']}", headers=admin)
+    assert (again.status_code, again.json) == (200, erased.json)
+    with app.app_context():
+        record = db.session.scalar(
+            select(AuditRecord).where(AuditRecord.action == privacy.ERASE_ACTION)
+        )
+        assert record.actor.startswith("api-key:")
+    for trace in friend_traces(story):
+        assert trace.casefold() not in everything_stored(app), trace
+
+
+@pytest.mark.parametrize("method", ["get_export", "delete"])
+def test_the_data_rights_doors_are_for_admins_only(app, client, shop, story, method):
+    path = f"/api/v1/customers/{FRIEND['id']}"
+    call = client.get if method == "get_export" else client.delete
+    path += "/export" if method == "get_export" else ""
+    refused = call(path, headers=shop)
+    assert refused.status_code == 403 and refused.json["error"]["code"]
+    assert call(path).status_code == 401
+    with app.app_context():
+        assert db.session.scalar(select(Customer.email).where(Customer.external_id == FRIEND["id"]))
+
+
+@pytest.mark.parametrize("path", ["nobody", "nobody/export"])
+def test_an_unknown_customer_is_a_404_in_the_envelope(client, admin, path):
+    call = client.get if path.endswith("export") else client.delete
+    response = call(f"/api/v1/customers/{path}", headers=admin)
+    assert response.status_code == 404
+    assert response.json["error"]["code"] == "not_found"
+
+
+def test_the_command_line_exports_and_erases(app, runner, story):
+    from referral_service.cli import main
+
+    exported = runner.invoke(main, ["customers", "export", FRIEND["id"]])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(exported.stdout)["customer"]["name"] == FRIEND["name"]
+
+    declined = runner.invoke(main, ["customers", "erase", FRIEND["id"]], input="n\n")
+    assert declined.exit_code != 0
+    with app.app_context():
+        assert privacy.export(FRIEND["id"])["customer"]["erased_at"] is None
+
+    erased = runner.invoke(main, ["customers", "erase", FRIEND["id"]], input="y\n")
+    assert erased.exit_code == 0, erased.output
+    assert erased.stdout.strip().startswith(f"Customer {FRIEND['id']} erased at ")
+    assert len(erased.stdout.strip().splitlines()) == 1
+    again = runner.invoke(main, ["customers", "erase", FRIEND["id"], "--yes"])
+    assert (again.exit_code, again.stdout) == (0, erased.stdout)
+
+    unknown = runner.invoke(main, ["customers", "export", "nobody"])
+    assert unknown.exit_code == 1 and "nobody" in unknown.output
+    unknown = runner.invoke(main, ["customers", "erase", "nobody", "--yes"])
+    assert unknown.exit_code == 1 and "nobody" in unknown.output

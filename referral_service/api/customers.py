@@ -1,13 +1,15 @@
-"""`/api/v1/customers`: enrol a customer, read them with their stats, rotate their code."""
+"""`/api/v1/customers`: enrol a customer, read them with their stats, rotate their code; and,
+for admins, export everything held about them or erase them (data rights)."""
 
 from dataclasses import asdict
 
 from flask.views import MethodView
 
 from referral_service.api import schemas
+from referral_service.api.admin import actor
 from referral_service.api.auth import requires
 from referral_service.api.blueprint import Blueprint
-from referral_service.domain import customers, portal
+from referral_service.domain import customers, portal, privacy
 from referral_service.errors import ErrorEnvelope
 from referral_service.links import portal_url, referral_block
 
@@ -48,6 +50,34 @@ class Customer(MethodView):
     def get(self, external_id):
         """A customer, their referral block and their stats."""
         return present(customers.get(external_id))
+
+    @requires(blp, "admin")
+    @blp.response(200, schemas.CustomerWithStats, description="Erased (or erased before).")
+    @blp.alt_response(404, **UNKNOWN)
+    @blp.alt_response(422, **BAD_ID)
+    def delete(self, external_id):
+        """Erase the person (admin): their email, name, locale and risk evidence are removed
+        everywhere, payouts and their CSV included, while the money ledger (rewards, payouts,
+        clawbacks, audit log) stays whole. Answers the customer as `GET` shows them from now on:
+        `email` and `name` null, `erased_at` set. Erasing again changes nothing (audited once).
+        """
+        return present(privacy.erase(external_id, actor()))
+
+
+@blp.route("/<external_id>/export", parameters=[schemas.customer_id_parameter("external_id")])
+class Export(MethodView):
+    """Everything held about a customer."""
+
+    @requires(blp, "admin")
+    @blp.response(200, schemas.CustomerExport)
+    @blp.alt_response(404, **UNKNOWN)
+    @blp.alt_response(422, **BAD_ID)
+    def get(self, external_id):
+        """Everything held about the person, as JSON (admin): their details, codes, the visits
+        of their links (counted), their sign-up and its risk evidence (keyed hashes), referrals
+        (other people by id only), purchases, refunds, rewards, clawbacks, their payout lines,
+        emails, opt-out and the audit records about them."""
+        return privacy.export(external_id)
 
 
 @blp.route(

@@ -371,6 +371,43 @@ class CustomerOut(Schema):
     referral = fields.Nested(ReferralBlock, required=True)
 
 
+class CustomerExport(Schema):
+    """Everything held about a person (times ISO 8601, money decimal strings); other people
+    appear by their ids only."""
+
+    exported_at = fields.String(required=True)
+    customer = fields.Dict(
+        required=True,
+        metadata={
+            "description": "external_id, email, name, locale, origin, created_at, updated_at, "
+            "erased_at."
+        },
+    )
+    referral_codes = fields.List(fields.Dict(), required=True)
+    link_visits = fields.Dict(
+        required=True,
+        metadata={"description": "Visits of their links: count, by_channel, first_at, last_at."},
+    )
+    signup = fields.Dict(
+        required=True, allow_none=True, metadata={"description": "With its evidence hashes."}
+    )
+    own_visits = fields.List(
+        fields.Dict(), required=True, metadata={"description": "The visits they made."}
+    )
+    referred_by = fields.Dict(required=True, allow_none=True)
+    referrals_made = fields.List(fields.Dict(), required=True)
+    purchases = fields.List(fields.Dict(), required=True)
+    refunds = fields.List(fields.Dict(), required=True)
+    rewards = fields.List(fields.Dict(), required=True)
+    clawbacks = fields.List(fields.Dict(), required=True)
+    payouts = fields.List(
+        fields.Dict(), required=True, metadata={"description": "With their own lines only."}
+    )
+    emails = fields.List(fields.Dict(), required=True)
+    email_opt_out = fields.Dict(required=True, allow_none=True)
+    audit = fields.List(fields.Dict(), required=True)
+
+
 class PortalLinkIn(StrictSchema):
     """`POST /customers/<id>/portal-link`: how long the link works."""
 

@@ -44,6 +44,7 @@ from referral_service.models.notification import EmailOptOut, Notification
 PERSONAL = ("email", "name", "locale")  # what an event's customer or payout line may show
 PAYOUT_EVENTS = ("payout.created", "payout.approved", "payout.paid")
 ERASE_ACTION = "customer.erase"
+CLI_ACTOR = "cli"  # the audit actor of an erasure typed on the command line
 
 
 def _customer(external_id: str, lock: bool = False) -> Customer:
