@@ -1,6 +1,12 @@
-"""Settings from the environment, with embedded defaults so that a first run needs none."""
+"""Settings from the environment, with embedded defaults so that a first run needs none.
+
+Every setting can also be written in a `.env` file in the working directory (python-dotenv's
+format: `NAME=value` lines, `#` comments); a variable set in the environment wins over the file.
+See `load_dotenv_file`.
+"""
 
 import ipaddress
+import logging
 import os
 import re
 import secrets
@@ -9,14 +15,53 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
+from dotenv import dotenv_values
 from limits import parse_many
 from psycopg.conninfo import make_conninfo
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import URL, make_url
 
+log = logging.getLogger(__name__)
+
 SECRET_KEY_FILE = "secret_key"
 SQLITE_FILE = "referral-service.sqlite3"
+
+DOTENV_FILE = ".env"  # in the working directory
+DOTENV_SWITCH = "REFERRAL_SERVICE_DOTENV"  # 0, false, no or off: the file is not read
+_DOTENV_STATE = {"read": False}
+_KEY_FILES_WARNED: set[Path] = set()  # the generated key's warning is said once per process
+
+
+def load_dotenv_file() -> None:
+    """Put the settings of `.env` in the working directory into the environment, once per
+    process; a variable the environment already has keeps its value (the environment wins).
+
+    Not read when `REFERRAL_SERVICE_DOTENV` is 0, false, no or off, nor while tests run (pytest
+    sets `PYTEST_CURRENT_TEST`, which processes the tests start inherit): tests never pick up a
+    developer's `.env`. Only the working directory is looked at, not its parents. Raises
+    SettingsError when the file is there but cannot be read (no permission, not UTF-8); a line
+    python-dotenv cannot parse is skipped with its own warning.
+    """
+    if _DOTENV_STATE["read"]:
+        return
+    _DOTENV_STATE["read"] = True
+    if flag(DOTENV_SWITCH) is False or "PYTEST_CURRENT_TEST" in os.environ:
+        return
+    path = Path(DOTENV_FILE)
+    if not path.is_file():
+        return
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+        raise SettingsError(
+            f"The settings file {path.resolve()} cannot be read: {reason} (set "
+            f"{DOTENV_SWITCH}=0 not to read it)"
+        ) from None
+    for name, value in values.items():
+        if value is not None and name not in os.environ:
+            os.environ[name] = value
 
 
 DATABASE_SCHEMES = ("postgresql+psycopg", "sqlite", "sqlite+pysqlite")
@@ -215,15 +260,28 @@ def secret_key(instance_path: str) -> str:
     The key file is written whole before it appears (a temporary file, then a hard link to the
     final name, which fails if another process made it first), so processes starting at once on
     a fresh instance folder all read one complete key. Raises SettingsError for an empty or short
-    key, given or read.
+    key, given or read. A key from the file (generated now or before) is announced with a
+    warning, once per process: several instances must share one key, set in `SECRET_KEY`.
     """
     if "SECRET_KEY" in os.environ:  # given, even empty (a variable a template left blank)
         return check_secret_key(os.environ["SECRET_KEY"].strip())
     path = Path(instance_path) / SECRET_KEY_FILE
-    if not path.exists():
+    generated = not path.exists()
+    if generated:
         path.parent.mkdir(parents=True, exist_ok=True)
         _create_key_file(path, secrets.token_urlsafe(48))
-    return check_secret_key(path.read_text().strip(), f"The key file {path}")
+    key = check_secret_key(path.read_text().strip(), f"The key file {path}")
+    if path in _KEY_FILES_WARNED and not generated:
+        return key
+    _KEY_FILES_WARNED.add(path)
+    log.warning(
+        "SECRET_KEY is not set: using the key %s on this host in %s. Several instances of the "
+        "service must share one key (codes, links and sessions signed by one are checked by "
+        "the others): set SECRET_KEY in the environment to the same value everywhere.",
+        "just generated" if generated else "generated",
+        path,
+    )
+    return key
 
 
 def _create_key_file(path: Path, key: str) -> None:
@@ -347,8 +405,10 @@ def server_settings() -> dict:
 
     Raises SettingsError for a value that is not a whole number from 1 to its maximum (64 each):
     a mistyped `WEB_CONCURRENCY=1000000` must not fork a million processes; and for a `BIND`
-    that is not `HOST:PORT`, `[IPv6]:PORT`, `unix:PATH` or `fd://N`.
+    that is not `HOST:PORT`, `[IPv6]:PORT`, `unix:PATH` or `fd://N`. `.env` is read first
+    (gunicorn reads these before the application).
     """
+    load_dotenv_file()
     found = {}
     for name, key, default, most in (
         ("WEB_CONCURRENCY", "workers", 2, MAX_WEB_CONCURRENCY),
@@ -440,8 +500,10 @@ def from_environment(instance_path: str) -> dict:
 
     Raises SettingsError, whose message names the setting, says what is wrong with its value
     and what is accepted, for any value the service would not run well with: the service stops
-    before it starts rather than fail later, at a request or in a worker.
+    before it starts rather than fail later, at a request or in a worker. `.env` in the working
+    directory is read first (see `load_dotenv_file`).
     """
+    load_dotenv_file()
     fallbacks = [k.strip() for k in os.environ.get("SECRET_KEY_FALLBACKS", "").split(",")]
     return {
         "SECRET_KEY": secret_key(instance_path),
