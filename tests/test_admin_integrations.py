@@ -64,7 +64,7 @@ def add_events(app, *rows: dict) -> list[int]:
 def applied(app, client, shop):
     """Events through domain/platforms.apply: a Stripe purchase that converts friend-1's
     referral, a Stripe refund of an unknown order and an unused Stripe type (both ignored), and
-    a Shopify redaction of a customer the service does not know (ignored, erasure pending)."""
+    a Shopify redaction of a customer the service does not know (ignored, not found)."""
     referred_friend(client, shop)
     with app.app_context():
         outcomes = [
@@ -95,7 +95,7 @@ def test_the_page_shows_each_platforms_status_and_the_log(app, client, applied):
     assert "<code>not_found</code>: 1 (1 in the last 7 days)" in stripe
     assert "<code>unused</code>: 1 (1 in the last 7 days)" in stripe
     shopify = unescape(section(page, "shopify"))
-    assert "customers/redact</code>, ignored (erasure_pending)" in shopify
+    assert "customers/redact</code>, ignored (not_found)" in shopify
     assert "0 in all, 0 in the last 7 days" in shopify  # mapped
     # the log: newest first, every column
     ids = shown_ids(page)
@@ -110,7 +110,7 @@ def test_the_page_shows_each_platforms_status_and_the_log(app, client, applied):
     redact = page[page.index(f'id="event-{ids[0]}"') :]
     redact = redact[: redact.index("</tr>")]
     assert "shopify-77" in redact and "/admin/customers/shopify-77" not in redact
-    assert "erasure_pending" in redact and "Shopify" in redact
+    assert "not_found" in redact and "Shopify" in redact
 
 
 @pytest.mark.parametrize("role", ["viewer", "approver", "owner"])

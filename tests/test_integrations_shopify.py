@@ -19,7 +19,7 @@ from sqlalchemy import select
 from referral_service.domain.platforms import Ignore, Purchase, Redact, Refund
 from referral_service.extensions import db
 from referral_service.integrations.shopify import action_of
-from referral_service.models import Customer, Referral, Reward, utcnow
+from referral_service.models import AuditRecord, Customer, Referral, Reward, utcnow
 from referral_service.models import Purchase as PurchaseRow
 from referral_service.models.platform import PlatformEvent
 from tests.conftest import IN_CI
@@ -338,18 +338,30 @@ def test_sixteen_deliveries_of_one_event_at_once_have_one_effect(shopify, client
             assert db.session.scalar(select(Reward.status)) == "reversed"
 
 
-def test_a_redaction_is_acknowledged_and_recorded_for_the_admin(shopify, client, shop):
+def test_a_redaction_erases_the_customer_as_customers_erase_does(shopify, client, shop):
+    enrol(client, shop, "191167", "John.Smith@Example.com")
     payload = {
         "shop_id": 954889,
         "shop_domain": "shop.myshopify.com",
-        "customer": {"id": 191167, "email": "john@example.com", "phone": "555-625-1199"},
+        "customer": {"id": 191167, "email": "john.smith@example.com", "phone": "555-625-1199"},
         "orders_to_redact": [299938, 280263, 220458],
     }
     response = send(client, "customers/redact", payload, "evt-redact")
-    acknowledged(response, "ignored", "erasure_pending")
+    acknowledged(response, "mapped")
+    shown = client.get("/api/v1/customers/191167", headers=shop).json
+    assert (shown["email"], shown["name"], shown["erased_at"] is not None) == (None, None, True)
     with shopify.app_context():
         record = db.session.scalar(select(PlatformEvent))
-        assert record.customer_external_id == "191167" and "erase" in record.message
+        assert record.customer_external_id == "191167"
+        assert record.message == "Customer 191167 erased."
+        erased = db.session.scalar(
+            select(AuditRecord).where(AuditRecord.action == "customer.erase")
+        )
+        assert (erased.actor, erased.subject_type) == ("platform:shopify", "customer")
+    # the same request again (another event) changes nothing; an unknown customer is not found
+    acknowledged(send(client, "customers/redact", payload, "evt-redact-2"), "mapped")
+    payload["customer"]["id"] = 404
+    acknowledged(send(client, "customers/redact", payload, "evt-redact-3"), "ignored", "not_found")
 
 
 # --- payloads that cannot be mapped ----------------------------------------------------------

@@ -196,8 +196,8 @@ def test_what_the_ledger_refuses_is_recorded_as_ignored_and_not_retried(app, cli
         assert "refunded_total" in too_much.message
         told = platforms.apply("stripe", "evt_f", "customer.created", Ignore("unused", "Not used."))
         assert (told.outcome, told.reason) == ("ignored", "unused")
-        redact = platforms.apply("shopify", "r-1", "customers/redact", Redact("friend-1"))
-        assert (redact.outcome, redact.reason) == ("ignored", "erasure_pending")
+        redact = platforms.apply("shopify", "r-1", "customers/redact", Redact("nobody"))
+        assert (redact.outcome, redact.reason) == ("ignored", "not_found")
         # each recorded once, a retry of an ignored event too
         assert platforms.apply("stripe", "evt_a", "x", purchase("x")).outcome == "duplicate"
         rows = db.session.execute(
@@ -212,7 +212,7 @@ def test_what_the_ledger_refuses_is_recorded_as_ignored_and_not_retried(app, cli
             ("evt_d", "ignored", "order_conflict"),
             ("evt_e", "ignored", "ledger_refused"),
             ("evt_f", "ignored", "unused"),
-            ("r-1", "ignored", "erasure_pending"),
+            ("r-1", "ignored", "not_found"),
         ]
         assert count(app, Reward) == 1
 

@@ -1,15 +1,15 @@
 """Events from the shop's platforms (Stripe, Shopify) onto the ledger, each exactly once.
 
-A platform's webhook is verified (`verify_stripe`, `verify_shopify`: the signature schemes as
-each platform documents them), then mapped by the platform's own module (integrations/) into an
-action of this module: a `Purchase`, a `Refund`, a `Redact`, or `Ignore` with the reason. `apply`
-carries the action out through the same domain functions as the API (a sign-up when an unknown
-customer carries a referral, the purchase, the refund), in one unit of work together with the
-event's record in `platform_events`, unique per platform and event id: a platform's retry, even
-sent concurrently, finds the record and changes nothing. An action the ledger refuses (an unknown
-order, a currency it cannot take, an amount it cannot hold) is recorded as ignored with why, in a
-unit of its own, and the platform gets its 2xx all the same: it would otherwise retry for days
-what will never map. No payload is kept; the record names the order and the customer only.
+A platform's webhook is verified (`verify_stripe`, `verify_shopify`: the signature schemes as each
+platform documents them), then mapped by the platform's own module (integrations/) into an action of
+this module: a `Purchase`, a `Refund`, a `Redact`, or `Ignore` with the reason. `apply` carries the
+action out through the same domain functions as the API (a sign-up when an unknown customer carries
+a referral, the purchase, the refund, the erasure), in one unit of work together with the event's
+record in `platform_events`, unique per platform and event id: a platform's retry, even sent
+concurrently, finds the record and changes nothing. An action the ledger refuses (an unknown order,
+a currency it cannot take, an amount it cannot hold) is recorded as ignored with why, in a unit of
+its own, and the platform gets its 2xx all the same: it would otherwise retry for days what will
+never map. No payload is kept; the record names the order and the customer only.
 """
 
 import base64
@@ -23,7 +23,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from referral_service.domain import attribution, refunds, rewards
+from referral_service.domain import attribution, privacy, refunds, rewards
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.money import EXPONENTS, minor_digits
 from referral_service.domain.unit import unit_of_work
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 STRIPE_TOLERANCE = 300  # seconds a Stripe signature's timestamp may be from now, either way
 MAX_MESSAGE = 500
-PLATFORM_ACTOR = "platform:{}"  # the audit actor of a refund a platform reported
+PLATFORM_ACTOR = "platform:{}"  # the audit actor of a refund or an erasure a platform asked for
 
 # Stripe's minor units (https://docs.stripe.com/currencies): amounts are integers in the
 # currency's smallest unit, which Stripe defines for itself. Zero-decimal currencies take whole
@@ -252,7 +252,7 @@ def apply(
         raise ValueError(f"unknown platform {platform!r}")
     now = now or utcnow()
     event_id, event_type = _kept(event_id, 255) or "-", _kept(event_type, 100) or "-"
-    if isinstance(action, Purchase) and action.click_id:
+    if (isinstance(action, Purchase) and action.click_id) or isinstance(action, Redact):
         flush_pending()  # before the unit: the click may still wait in this process's buffer
     try:
         return _apply_once(platform, event_id, event_type, action, now)
@@ -265,13 +265,6 @@ def apply(
 def _apply_once(platform, event_id, event_type, action, now) -> Outcome:
     """One try; its record comes first in its unit, so that an event recorded before (or a
     twin being recorded) fails it on the unique key before any effect."""
-    if isinstance(action, Redact):  # erasure is not automatic yet: the admin sees the request
-        action = Ignore(
-            "erasure_pending",
-            f"The platform asks to erase customer {action.customer_external_id}: erase their "
-            "personal data by hand (automatic erasure is not built yet).",
-            customer_external_id=action.customer_external_id,
-        )
     if isinstance(action, Ignore):
         return _ignored(platform, event_id, event_type, action, now)
     try:
@@ -365,6 +358,9 @@ def _carry_out(platform: str, action: Action, now: datetime) -> str:
             now=now,
         )
         return f"Order {action.order_id}: refunded {answer['refunded_total']} in all."
+    if isinstance(action, Redact):  # as `customers erase` does; an unknown customer: not_found
+        privacy.erase(action.customer_external_id, PLATFORM_ACTOR.format(platform), now)
+        return f"Customer {action.customer_external_id} erased."
     raise TypeError(f"not an action: {action!r}")
 
 
