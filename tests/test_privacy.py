@@ -4,6 +4,7 @@ appear anywhere in the database, while the money ledger stays whole."""
 
 import json
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select
@@ -27,6 +28,7 @@ from tests.journey_helpers import (
     enrol,
     pay,
     ready_for_payout,
+    referred_friend,
     refund,
     set_program,
     sign_up,
@@ -366,3 +368,18 @@ def test_the_command_line_exports_and_erases(app, runner, story):
     assert unknown.exit_code == 1 and "nobody" in unknown.output
     unknown = runner.invoke(main, ["customers", "erase", "nobody", "--yes"])
     assert unknown.exit_code == 1 and "nobody" in unknown.output
+
+
+def test_pages_and_steps_that_name_an_erased_friend_still_work(app, client, shop, admin):
+    """A purchase by an erased friend and their referrer's share page: the person's email is
+    gone, nothing fails for it."""
+    referred_friend(client, shop, "friend-e", "ref-e")
+    with app.app_context():
+        privacy.erase("friend-e", "admin:test")
+    response = buy(client, shop, "o-erased", "friend-e", "50.00")
+    assert response.status_code == 201, response.json
+    link = client.post("/api/v1/customers/ref-e/portal-link", headers=shop)
+    assert link.status_code in (200, 201), link.json
+    page = client.get(urlsplit(link.json["url"]).path)
+    assert page.status_code == 200
+    assert client.get("/api/v1/customers/friend-e", headers=admin).json["email"] is None

@@ -282,7 +282,7 @@ def signup_signals(
 
 
 def purchase_signals(
-    connection, referrer_id: int, friend_email: str, settings: dict, occurred_at: datetime
+    connection, referrer_id: int, friend_email: str | None, settings: dict, occurred_at: datetime
 ) -> list:
     """The reasons to flag a conversion by an order dated `occurred_at`: many first purchases
     through the referrer in the window before it, or a friend whose address has become known as
@@ -293,7 +293,7 @@ def purchase_signals(
     ).scalar()
     if converted >= settings["velocity_max_signups"]:
         reasons.append("conversion_velocity")
-    if is_disposable(friend_email):
+    if friend_email and is_disposable(friend_email):  # an erased friend has no address
         reasons.append("disposable_email")
     return reasons
 

@@ -175,12 +175,13 @@ def _upper(cluster: str) -> str:
     return upper if len(_GRAPHEME.findall(upper)) == 1 else cluster
 
 
-def mask_name(name: str | None, email: str) -> str:
+def mask_name(name: str | None, email: str | None) -> str:
     """A friend's name as their referrer sees it: `A*** K.` (the initials of the first and last
-    words), or `a***` from the email when there is no name; initials are grapheme clusters."""
+    words), or `a***` from the email when there is no name; `***` for a friend erased (no name,
+    no email); initials are grapheme clusters."""
     initials = [initial for initial in map(_initial, (name or "").split()) if initial]
     if not initials:
-        return _initial(email).lower() + "***"
+        return _initial(email or "").lower() + "***"
     masked = _upper(initials[0]) + "***"
     return f"{masked} {_upper(initials[-1])}." if len(initials) > 1 else masked
 
