@@ -170,7 +170,14 @@ def _first_line(driver_error, ctx: click.Context | None) -> str:
     return line
 
 
-@click.group(cls=_Commands, create_app=_create_app, add_version_option=False, set_debug_flag=False)
+@click.group(
+    cls=_Commands,
+    create_app=_create_app,
+    add_version_option=False,
+    load_dotenv=False,  # config.py reads .env itself: the working directory only, with its switch
+    set_debug_flag=False,
+)
+@click.version_option(package_name="referral-service", prog_name="referral-service")
 def main():
     """Referral service: run it, migrate its database, manage keys and admins, import customers."""
 

@@ -365,3 +365,11 @@ def test_portal_link_refuses_unknown_customers_and_bad_expiry(app, runner, args,
         customers.enrol("cli-ref", "cli-ref@example.com")
     result = runner.invoke(main, ["customers", "portal-link", *args])
     assert result.exit_code != 0 and problem in result.output
+
+
+def test_the_version_is_printed(runner):
+    from importlib.metadata import version
+
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"referral-service, version {version('referral-service')}"

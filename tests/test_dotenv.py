@@ -56,11 +56,6 @@ def test_a_dotenv_file_sets_settings_and_the_environment_wins(tmp_path):
     assert "SECRET_KEY is not set" not in done.stderr  # the key from the file
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Flask's command group loads .env (and .flaskenv, also from parent folders) itself "
-    "unless it is built with load_dotenv=False",
-)
 @pytest.mark.parametrize(
     "switch", [{"REFERRAL_SERVICE_DOTENV": "0"}, {"PYTEST_CURRENT_TEST": "a test"}]
 )
