@@ -127,7 +127,8 @@ Referral codes, share links and QR codes for a shop's customers.
 
 Authenticate with `Authorization: Bearer <api key>` (create keys with
 `referral-service api-keys create NAME --scope shop|admin`). Every error is
-`{"error": {"code", "message", "fields"?}}`. Money travels as decimal strings in
+`{"error": {"code", "message", "fields"?, "request_id"}}` (the id also in the
+`Request-Id` header). Money travels as decimal strings in
 major units with an ISO 4217 currency; times are ISO 8601 with a zone.
 
 String formats of our own: `identifier` (printable characters as Python's `str.isprintable`
