@@ -1,5 +1,5 @@
-# `make run` starts the service and its worker on SQLite with zero configuration; `make test` runs
-# the tests.
+# `make run` starts the service (gunicorn, as in production) and its worker on SQLite with zero
+# configuration; `make test` runs the tests.
 # Both create a virtual environment in .venv and install what they need into it, at exactly the
 # versions in requirements.lock (the ones the tests passed with); `make lock` refreshes that file
 # from the compatible ranges in pyproject.toml.
@@ -52,7 +52,7 @@ run: install translations
 	@$(BIN)/referral-service worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT; \
 	trap 'exit 130' INT TERM; \
-	$(BIN)/referral-service run --host $(HOST) --port $(PORT)
+	$(BIN)/referral-service serve --host $(HOST) --port $(PORT)
 
 test: install-dev translations
 	$(BIN)/ruff check .

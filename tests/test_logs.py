@@ -110,7 +110,7 @@ def free_port() -> int:
 
 
 def test_make_run_prints_the_address_to_open(tmp_path):
-    """`referral-service run` (what `make run` starts) says where it listens, not `[ip]`."""
+    """`referral-service run` (the development server) says where it listens, not `[ip]`."""
     port = free_port()
     env = {
         **os.environ,
