@@ -46,7 +46,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_security_headers(app)
     register_body_limit(app)
     register_url_check(app)
-    logs.install()
+    logs.install(app)
     return app
 
 

@@ -504,6 +504,11 @@ def from_environment(instance_path: str) -> dict:
     directory is read first (see `load_dotenv_file`).
     """
     load_dotenv_file()
+    found_log_format = log_format()
+    # lines said while the other settings are read (the generated key's warning) take it too
+    from referral_service.log_format import configure
+
+    configure(found_log_format)
     fallbacks = [k.strip() for k in os.environ.get("SECRET_KEY_FALLBACKS", "").split(",")]
     return {
         "SECRET_KEY": secret_key(instance_path),
@@ -521,7 +526,21 @@ def from_environment(instance_path: str) -> dict:
         **events_settings(),
         "TASKS_FILE": _path("TASKS_FILE"),
         **platform_settings(),
+        "LOG_FORMAT": found_log_format,
     }
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def log_format() -> str:
+    """`LOG_FORMAT`: `text` (the default: lines for a person) or `json` (one JSON object a line,
+    see log_format.py); raises SettingsError for anything else."""
+    load_dotenv_file()
+    value = os.environ.get("LOG_FORMAT", "").strip()
+    if value.lower() not in ("", *LOG_FORMATS):
+        raise SettingsError(f"LOG_FORMAT must be {_either(LOG_FORMATS)}; got {_shown(value)}")
+    return value.lower() or "text"
 
 
 PLATFORM_SECRETS = ("STRIPE_WEBHOOK_SECRETS", "SHOPIFY_WEBHOOK_SECRETS")
@@ -688,6 +707,7 @@ DEFAULTS = {
     "DATABASE_POOL_TIMEOUT": 3.0,
     "DATABASE_STATEMENT_TIMEOUT": 5.0,
     "JSON_SORT_KEYS": False,
+    "LOG_FORMAT": "text",  # or json: one JSON object a line (log_format.py)
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     # clicks are buffered in memory and written in batches (see domain/clicks.py)
     "CLICK_FLUSH_INTERVAL": 0.5,

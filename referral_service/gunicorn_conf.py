@@ -6,6 +6,8 @@ without the query string and no referrer, which may hold a search or a person's 
 service masks addresses in every log line too, see referral_service/logs.py).
 """
 
+from referral_service import config as service_config
+from referral_service import log_format
 from referral_service.config import server_settings
 
 # WEB_CONCURRENCY (default 2) and THREADS (default 1), each 1 to 64, and BIND (default
@@ -32,3 +34,8 @@ def worker_exit(server, worker):
     recorder = getattr(app, "extensions", {}).get("clicks") if app else None
     if recorder is not None:
         recorder.close()
+
+
+# LOG_FORMAT=json: gunicorn's error log and access log (and the rest) write one JSON object a line
+if service_config.log_format() == "json":
+    logger_class = log_format.gunicorn_logger()

@@ -102,6 +102,9 @@ def redact_record(name: str, template, message: str) -> str:
     )
 
 
+MASKED = "masked"  # the attribute of a record this module's factory has masked
+
+
 def _masking(make_record):
     def make(*args, **kwargs):
         record = make_record(*args, **kwargs)
@@ -112,14 +115,20 @@ def _masking(make_record):
         record.msg, record.args = redact_record(record.name, record.msg, message), None
         if record.exc_info:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        setattr(record, MASKED, True)
         return record
 
     make.masks_addresses = True
     return make
 
 
-def install() -> None:
-    """Mask client data in every log record of this process (once, however often it is called)."""
+def install(app=None) -> None:
+    """Mask client data in every log record of this process (once, however often it is called);
+    with `app`, also write log lines in its `LOG_FORMAT` (see log_format.py)."""
     factory = logging.getLogRecordFactory()
     if not getattr(factory, "masks_addresses", False):
         logging.setLogRecordFactory(_masking(factory))
+    if app is not None:
+        from referral_service.log_format import configure
+
+        configure(app.config.get("LOG_FORMAT", "text"), app.name)
