@@ -200,3 +200,21 @@ def test_serve_writes_json_lines_only(tmp_path):
     access = [line["message"] for line in lines if line["logger"] == "gunicorn.access"]
     assert any("/r/[email]" in message for message in access), access
     assert "nobody@example.com" not in out + err
+
+
+def test_db_upgrade_writes_json_lines_too(tmp_path):
+    """Alembic's own logging configuration is not applied over the JSON handler."""
+    env = {**os.environ, "SECRET_KEY": "k" * 48, "LOG_FORMAT": "json"}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    env.update(CLICK_SPILL_DIR=str(tmp_path / "spill"), TASKS_FILE=str(tmp_path / "tasks"))
+    done = subprocess.run(
+        [sys.executable, "-m", "referral_service", "db", "upgrade"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = json_lines(done.stderr + done.stdout)
+    assert any(line["logger"] == "alembic.runtime.migration" for line in lines), lines
