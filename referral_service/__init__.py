@@ -21,6 +21,7 @@ from referral_service.domain.qr import QrCache
 from referral_service.errors import register_error_handlers
 from referral_service.extensions import api, babel, csrf, db, migrate
 from referral_service.integrations import blp as integrations_blp
+from referral_service.metrics import register_metrics
 from referral_service.public.views import blp as public_blp
 from referral_service.request_id import register_request_id
 from referral_service.security import (
@@ -46,6 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_security_headers(app)
     register_body_limit(app)
     register_url_check(app)
+    register_metrics(app)
     logs.install(app)
     return app
 

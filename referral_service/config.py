@@ -527,6 +527,7 @@ def from_environment(instance_path: str) -> dict:
         "TASKS_FILE": _path("TASKS_FILE"),
         **platform_settings(),
         "LOG_FORMAT": found_log_format,
+        **metrics_settings(),
     }
 
 
@@ -541,6 +542,26 @@ def log_format() -> str:
     if value.lower() not in ("", *LOG_FORMATS):
         raise SettingsError(f"LOG_FORMAT must be {_either(LOG_FORMATS)}; got {_shown(value)}")
     return value.lower() or "text"
+
+
+def metrics_settings() -> dict:
+    """`METRICS` (a yes or a no; on by default) and `METRICS_TOKEN` (printable ASCII without
+    spaces, 16 to 200 characters) when given; raises SettingsError for anything else (the token
+    is never quoted in the message)."""
+    found = {}
+    enabled = flag("METRICS")
+    if enabled is not None:
+        found["METRICS"] = enabled
+    token = os.environ.get("METRICS_TOKEN", "").strip()
+    if token:
+        if not (16 <= len(token) <= 200 and token.isascii() and token.isprintable()) or (
+            " " in token
+        ):
+            raise SettingsError(
+                "METRICS_TOKEN must be 16 to 200 printable ASCII characters without spaces"
+            )
+        found["METRICS_TOKEN"] = token
+    return found
 
 
 PLATFORM_SECRETS = ("STRIPE_WEBHOOK_SECRETS", "SHOPIFY_WEBHOOK_SECRETS")
@@ -739,6 +760,9 @@ DEFAULTS = {
     # shop platforms in (integrations/): no secret, no platform event accepted
     "STRIPE_WEBHOOK_SECRETS": None,
     "SHOPIFY_WEBHOOK_SECRETS": None,
+    # /metrics (metrics.py): on unless METRICS is off; a bearer token when METRICS_TOKEN is set
+    "METRICS": True,
+    "METRICS_TOKEN": None,
     # the task queue (worker.py): Huey on SQLite (TASKS_FILE, by default
     # referral-service-tasks.sqlite3 in the instance folder), on Redis when REDIS_URL is set;
     # immediate mode runs each task at once in the process that queues it (tests)

@@ -6,9 +6,13 @@ without the query string and no referrer, which may hold a search or a person's 
 service masks addresses in every log line too, see referral_service/logs.py).
 """
 
+import os
+import shutil
+import tempfile
+
 from referral_service import config as service_config
 from referral_service import log_format
-from referral_service.config import server_settings
+from referral_service.config import SettingsError, flag, server_settings
 
 # WEB_CONCURRENCY (default 2) and THREADS (default 1), each 1 to 64, and BIND (default
 # 127.0.0.1:8000): anything else stops the start (`referral-service serve` says so in one line)
@@ -39,3 +43,36 @@ def worker_exit(server, worker):
 # LOG_FORMAT=json: gunicorn's error log and access log (and the rest) write one JSON object a line
 if service_config.log_format() == "json":
     logger_class = log_format.gunicorn_logger()
+
+
+# prometheus_client's multiprocess mode (metrics.py): each start makes a fresh folder for the
+# workers' figures in the system's temporary folder (TMPDIR), names it in PROMETHEUS_MULTIPROC_DIR
+# for the workers before any starts, and removes it when gunicorn stops. prometheus_client is not
+# imported here: the workers, forked from this process, must read that variable first.
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def on_starting(server):
+    try:
+        metrics_on = flag("METRICS") is not False
+    except SettingsError:  # the application refuses it at its start, in one line
+        metrics_on = True
+    if not metrics_on:
+        os.environ.pop(MULTIPROC_DIR, None)
+        return
+    os.environ[MULTIPROC_DIR] = tempfile.mkdtemp(prefix="referral-service-metrics-")
+    server.referral_metrics_dir = os.environ[MULTIPROC_DIR]
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live figures (the clicks it buffered) go with it."""
+    if getattr(server, "referral_metrics_dir", None):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, server.referral_metrics_dir)
+
+
+def on_exit(server):
+    folder = getattr(server, "referral_metrics_dir", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
