@@ -4,7 +4,7 @@ What is counted in the processes that serve requests:
 
 * `referral_http_requests_total{endpoint,method,status}` and the histogram
   `referral_http_request_duration_seconds{endpoint}`: `endpoint` is the name of the Flask view
-  that answered (`checkout.Signups`, `public.Redirect`, ...), `none` when no route matched (a 404
+  that answered (`checkout.Signups`, `public.ShareLink`, ...), `none` when no route matched (a 404
   or a 405), never the path; a method other than the usual ones is `other`. The duration runs from
   the first `before_request` hook to the last `after_request` hook.
 * `referral_attributions_total{reason}`: sign-ups recorded anew (201 from `POST
