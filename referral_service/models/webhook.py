@@ -70,6 +70,7 @@ class WebhookDelivery(Base):
             postgresql_where=text("status = 'pending'"),
         ),
         Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_status", "status"),  # /metrics counts them by status
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
