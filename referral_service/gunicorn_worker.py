@@ -1,23 +1,28 @@
 """Gunicorn's workers, answering the requests gunicorn itself refuses with the service's error
-envelope (`{"error": {"code", "message"}}`, see errors.py) instead of its HTML page.
+envelope (`{"error": {"code", "message", "request_id"}}`, see errors.py) instead of its HTML
+page, with the service's security headers and a `Request-Id` (request_id.py).
 
 Gunicorn refuses a request before the application sees it when the request line is longer than
 `limit_request_line` (4094 bytes: 414), a header field is larger than
 `limit_request_field_size` (8190 bytes) or there are more than `limit_request_fields` (100) of
 them (431), or the request is not well-formed HTTP (400). Those answers keep gunicorn's status,
-its log line and its access-log line; only the body changes, to JSON, with `Connection: close`.
+its log line and its access-log line; the body is JSON, with `Connection: close`.
 Anything else (a fault of the application, of gunicorn's configuration, of TLS) is gunicorn's
 own answer as before. gunicorn_conf.py picks `SyncWorker` for one thread per worker process,
 `ThreadWorker` (gthread) for more.
 """
 
 import json
+import uuid
 from datetime import datetime
 
 from gunicorn import util
 from gunicorn.http import errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import gthread, sync
+
+from referral_service.request_id import INCOMING, OUTGOING, SANE
+from referral_service.security import HEADERS, NOTHING
 
 
 def _kinds(*names: str) -> tuple[type, ...]:
@@ -89,19 +94,34 @@ def answer_for(error: BaseException) -> tuple[int, str, str, str] | None:
     return BAD_REQUEST
 
 
-def error_bytes(status: int, reason: str, code: str, message: str) -> bytes:
-    """The whole HTTP answer: status line, headers and the JSON envelope."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        "Connection: close\r\n"
-        "Content-Type: application/json\r\n"
-        "X-Content-Type-Options: nosniff\r\n"
-        "Cache-Control: no-store\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "\r\n"
+def error_bytes(status: int, reason: str, code: str, message: str, request_id: str) -> bytes:
+    """The whole HTTP answer: status line, headers (the service's security headers and the
+    `Request-Id`, as on every answer of the application) and the JSON envelope."""
+    body = json.dumps(
+        {"error": {"code": code, "message": message, "request_id": request_id}}
+    ).encode()
+    headers = {
+        "Connection": "close",
+        "Content-Type": "application/json",
+        "Cache-Control": "no-store",
+        **HEADERS,
+        "Content-Security-Policy": NOTHING,
+        OUTGOING: request_id,
+        "Content-Length": str(len(body)),
+    }
+    head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in headers.items()
     )
-    return head.encode("latin-1") + body
+    return (head + "\r\n").encode("latin-1") + body
+
+
+def given_request_id(req) -> str:
+    """The refused request's `X-Request-ID` when gunicorn parsed its headers and it is a sane
+    token (request_id.py), else a new id."""
+    for name, value in getattr(req, "headers", None) or ():
+        if isinstance(name, str) and name.upper() == INCOMING.upper() and SANE.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
 
 
 class JsonErrors:
@@ -117,8 +137,9 @@ class JsonErrors:
         self.log.warning("Invalid request from ip=%s: %s", addr[0], exc)
         if req is None:
             req = getattr(exc, "req", None) if isinstance(exc, errors.InvalidHeader) else None
-        data = error_bytes(status, reason, code, message)
-        if req is not None and not isinstance(req, str | bytes):  # a parsed request: its log line
+        parsed = req is not None and not isinstance(req, str | bytes)
+        data = error_bytes(status, reason, code, message, given_request_id(req if parsed else None))
+        if parsed:  # a parsed request: its log line
             environ = default_environ(req, client, self.cfg)
             environ["REMOTE_ADDR"] = addr[0]
             environ["REMOTE_PORT"] = str(addr[1])

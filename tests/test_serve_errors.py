@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from referral_service import gunicorn_worker
+from referral_service.security import HEADERS, NOTHING
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -91,7 +92,13 @@ def assert_envelope(headers: dict, body: bytes, code: str) -> None:
     assert int(headers["content-length"]) == len(body)
     assert b"<html" not in body.lower()
     error = json.loads(body)["error"]
-    assert error["code"] == code and error["message"] and set(error) == {"code", "message"}
+    assert error["code"] == code and error["message"]
+    assert set(error) == {"code", "message", "request_id"}
+    # as on every answer of the application: its request id, and the security headers
+    assert headers["request-id"] == error["request_id"] and 1 <= len(error["request_id"]) <= 128
+    for name, value in HEADERS.items():
+        assert headers[name.lower()] == value, name
+    assert headers["content-security-policy"] == NOTHING
 
 
 def test_a_long_address_is_a_json_414(server):
@@ -140,3 +147,12 @@ def test_errors_that_are_not_the_clients_stay_gunicorns():
     assert gunicorn_worker.answer_for(RuntimeError("a bug")) is None
     assert gunicorn_worker.answer_for(errors.ConfigurationProblem("x")) is None
     assert gunicorn_worker.answer_for(errors.LimitRequestLine(5000, 4094))[0] == 414
+
+
+def test_a_refused_request_sent_with_a_request_id_still_gets_an_id_and_the_headers(server):
+    fields = b"".join(b"X-F%d: v\r\n" % n for n in range(150))
+    status, headers, body = raw(
+        server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: order-42\r\n" + fields + b"\r\n"
+    )
+    assert status == 431
+    assert_envelope(headers, body, "request_header_fields_too_large")
