@@ -119,6 +119,8 @@ def _masking(make_record):
         return record
 
     make.masks_addresses = True
+    # the other layers below it (request_id.py's): each is installed once, whatever the order
+    make.adds_request_id = getattr(make_record, "adds_request_id", False)
     return make
 
 

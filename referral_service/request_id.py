@@ -61,6 +61,8 @@ def _with_request_id(make_record):
         return record
 
     make.adds_request_id = True
+    # the other layers below it (logs.py's masking): each is installed once, whatever the order
+    make.masks_addresses = getattr(make_record, "masks_addresses", False)
     return make
 
 

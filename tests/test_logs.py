@@ -233,3 +233,18 @@ def test_gunicorn_access_log_shows_no_search_and_no_address(tmp_path):
     assert '"GET /healthz HTTP/1.1" 200' in output
     for secret in ("anna", "Anna", "bob", "example.com", "zebra", "q="):
         assert secret not in output, output
+
+
+def test_every_app_made_leaves_one_layer_of_each_record_factory(database_url):
+    """Masking and the request id are installed once per process, however many apps are made
+    (each layer used to wrap the other again: hundreds of apps nested them past the recursion
+    limit)."""
+    from referral_service import create_app
+    from tests.conftest import app_config
+
+    create_app(app_config(database_url))
+    factory = logging.getLogRecordFactory()
+    for _ in range(5):
+        create_app(app_config(database_url))
+    assert logging.getLogRecordFactory() is factory
+    assert factory.masks_addresses and factory.adds_request_id
