@@ -310,7 +310,7 @@ def test_hostile_input_is_refused_and_writes_nothing(
     assert response.status_code == hostile.status, response.get_data(as_text=True)[:500]
     assert response.is_json
     error = response.json["error"]
-    assert set(error) <= {"code", "message", "fields"}
+    assert set(error) <= {"code", "message", "fields", "request_id"}
     assert isinstance(error["code"], str) and isinstance(error["message"], str)
     if hostile.field is not None:
         assert error["code"] == "validation_error"

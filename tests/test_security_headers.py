@@ -150,7 +150,11 @@ def test_an_unexpected_error_is_the_envelope_and_nothing_else(app):
     response = app.test_client().get("/test-only/boom")
     assert response.status_code == 500
     assert response.json == {
-        "error": {"code": "internal_error", "message": "Something went wrong on our side."}
+        "error": {
+            "code": "internal_error",
+            "message": "Something went wrong on our side.",
+            "request_id": response.headers["Request-Id"],
+        }
     }
     body = response.get_data(as_text=True)
     for leak in ("Traceback", "RuntimeError", "secret", "File ", ".py"):
