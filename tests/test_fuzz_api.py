@@ -72,6 +72,7 @@ BEYOND_THE_SPEC = {
         "friend_offer.value",
         "min_order_amount",
         "auto_approve_max_amount",
+        "landing_url",  # a port in digits 0-9 from 0 to 65535, which the URL pattern does not say
     },
 }
 
