@@ -275,6 +275,20 @@ def _check_resolves(address: str, source: str) -> None:
         ) from None
 
 
+JSON_HELP = "Print a JSON array on standard output, one object a row (times in ISO 8601, UTC)."
+
+
+def _iso(moment) -> str | None:
+    """An aware UTC datetime as ISO 8601 (`2026-11-30T12:41:03+00:00`, as the API writes times),
+    or None."""
+    return moment.isoformat() if moment is not None else None
+
+
+def _echo_json(rows) -> None:
+    """Rows (dicts of JSON values) as one JSON array on standard output."""
+    click.echo(json.dumps(list(rows), indent=2, ensure_ascii=False))
+
+
 @main.group("api-keys")
 def api_keys_group():
     """Create, list and revoke API keys."""
@@ -301,11 +315,27 @@ def create_key(name, scope):
 
 
 @api_keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @with_appcontext
-def list_keys():
+def list_keys(as_json):
     """List keys (never the keys themselves: only their first characters)."""
+    keys = api_keys.all_keys()
+    if as_json:
+        _echo_json(
+            {
+                "id": key.id,
+                "name": key.name,
+                "scope": key.scope,
+                "prefix": key.prefix,
+                "created_at": _iso(key.created_at),
+                "revoked_at": _iso(key.revoked_at),
+                "status": "revoked" if key.revoked_at else "active",
+            }
+            for key in keys
+        )
+        return
     click.echo(f"{'ID':>4}  {'NAME':<24} {'SCOPE':<6} {'PREFIX':<13} {'CREATED':<20} STATUS")
-    for key in api_keys.all_keys():
+    for key in keys:
         status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
         click.echo(
             f"{key.id:>4}  {key.name:<24} {key.scope:<6} {key.prefix + '…':<13} "
@@ -361,11 +391,26 @@ def create_admin(email, role):
 
 
 @admins_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @with_appcontext
-def list_admins():
+def list_admins(as_json):
     """List admins with their roles and last sign-in."""
+    everyone = admins.all_admins()
+    if as_json:
+        _echo_json(
+            {
+                "id": admin.id,
+                "email": admin.email,
+                "role": admin.role,
+                "last_sign_in_at": _iso(admin.last_sign_in_at),
+                "disabled_at": _iso(admin.disabled_at),
+                "status": "disabled" if admin.disabled_at else "active",
+            }
+            for admin in everyone
+        )
+        return
     click.echo(f"{'ID':>4}  {'EMAIL':<32} {'ROLE':<9} {'LAST SIGN-IN':<18} STATUS")
-    for admin in admins.all_admins():
+    for admin in everyone:
         last = f"{admin.last_sign_in_at:%Y-%m-%d %H:%M}Z" if admin.last_sign_in_at else "never"
         status = f"disabled {admin.disabled_at:%Y-%m-%d %H:%M}" if admin.disabled_at else "active"
         click.echo(f"{admin.id:>4}  {admin.email:<32} {admin.role:<9} {last:<18} {status}")
