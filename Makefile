@@ -67,8 +67,12 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# `make bench` runs the benchmark suite (bench/suite.py: every target of the service, SQLite and
+# PostgreSQL, sync and gthread workers, one table at the end; about 15 minutes; needs wrk and
+# Redis, and BENCH_DATABASE_URL or TEST_DATABASE_URL for PostgreSQL); pass options in BENCH_ARGS,
+# e.g. `make bench BENCH_ARGS=--quick` (about 4 minutes) or `BENCH_ARGS=--check`.
 bench: install-dev
-	$(BIN)/python bench/bench_public.py
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 # Re-resolve every dependency (with [dev]) within pyproject.toml's ranges in a fresh virtual
 # environment and write the versions it got to requirements.lock; run `make test` after it.

@@ -1,0 +1,196 @@
+"""The benchmark suite's plumbing (bench/suite.py, bench/seed.py, bench/harness.py), without
+any load: the table and its verdicts, the options, the resident memory read from /proc, and the
+bulk seeding, checked through the service's own API (a seeded referrer's code attributes a
+sign-up; a seeded pool friend's first purchase converts and earns a reward)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from referral_service.extensions import db
+from tests.conftest import SECRET
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import harness  # noqa: E402
+import seed  # noqa: E402
+import suite  # noqa: E402
+from bench_public import Load, Server, WrkResult  # noqa: E402
+
+
+def load(rps: float, p50: float = 10.0, p99: float = 20.0, cpu: float | None = 1.0) -> Load:
+    """A load of 10 s at `rps` requests a second; `cpu` seconds of server CPU in all."""
+    result = WrkResult(int(rps * 10), 10.0, 0, 0, p50, p99)
+    return Load(result, cpu, 0.02)
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def test_ratio_row_compares_to_the_mean_of_the_baselines_around_it():
+    row = suite.ratio_row(
+        "redirect", "sqlite", "sync", load(300), load(500), load(700), suite.REDIRECT_TARGET
+    )
+    assert row.baseline == "600 req/s"
+    assert row.ratio == "0.50"
+    assert row.met is True
+    assert row.tail_ok is True
+    assert row.ok
+    # 3000 requests at 1 s of CPU against 6000 at 1 s: each costs the service twice the CPU
+    even = suite.ratio_row("redirect", "sqlite", "sync", load(300), load(600), load(600), 0.5)
+    assert even.cpu_ratio == "0.50"
+    assert (
+        suite.ratio_row("r", "sqlite", "sync", load(300, cpu=None), load(6), load(6), 0.5).cpu_ratio
+        == ""
+    )
+
+    missed = suite.ratio_row("redirect", "sqlite", "sync", load(299), load(600), load(600), 0.5)
+    assert missed.met is False
+    assert not missed.ok
+
+
+def test_a_tail_over_three_times_the_median_misses_even_when_the_ratio_is_met():
+    row = suite.ratio_row(
+        "qr", "postgresql", "gthread", load(900, p50=10, p99=31), load(1000), load(1000), 0.7
+    )
+    assert row.met is True
+    assert row.tail_ok is False
+    assert not row.ok
+    assert not suite.all_ok([row])
+    line = suite.format_table([row]).splitlines()[2]
+    assert "3.1x!" in line
+
+
+def test_too_many_errors_miss_the_target():
+    bad = Load(WrkResult(1000, 10.0, 0, 20, 10.0, 20.0), 1.0, 0.0)  # 2% answered >= 400
+    row = suite.ratio_row("sign-up", "sqlite", "sync", bad, load(100), load(100), 0.4)
+    assert row.met is False
+    assert "20 errors in 1000 requests" in row.note
+
+
+def test_memory_row():
+    within = suite.rss_row("sqlite", "sync", [90 * 2**20, 120 * 2**20])
+    assert (within.figure, within.met) == ("120 MB", True)
+    assert "90 MB, 120 MB" in within.note
+    assert suite.rss_row("sqlite", "sync", [150 * 2**20]).met is False
+    assert suite.rss_row("sqlite", "sync", []).met is None
+
+
+def test_the_table_has_a_line_a_row_with_its_notes_and_every_column():
+    rows = [
+        suite.ratio_row("redirect GET /r/<code>", "sqlite", "sync", load(1), load(3), load(3), 0.5),
+        suite.Row("PostgreSQL loads", "postgresql", note="skipped: set BENCH_DATABASE_URL"),
+        suite.NOT_BUILT,
+    ]
+    text = suite.format_table(rows)
+    lines = text.splitlines()
+    for name, _, _ in suite.COLUMNS:
+        assert name in lines[0]
+    assert set(lines[1]) == {"-"}
+    assert lines[2].startswith("redirect GET /r/<code>") and " NO " in lines[2]
+    assert lines[3].startswith("PostgreSQL loads")
+    assert lines[4] == "    skipped: set BENCH_DATABASE_URL"
+    assert "not built yet" in lines[5]
+    assert suite.all_ok(rows[1:])  # a skipped row and a row not built miss nothing
+    assert not suite.all_ok(rows)
+
+
+def test_options():
+    quick = suite.parse_args(["--quick"])
+    assert (quick.duration, quick.warmup) == (2, 1)
+    assert quick.scale_sizes == [10_000, 100_000]
+    assert quick.kinds == ["sync", "gthread"]
+    assert quick.databases == ["sqlite", "postgresql"]
+    full = suite.parse_args(["--only", "sqlite", "--kinds", "gthread"])
+    assert full.scale_sizes == [10_000, 1_000_000]
+    assert (full.databases, full.kinds) == (["sqlite"], ["gthread"])
+    for wrong in (["--kinds", "gevent"], ["--scale-sizes", "10000"], ["--duration", "0"]):
+        with pytest.raises(SystemExit):
+            suite.parse_args(wrong)
+
+
+def test_gunicorn_takes_the_same_settings_for_every_application():
+    sync = harness.gunicorn_argv("bare_app:app", BENCH, 8001, 2, "sync")
+    gthread = harness.gunicorn_argv("bare_app:app", BENCH, 8001, 2, "gthread", threads=4)
+    assert sync[sync.index("--threads") + 1] == "1"
+    assert gthread[gthread.index("--worker-class") + 1] == "gthread"
+    assert gthread[gthread.index("--threads") + 1] == "4"
+    with pytest.raises(ValueError):
+        harness.gunicorn_argv("bare_app:app", BENCH, 8001, 2, "gevent")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_worker_memory_is_read_for_the_process_group_but_its_leader(tmp_path):
+    # a leader in a session of its own with one child, as a gunicorn master and its worker
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', " + (
+        "'import time; x = bytearray(40 * 2**20); time.sleep(30)']); time.sleep(30)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    server = Server("probe", [], tmp_path, dict(os.environ), 0, tmp_path / "log")
+    server.proc = proc
+    try:
+        sizes = []
+        for _ in range(100):
+            sizes = harness.worker_rss(server)
+            if sizes and sizes[0] > 40 * 2**20:
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        assert len(sizes) == 1
+        assert 40 * 2**20 < sizes[0] < 200 * 2**20
+    finally:
+        server.stop(timeout=5)
+    assert harness.worker_rss(server) == []
+
+
+# --- the seeding -------------------------------------------------------------------------------
+
+
+def test_seeded_rows_are_what_the_service_works_with(app, client, shop):
+    with app.app_context():
+        engine = db.engine
+        referrers = seed.seed_referrers(engine, 3, SECRET)
+        seed.seed_pool(engine, referrers, 0, 5)
+        seed.seed_history(engine, referrers, 40)
+        counts = seed.counts(engine)
+    assert counts["customers"] == 3 + 5 + 40
+    assert counts["referrals"] == 5 + 40
+    assert counts["signups"] == 5 + 40
+    assert 0 < counts["rewards"] <= counts["purchases"]
+
+    # a seeded referrer's code attributes a new friend's sign-up
+    answer = client.post(
+        "/api/v1/signups",
+        json={
+            "external_id": "new-friend",
+            "email": "new@example.com",
+            "referral_code": referrers[1].code,
+        },
+        headers=shop,
+    )
+    assert answer.status_code == 201, answer.get_json()
+    assert answer.get_json()["attributed"] is True
+
+    # a seeded pool friend's first purchase converts and earns the referrer a reward
+    answer = client.post(
+        "/api/v1/purchases",
+        json={
+            "order_id": "o-1",
+            "customer_external_id": "pool-00000003",
+            "amount": "49.90",
+            "currency": "EUR",
+        },
+        headers=shop,
+    )
+    body = answer.get_json()
+    assert answer.status_code == 201, body
+    assert body["first_purchase"] is True
+    assert body["referral"]["status"] == "converted"
+    assert any(r["beneficiary"] == "referrer" for r in body["rewards"])
+
+    # ids written explicitly leave the service's own inserts room (PostgreSQL's sequences too)
+    with app.app_context():
+        assert seed.counts(db.engine)["customers"] == 3 + 5 + 40 + 1
