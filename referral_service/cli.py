@@ -29,6 +29,7 @@ from referral_service.domain import (
     privacy,
     program,
     rewards,
+    rollups,
 )
 from referral_service.errors import ReferralError, Unavailable, is_outage
 from referral_service.links import portal_url
@@ -486,6 +487,39 @@ def purge_risk_evidence():
     click.echo(
         f"Emptied the evidence of {emptied['signups']} sign-ups and {emptied['clicks']} clicks "
         f"older than {days} days."
+    )
+
+
+@main.group("clicks")
+def clicks_group():
+    """Roll up share-link clicks and prune the old ones (the funnel's figures stay the same)."""
+
+
+@clicks_group.command("roll-up")
+@with_appcontext
+def roll_up_clicks():
+    """Count the clicks of the days before today (UTC) into the daily roll-ups that the funnel
+    reads (the worker does it every hour). Safe to run from cron, and concurrently with itself."""
+    click.echo(f"{rollups.roll_up()} clicks rolled up.")
+
+
+@clicks_group.command("prune")
+@click.option(
+    "--keep-days",
+    type=AsciiIntRange(min=0, max=36_500),
+    help="Days of click rows to keep; at least the attribution window "
+    f"(default: the window and {rollups.PRUNE_MARGIN.days} days more).",
+)
+@with_appcontext
+def prune_clicks(keep_days):
+    """Roll up, then delete the click rows of the days ended more than --keep-days ago (the
+    worker does it every night). The funnel and the customers' counters read the roll-ups, so
+    their figures stay the same."""
+    window = program.settings()["attribution_window_days"]
+    done = _or_fail(rollups.prune, window, keep_days)
+    click.echo(
+        f"{done['rolled_up']} clicks rolled up; {done['pruned']} click rows dated before "
+        f"{done['pruned_until'].isoformat()} deleted."
     )
 
 

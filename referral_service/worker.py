@@ -1,5 +1,6 @@
 """The task queue (Huey) and its tasks: the outbox relay, webhook deliveries, emails, and the
-periodic jobs (maturing rewards, purging risk evidence, pruning idempotency keys).
+periodic jobs (maturing rewards, purging risk evidence, pruning idempotency keys, rolling up
+clicks every hour and pruning the rolled-up ones past the attribution window every night).
 
 Each application gets its own Huey instance (`app.extensions["tasks"]`): SQLite storage in the
 instance folder by default (`TASKS_FILE`), Redis when `REDIS_URL` is set; in both the queue's name
@@ -30,7 +31,7 @@ from huey import RedisHuey, SqliteHuey, crontab
 from huey.storage import SqliteStorage
 from sqlalchemy import delete
 
-from referral_service.domain import fraud, idempotency, program, relay, rewards, unit
+from referral_service.domain import fraud, idempotency, program, relay, rewards, rollups, unit
 from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Unavailable, is_outage
 from referral_service.extensions import db
@@ -138,6 +139,10 @@ class Tasks:
         huey.periodic_task(every_minute, name="mature")(in_app(self.mature))
         huey.periodic_task(crontab(minute="7"), name="prune_keys")(in_app(self.prune_keys))
         huey.periodic_task(crontab(minute="23", hour="3"), name="purge")(in_app(self.purge))
+        huey.periodic_task(crontab(minute="17"), name="roll_up_clicks")(in_app(self.roll_up))
+        huey.periodic_task(crontab(minute="43", hour="3"), name="prune_clicks")(
+            in_app(self.prune_clicks)
+        )
 
     def wake(self) -> None:
         """Queue the relay after a commit that wrote events, at most once per `WAKE_INTERVAL`
@@ -199,6 +204,16 @@ class Tasks:
     def purge(self):
         """Empty the risk evidence older than the program's `risk_retention_days`."""
         return fraud.purge(program.settings()["risk_retention_days"], utcnow())
+
+    def roll_up(self, now: datetime | None = None) -> int:
+        """Count the clicks of past days into the roll-ups (`referral-service clicks roll-up`);
+        returns how many clicks it counted."""
+        return rollups.roll_up(now)
+
+    def prune_clicks(self, now: datetime | None = None) -> dict:
+        """Roll up, then delete the click rows older than the attribution window and its
+        margin (`referral-service clicks prune`); no figure changes."""
+        return rollups.prune(program.settings()["attribution_window_days"], now=now)
 
     def prune_keys(self, now: datetime | None = None) -> int:
         """Delete the idempotency keys older than they are honoured (`idempotency.KEEP`; a

@@ -17,9 +17,9 @@ keep their amounts, and the audit log keeps its records. The erasure is itself a
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, or_, select, update
 
-from referral_service.domain import customers, events, payouts
+from referral_service.domain import customers, events, payouts, rollups
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.money import from_minor
 from referral_service.domain.unit import unit_of_work
@@ -167,25 +167,13 @@ def export(external_id: str) -> dict:
 
 def _visits_of_links(customer_id: int) -> dict:
     """How often the customer's links were visited, by channel, and when first and last: the
-    visitors themselves are other people, never shown."""
-    by_channel = {}
-    first = last = None
-    for channel, count, earliest, latest in db.session.execute(
-        select(
-            Click.channel, func.count(), func.min(Click.occurred_at), func.max(Click.occurred_at)
-        )
-        .where(Click.referrer_id == customer_id)
-        .group_by(Click.channel)
-        .order_by(Click.channel)
-    ):
-        by_channel[channel] = count
-        first = earliest if first is None or earliest < first else first
-        last = latest if last is None or latest > last else last
+    visitors themselves are other people, never shown (the roll-ups count the pruned ones)."""
+    visits = rollups.referrer_visits(customer_id)
     return {
-        "count": sum(by_channel.values()),
-        "by_channel": by_channel,
-        "first_at": first,
-        "last_at": last,
+        "count": sum(v["count"] for v in visits.values()),
+        "by_channel": {channel: v["count"] for channel, v in visits.items()},
+        "first_at": min((v["first_at"] for v in visits.values()), default=None),
+        "last_at": max((v["last_at"] for v in visits.values()), default=None),
     }
 
 

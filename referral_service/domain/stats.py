@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from referral_service.domain import rollups
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.clock import utc
 from referral_service.domain.money import from_minor
@@ -12,7 +13,7 @@ from referral_service.domain.pages import page
 from referral_service.domain.text import findable
 from referral_service.errors import ValidationFailed
 from referral_service.extensions import db
-from referral_service.models import Clawback, Click, Customer, Purchase, Referral, Reward, utcnow
+from referral_service.models import Clawback, Customer, Purchase, Referral, Reward, utcnow
 from referral_service.models.referral import REWARD_STATUSES
 
 DEFAULT_RANGE = timedelta(days=30)
@@ -41,7 +42,8 @@ def top_referrers(start: datetime, end: datetime, limit: int = 5) -> list[dict]:
 def funnel(start: datetime | None = None, end: datetime | None = None, now=None) -> dict:
     """Counts in `[start, end)` (default: the last 30 days), in total and by channel.
 
-    Clicks count by visit time, sign-ups by attribution time, conversions by conversion time,
+    Clicks count by visit time (read from the roll-ups and the clicks not rolled up yet:
+    domain/rollups.py), sign-ups by attribution time, conversions by conversion time,
     rewards by the date of the order that earned them (as conversions do, whenever the shop
     reported it): `rewards` is `{status: {count, amounts: {currency: "12.50"}}}`
     with `paid` net of clawbacks and `clawed_back` (see `reward_totals`). Raises
@@ -59,11 +61,7 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     if start >= end:
         raise ValidationFailed(fields={"from": ["Must be before `to`."]})
     channels: dict[str, dict] = defaultdict(lambda: {"clicks": 0, "signups": 0, "conversions": 0})
-    for channel, count in db.session.execute(
-        select(Click.channel, func.count())
-        .where(Click.occurred_at >= start, Click.occurred_at < end)
-        .group_by(Click.channel)
-    ):
+    for channel, count in rollups.clicks_by_channel(start, end).items():
         channels[channel]["clicks"] = count
     for channel, count in db.session.execute(
         select(Referral.channel, func.count())
@@ -130,9 +128,7 @@ def customer_stats(customer_id: int) -> dict:
     (`clawed_back`: paid rewards with money taken back by a refund), and `amounts` of each
     status per currency (`{currency: "12.50"}`), `paid` net of clawbacks."""
     flush_pending()
-    clicks = db.session.scalar(
-        select(func.count()).select_from(Click).where(Click.referrer_id == customer_id)
-    )
+    clicks = rollups.referrer_clicks(customer_id)
     referrals = dict(
         db.session.execute(
             select(Referral.status, func.count())

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from referral_service.models.base import Base, UTCDateTime
@@ -15,6 +15,22 @@ class Click(Base):
     __table_args__ = (
         Index("ix_clicks_referrer_occurred", "referrer_id", "occurred_at"),
         Index("ix_clicks_occurred", "occurred_at"),
+        # the clicks not rolled up yet (domain/rollups.py): the funnel's and a referrer's
+        # counters read these beside the roll-ups
+        Index(
+            "ix_clicks_unrolled_occurred",
+            "occurred_at",
+            "channel",
+            sqlite_where=text("rolled_up_at IS NULL"),
+            postgresql_where=text("rolled_up_at IS NULL"),
+        ),
+        Index(
+            "ix_clicks_unrolled_referrer",
+            "referrer_id",
+            "channel",
+            sqlite_where=text("rolled_up_at IS NULL"),
+            postgresql_where=text("rolled_up_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -26,3 +42,5 @@ class Click(Base):
     referer_host: Mapped[str | None] = mapped_column(String(255))
     ip_hash: Mapped[str | None] = mapped_column(String(64))  # keyed hashes (domain/fraud.py)
     ua_hash: Mapped[str | None] = mapped_column(String(64))
+    # when the click was counted into the roll-ups (models/click_rollup.py); None: not yet
+    rolled_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

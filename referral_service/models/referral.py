@@ -141,6 +141,7 @@ class Reward(Base):
         Index("ix_rewards_available_at", "status", "available_at"),
         Index("ix_rewards_created_at", "created_at"),
         Index("ix_rewards_payout_id", "payout_id"),
+        Index("ix_rewards_purchase_id", "purchase_id"),  # a refund's rewards, the funnel's
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
