@@ -1,4 +1,10 @@
-"""Readiness: is the database reachable, and is its schema at the newest migration?"""
+"""Readiness: is the database reachable, and is its schema at this version's newest migration or
+ahead of it?
+
+Ahead is ready: a newer release's `db upgrade` runs while this version still serves, and its
+migrations only add (expand first, contract in a later release), so this version works on the
+schema it left. A revision this version does not know is such a newer one.
+"""
 
 import time
 from pathlib import Path
@@ -24,20 +30,45 @@ MIGRATIONS = next(
     _PACKAGE / "migrations",
 )
 _heads: tuple[str, ...] | None = None
+_known: frozenset[str] | None = None
+
+
+def _scripts() -> ScriptDirectory:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config)
 
 
 def heads() -> tuple[str, ...]:
     """The head revision(s) of the migrations shipped with this version."""
     global _heads
     if _heads is None:
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        _heads = tuple(ScriptDirectory.from_config(config).get_heads())
+        _heads = tuple(_scripts().get_heads())
     return _heads
 
 
+def known_revisions() -> frozenset[str]:
+    """Every revision of the migrations shipped with this version."""
+    global _known
+    if _known is None:
+        _known = frozenset(script.revision for script in _scripts().walk_revisions())
+    return _known
+
+
+def schema_state(current: tuple[str, ...]) -> str:
+    """Where the database's revision(s) `current` stand against this version's migrations:
+    `head`; `ahead` (every one unknown here: a newer release's); or `behind` (none, or one this
+    version knows but not its head: `db upgrade` has not run)."""
+    if set(current) == set(heads()):
+        return "head"
+    if current and not set(current) & known_revisions():
+        return "ahead"
+    return "behind"
+
+
 def readiness() -> dict:
-    """`{status, database, migrations, revision, head}`; status is ok only when both are.
+    """`{status, database, migrations, revision, head}`; status is ok when the database answers
+    and `migrations` (schema_state) is `head` or `ahead`, else `unavailable`.
 
     Quick (database.py `attempt`): with the database away, hung or cut off, the answer comes
     within QUICK_ANSWER seconds per answer and MIN_CONNECT_TIMEOUT for a new connection, and at
@@ -57,11 +88,11 @@ def readiness() -> dict:
             "head": head,
         }
     revision = ",".join(current) or None
-    at_head = set(current) == set(heads())
+    state = schema_state(tuple(current))
     return {
-        "status": "ok" if at_head else "unavailable",
+        "status": "unavailable" if state == "behind" else "ok",
         "database": "ok",
-        "migrations": "head" if at_head else "behind",
+        "migrations": state,
         "revision": revision,
         "head": head,
     }
