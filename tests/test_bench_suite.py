@@ -99,16 +99,37 @@ def test_the_table_has_a_line_a_row_with_its_notes_and_every_column():
     assert not suite.all_ok(rows)
 
 
+STATS_OUTPUT = """\
+sqlite; GET /api/v1/stats for a year, median of 20 after a warm-up
+      clicks   fill s  roll-up s   p50 ms   max ms  ratio
+      10,000      0.3        0.2    12.50    20.00   1.00
+   1,000,000     21.0       40.1    30.00    41.00   2.40
+target: 2.0x of the first step at 1,000,000 clicks: MISSED (2.40x)
+"""
+
+
+def test_the_stats_row_reads_the_stats_benchmarks_table():
+    steps = suite.parse_stats(STATS_OUTPUT)
+    assert steps == [(10_000, 12.5), (1_000_000, 30.0)]
+    row = suite.stats_row("sqlite", steps)
+    assert (row.figure, row.baseline, row.ratio, row.met) == ("30.0 ms", "12.5 ms", "2.40x", False)
+    assert suite.stats_row("sqlite", [(10_000, 12.5), (1_000_000, 20.0)]).met is True
+    failed = suite.stats_row("postgresql", [], "bench_stats_scale.py exited 1")
+    assert failed.met is False and "exited 1" in failed.note
+
+
 def test_options():
     quick = suite.parse_args(["--quick"])
     assert (quick.duration, quick.warmup) == (2, 1)
     assert quick.scale_sizes == [10_000, 100_000]
+    assert quick.stats_clicks == "10000,100000"
     assert quick.kinds == ["sync", "gthread"]
     assert quick.databases == ["sqlite", "postgresql"]
     full = suite.parse_args(["--only", "sqlite", "--kinds", "gthread"])
     assert full.scale_sizes == [10_000, 1_000_000]
+    assert full.stats_clicks == "10000,1000000"
     assert (full.databases, full.kinds) == (["sqlite"], ["gthread"])
-    for wrong in (["--kinds", "gevent"], ["--scale-sizes", "10000"], ["--duration", "0"]):
+    for wrong in (["--kinds", "gevent"], ["--scale-sizes", "10000"], ["--stats-clicks", "1e6"]):
         with pytest.raises(SystemExit):
             suite.parse_args(wrong)
 
