@@ -33,7 +33,17 @@ access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(
 
 
 def worker_exit(server, worker):
-    """Write the clicks this worker still buffers before it goes (see domain/clicks.py)."""
+    """Write the clicks this worker still buffers before it goes (see domain/clicks.py).
+
+    In the worker's own process (gunicorn also calls this hook in the master, for a worker found
+    gone, with the master's listening sockets), the worker's copies of the listening sockets are
+    closed first: at a stop the master has closed its own, and a connection made while the
+    clicks are written (up to 10 s with a slow database) would otherwise wait in the socket's
+    queue, accepted by no one, and be reset when the worker exits; closed, it is refused at
+    once, and a proxy sends it to another instance."""
+    if worker.pid == os.getpid():
+        for listener in worker.sockets:
+            listener.close()
     app = getattr(worker, "wsgi", None)
     recorder = getattr(app, "extensions", {}).get("clicks") if app else None
     if recorder is not None:

@@ -448,3 +448,31 @@ def test_stopping_one_instance_leaves_the_other_serving(cluster):
         assert cluster.enrol(1, f"after-stop-{n}")
     for path in cluster.control_socket_paths:
         assert not path.exists()
+
+
+def test_a_stopping_worker_refuses_new_connections_before_writing_its_clicks():
+    """gunicorn_conf.worker_exit, in the worker's process, closes the worker's listening sockets
+    before it writes the buffered clicks (which may take seconds): at a stop the master has
+    closed its own copies, so new connections are refused at once (a proxy tries another
+    instance) instead of waiting in the queue to be reset when the worker exits. Called in the
+    master, for a worker found gone, it leaves the master's sockets open."""
+    from referral_service import gunicorn_conf
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen = []
+
+    class Recorder:
+        def close(self):
+            seen.append(listener.fileno())
+
+    def worker(pid):
+        app = type("App", (), {"extensions": {"clicks": Recorder()}})()
+        return type("Worker", (), {"pid": pid, "sockets": [listener], "wsgi": app})()
+
+    try:
+        gunicorn_conf.worker_exit(None, worker(os.getpid() + 1))  # the master's call
+        assert listener.fileno() != -1
+        gunicorn_conf.worker_exit(None, worker(os.getpid()))  # the worker's own
+        assert seen[-1] == -1  # closed before the clicks were written
+    finally:
+        listener.close()
