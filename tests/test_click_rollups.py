@@ -127,7 +127,7 @@ def test_figures_are_the_same_after_roll_up_and_prune(app, client, admin):
 
         rolled = rollups.roll_up(now)
         assert rolled == db.session.scalar(
-            select(func.count()).select_from(Click).where(Click.occurred_at < rollups.midnight(now))
+            select(func.count()).where(Click.occurred_at < rollups.hour_start(now))
         )
         assert figures(app, client, admin, now) == before
 
@@ -158,18 +158,32 @@ def test_a_late_click_is_counted_once(app, client, admin):
         assert db.session.scalar(select(func.sum(ClickDay.clicks))) == 3
 
 
-def test_a_boundary_inside_a_pruned_day_reads_the_whole_day(app):
-    """The documented limit: after pruning, a pruned day counts when its midnight is in the
-    period."""
+def test_a_boundary_inside_a_pruned_hour_reads_the_whole_hour(app):
+    """The documented limit: after pruning, a pruned hour counts when it starts in the period;
+    whole hours and days still count exactly."""
     now = utcnow()
     old = rollups.midnight(now) - 60 * DAY
+    minute = timedelta(minutes=1)
+    times = [old + 2 * HOUR + 10 * minute, old + 2 * HOUR + 40 * minute, old + 20 * HOUR]
     with app.app_context():
         people = referrers(1)
-        add_clicks(people, [old + 2 * HOUR, old + 20 * HOUR, old + DAY + 2 * HOUR])
+        add_clicks(people, [*times, old + DAY + 2 * HOUR])
+        before = [
+            stats.funnel(old + 2 * HOUR + 30 * minute, old + 20 * HOUR + 30 * minute)["clicks"],
+            stats.funnel(old + HOUR + 50 * minute, old + 2 * HOUR + 20 * minute)["clicks"],
+            stats.funnel(old + 2 * HOUR, old + 21 * HOUR)["clicks"],
+            stats.funnel(old, old + 2 * DAY)["clicks"],
+        ]
+        assert before == [2, 1, 3, 4]
         rollups.prune(WINDOW, now=now)
-        assert stats.funnel(old + 10 * HOUR, old + DAY + 10 * HOUR)["clicks"] == 1
-        assert stats.funnel(old - 10 * HOUR, old + 10 * HOUR)["clicks"] == 2
-        assert stats.funnel(old, old + 2 * DAY)["clicks"] == 3
+        assert not click_rows()
+        after = [
+            stats.funnel(old + 2 * HOUR + 30 * minute, old + 20 * HOUR + 30 * minute)["clicks"],
+            stats.funnel(old + HOUR + 50 * minute, old + 2 * HOUR + 20 * minute)["clicks"],
+            stats.funnel(old + 2 * HOUR, old + 21 * HOUR)["clicks"],
+            stats.funnel(old, old + 2 * DAY)["clicks"],
+        ]
+        assert after == [1, 2, 3, 4]
 
 
 def run_at_once(app, jobs) -> list:
@@ -199,14 +213,14 @@ def test_two_roll_ups_at_once_count_each_click_once(app):
         people = referrers(4)
         add_clicks(people, spread(now, 20, 3000, seed=11))
         expected = db.session.scalar(
-            select(func.count()).where(Click.occurred_at < rollups.midnight(now))
+            select(func.count()).where(Click.occurred_at < rollups.hour_start(now))
         )
         db.session.remove()
     counted = run_at_once(app, [lambda: rollups.roll_up(now, batch=250)] * 2)
     with app.app_context():
         assert sum(counted) == expected
         assert db.session.scalar(select(func.sum(ClickDay.clicks))) == expected
-        assert stats.funnel(now - 60 * DAY, rollups.midnight(now))["clicks"] == expected
+        assert stats.funnel(now - 60 * DAY, rollups.hour_start(now))["clicks"] == expected
         assert sum(stats.customer_stats(r)["clicks"] for r, _ in people) == click_rows()
 
 

@@ -1,4 +1,4 @@
-"""Click roll-ups: counts per day and channel and per referrer and channel, the mark of pruning,
+"""Click roll-ups: counts per day, per hour and per referrer, by channel, the mark of pruning,
 and which clicks are rolled up (an added, empty column: the code before it runs unchanged);
 rewards by purchase (a refund finds the rewards of its order, the funnel those of its orders).
 
@@ -26,6 +26,14 @@ def upgrade():
         sa.Column("clicks", sa.Integer(), nullable=False),
         sa.CheckConstraint("clicks >= 0", name=op.f("ck_click_days_clicks")),
         sa.PrimaryKeyConstraint("day", "channel", name=op.f("pk_click_days")),
+    )
+    op.create_table(
+        "click_hours",
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("channel", sa.String(length=32), nullable=False),
+        sa.Column("clicks", sa.Integer(), nullable=False),
+        sa.CheckConstraint("clicks >= 0", name=op.f("ck_click_hours_clicks")),
+        sa.PrimaryKeyConstraint("hour", "channel", name=op.f("pk_click_hours")),
     )
     op.create_table(
         "click_totals",
@@ -78,4 +86,5 @@ def downgrade():
         batch.drop_column("rolled_up_at")
     op.drop_table("click_marks")
     op.drop_table("click_totals")
+    op.drop_table("click_hours")
     op.drop_table("click_days")

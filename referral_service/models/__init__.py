@@ -5,7 +5,7 @@ from referral_service.models.admin import Admin, SignInFailure
 from referral_service.models.api_key import ApiKey
 from referral_service.models.base import Base, utcnow
 from referral_service.models.click import Click
-from referral_service.models.click_rollup import ClickDay, ClickMark, ClickTotal
+from referral_service.models.click_rollup import ClickDay, ClickHour, ClickMark, ClickTotal
 from referral_service.models.customer import Customer, ReferralCode
 from referral_service.models.outbox import OutboxEvent
 from referral_service.models.program import Program
@@ -31,6 +31,7 @@ __all__ = [
     "ClawbackSettlement",
     "Click",
     "ClickDay",
+    "ClickHour",
     "ClickMark",
     "ClickTotal",
     "Customer",

@@ -1,4 +1,5 @@
-"""Roll-ups of clicks: counts per UTC day and channel, and per referrer and channel.
+"""Roll-ups of clicks: counts per UTC day and channel, per hour and channel, and per referrer and
+channel.
 
 The clicks table grows by one row a visit; the funnel and a referrer's counters read these
 roll-ups for the clicks already rolled up (`clicks.rolled_up_at` set) and the clicks table only
@@ -21,6 +22,18 @@ class ClickDay(Base):
     __table_args__ = (CheckConstraint("clicks >= 0", name="clicks"),)
 
     day: Mapped[date] = mapped_column(Date, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    clicks: Mapped[int]
+
+
+class ClickHour(Base):
+    """The rolled-up clicks of one hour (its start, UTC) through one channel: a period's partial
+    days are read from these."""
+
+    __tablename__ = "click_hours"
+    __table_args__ = (CheckConstraint("clicks >= 0", name="clicks"),)
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     channel: Mapped[str] = mapped_column(String(32), primary_key=True)
     clicks: Mapped[int]
 
