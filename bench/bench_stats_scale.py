@@ -8,8 +8,8 @@ called through the application (Flask's test client: the request's parsing, the 
 JSON, without a network or a server in front) `--repeat` times after a warm-up; the median and
 the worst time are printed, with the ratio of each step's median to the first step's (the target
 is 2x or less). The figures answered are checked against a plain count of the clicks table, so a
-fast but wrong answer cannot pass. Today's clicks (1/400 of each step) stay raw, as they would
-between two roll-ups; `--no-roll-up` measures the clicks table alone, as before roll-ups.
+fast but wrong answer cannot pass. The clicks of the current hour stay raw, as they would between
+two roll-ups; `--no-roll-up` measures the clicks table alone, as before roll-ups.
 
 Clicks are written in bulk with one `INSERT ... SELECT` over a generated series per million rows
 (not through the service), then the statistics of the tables are refreshed (ANALYZE).
@@ -167,6 +167,7 @@ def run(url: str, folder: str, steps: list[int], repeat: int, roll: bool, check:
         with engine.begin() as connection:
             connection.execute(text("DELETE FROM clicks"))
             connection.execute(text("DELETE FROM click_days"))
+            connection.execute(text("DELETE FROM click_hours"))
             connection.execute(text("DELETE FROM click_totals"))
         add_clicks(engine, dialect, 1, total, total, base)
         analyze(engine)
@@ -192,7 +193,8 @@ def run(url: str, folder: str, steps: list[int], repeat: int, roll: bool, check:
         median = statistics.median(times)
         first_median = first_median or median
         ratio = median / first_median
-        worst_ratio = max(worst_ratio, ratio)
+        if total != steps[0]:
+            worst_ratio = max(worst_ratio, ratio)
         print(
             f"{total:>12,} {filled:>8.1f} {rolled_for:>10.1f} {median * 1000:>8.2f} "
             f"{max(times) * 1000:>8.2f} {ratio:>6.2f}",
@@ -201,7 +203,7 @@ def run(url: str, folder: str, steps: list[int], repeat: int, roll: bool, check:
         done = total
     engine.dispose()
     verdict = "met" if worst_ratio <= TARGET else "MISSED"
-    print(f"target: {TARGET}x of the first step at {done:,} clicks: {verdict} ({worst_ratio:.2f}x)")
+    print(f"target: within {TARGET}x of the first step, up to {done:,} clicks: {verdict}")
     return 0 if worst_ratio <= TARGET or not check else 1
 
 
