@@ -258,8 +258,6 @@ def cluster(pg_admin, redis_database, tmp_path_factory):
     )
     try:
         cli(env, folder, "db", "upgrade")
-        shop_key = cli(env, folder, "api-keys", "create", "checkout", "--scope", "shop")
-        cluster.shop = {"Authorization": f"Bearer {shop_key}"}
         for port, log in zip(ports, cluster.logs, strict=True):
             with open(log, "w") as output:
                 cluster.processes.append(
@@ -271,6 +269,9 @@ def cluster(pg_admin, redis_database, tmp_path_factory):
                         stderr=subprocess.STDOUT,
                     )
                 )
+        # the key is made while the instances start
+        shop_key = cli(env, folder, "api-keys", "create", "checkout", "--scope", "shop")
+        cluster.shop = {"Authorization": f"Bearer {shop_key}"}
         wait_until_ready(cluster)
         yield cluster
     finally:
