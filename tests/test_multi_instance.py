@@ -6,7 +6,8 @@ processes) on a port of its own, with the same SECRET_KEY, DATABASE_URL (migrate
 grant one reward, a rate limit counts the hits of both, a code rotated on one is refused for
 attribution on the other at once (its share link may go on redirecting with `ref` for the
 documented cache time), a click on one attributes a sign-up on the other at once, and neither
-instance takes the other's gunicorn control socket: stopping one leaves the other serving.
+instance takes the other's gunicorn control socket: stopping one leaves the other serving. (And,
+without a server: a stopping worker refuses new connections before it writes its clicks.)
 
 PostgreSQL comes from TEST_DATABASE_URL (a database of this module's own, dropped at the end),
 Redis from TEST_REDIS_URL (a numbered Redis database found empty and claimed, emptied at the
@@ -331,8 +332,12 @@ def test_replays_of_one_idempotency_key_on_both_instances_grant_one_reward(clust
     recorded, every other gets its saved answer (the same 201 and body, `Idempotent-Replayed`),
     and one reward exists."""
     referrer, friend = cluster.referred_friend("replay")
-    order = {"order_id": "replay-1", "customer_external_id": friend, "amount": "80.00"}
-    order["currency"] = "EUR"
+    order = {
+        "order_id": "replay-1",
+        "customer_external_id": friend,
+        "amount": "80.00",
+        "currency": "EUR",
+    }
     key = {"Idempotency-Key": f"checkout-{uuid.uuid4()}"}
 
     def send(instance, n):
