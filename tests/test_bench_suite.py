@@ -114,6 +114,12 @@ def test_the_stats_row_reads_the_stats_benchmarks_table():
     row = suite.stats_row("sqlite", steps)
     assert (row.figure, row.baseline, row.ratio, row.met) == ("30.0 ms", "12.5 ms", "2.40x", False)
     assert suite.stats_row("sqlite", [(10_000, 12.5), (1_000_000, 20.0)]).met is True
+    assert row.measure == "stats at 1M vs 10k clicks"
+    assert (suite.short(10_000), suite.short(2_000_000), suite.short(1_500)) == (
+        "10k",
+        "2M",
+        "1,500",
+    )
     failed = suite.stats_row("postgresql", [], "bench_stats_scale.py exited 1")
     assert failed.met is False and "exited 1" in failed.note
 
