@@ -233,6 +233,17 @@ def short(number: int) -> str:
     return f"{number:,}"
 
 
+def verdict(rows: list[Row]) -> str:
+    """One line: how many targets (tail rules included) were met, missed, not measured."""
+    checks = [row.met for row in rows if row.target] + [row.tail_ok for row in rows]
+    met, missed = checks.count(True), checks.count(False)
+    unmeasured = sum(1 for row in rows if row.met is None and (row.target or row.note))
+    return (
+        f"all targets met: {'NO' if missed else 'yes'} ({met} met, {missed} missed, "
+        f"{unmeasured} rows not measured or without a target)"
+    )
+
+
 def rps(load: Load) -> str:
     return f"{load.wrk.rps:,.0f} req/s"
 
@@ -729,7 +740,7 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
     rows.append(NOT_BUILT)
     print("\n" + format_table(rows) + "\n\n" + LEGEND)
     met = all_ok(rows)
-    print(f"\nall targets met: {'yes' if met else 'NO'}")
+    print("\n" + verdict(rows))
     return met
 
 

@@ -97,6 +97,11 @@ def test_the_table_has_a_line_a_row_with_its_notes_and_every_column():
     assert "not built yet" in lines[5]
     assert suite.all_ok(rows[1:])  # a skipped row and a row not built miss nothing
     assert not suite.all_ok(rows)
+    # the redirect's ratio missed, its tail met; two rows without a figure
+    assert suite.verdict(rows) == (
+        "all targets met: NO (1 met, 1 missed, 2 rows not measured or without a target)"
+    )
+    assert suite.verdict(rows[1:]).startswith("all targets met: yes (0 met, 0 missed, 2 rows")
 
 
 STATS_OUTPUT = """\
