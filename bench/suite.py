@@ -96,6 +96,7 @@ from bench_public import (
     run_main,
     run_process,
     service_env,
+    wrk,
 )
 from harness import gunicorn_argv, postgres_database, redis_database, worker_rss
 from seed import Referrer, seed_history, seed_pool, seed_referrers
@@ -110,6 +111,7 @@ SLOWDOWN_LIMIT = 1.3  # checkout at the large size at most this many times slowe
 STATS_LIMIT = 2.0  # stats at the large size at most this many times slower
 ERROR_LIMIT = 0.01
 REFERRERS = 1000
+SETTLE = 1.0  # seconds for requests in flight when wrk stopped to be written
 STATS_SCRIPT = BENCH / "bench_stats_scale.py"
 
 
@@ -402,13 +404,23 @@ class Suite:
         return path
 
     def purchases(self, db: Database, service: Server, label: str) -> Load:
-        args = self.args
-        ensure_pool(db, self.pool_per_load)
-        script = self.script(
-            "purchase.lua",
-            lua(args, db.key, LUA_PURCHASE, first=db.pool_next, threads=args.threads),
-        )
-        return self.load(service, "/api/v1/purchases", label, script)
+        """The warm-up and the measured run each buy for pool friends of their own (a friend
+        bought for again would make a second purchase, cheaper than a first)."""
+        args, path = self.args, "/api/v1/purchases"
+
+        def script(seconds: int) -> Path:
+            ensure_pool(db, args.max_rate * seconds)
+            return self.script(
+                "purchase.lua",
+                lua(args, db.key, LUA_PURCHASE, first=db.pool_next, threads=args.threads),
+            )
+
+        wait_for_other_wrk()
+        if args.warmup:
+            wrk(args, script(args.warmup), service.port, path, args.warmup)
+            time.sleep(SETTLE)  # requests in flight when wrk stopped write their purchases
+        measured = argparse.Namespace(**{**vars(args), "warmup": 0})
+        return measure(measured, script(args.duration), service, path, label)[0]
 
     def signups(self, db: Database, service: Server, label: str) -> Load:
         codes = ", ".join(f'"{r.code}"' for r in db.referrers[:SIGNUP_CODES])
