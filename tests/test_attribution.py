@@ -8,6 +8,7 @@ from sqlalchemy import update
 from referral_service.domain.codes import display, signer
 from referral_service.extensions import db
 from referral_service.models import Click, Customer, Referral, Signup, utcnow
+from tests.factories import click_row
 from tests.journey_helpers import ago, click, count, enrol, set_program, sign_up
 
 
@@ -77,7 +78,7 @@ def test_click_attributes_with_its_channel(app, client, shop):
     assert response.json["referral"]["referrer_external_id"] == "ref-1"
     with app.app_context():
         referral = db.session.get(Referral, response.json["referral"]["id"])
-        assert referral.channel == "whatsapp" and referral.click_id == click_id
+        assert referral.channel == "whatsapp" and referral.click_id == click_row(click_id)
 
 
 def test_typed_code_wins_over_click(app, client, shop):

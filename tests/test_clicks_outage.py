@@ -507,7 +507,7 @@ def run_an_outage(proxy, fault: str, name: str, tmp_path, visits: int) -> tuple[
         getattr(proxy, fault)()
         given = [visit_link(base, code, f"outage/{i}") for i in range(visits)]
         assert None not in given  # every visit redirected
-        handed_out = {click_id for click_id in given if click_id}
+        handed_out = {factories.click_row(click_id) for click_id in given if click_id}  # their rows
         assert handed_out  # (a worker the warm-up missed hands out `ref` alone)
     finally:
         log += stop(server)

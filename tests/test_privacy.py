@@ -23,6 +23,7 @@ from referral_service.models import (
     utcnow,
 )
 from referral_service.models.notification import EmailOptOut, Notification
+from tests.factories import click_row
 from tests.journey_helpers import (
     buy,
     enrol,
@@ -132,7 +133,7 @@ def story(app, client, shop, admin):
         db.session.commit()
         visit_evidence = fraud.visit_evidence(VISIT_IP, VISIT_UA)
         return {
-            "click_id": click_id,
+            "click_id": click_row(click_id),
             "email_key": customers.email_key(FRIEND["email"]),
             "hashes": [
                 signup.ip_hash,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import click_row
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -126,7 +128,7 @@ def test_gunicorn_clean_shutdown_keeps_every_click(tmp_path):
             except urllib.error.HTTPError as error:
                 assert error.code == 302
                 location = urllib.parse.urlsplit(error.headers["Location"])
-                click_ids.update(urllib.parse.parse_qs(location.query)["click_id"])
+                click_ids.update(map(click_row, urllib.parse.parse_qs(location.query)["click_id"]))
             else:
                 raise AssertionError("the share link did not redirect")
         assert len(click_ids) == visits  # each visit a click of its own

@@ -9,6 +9,7 @@ from referral_service.extensions import db
 from referral_service.models import Click
 from referral_service.public.views import CLICK_COOKIE, click_cookie_signer
 from tests.conftest import BASE_URL
+from tests.factories import click_row
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_redirect_carries_ref_and_click_id(app, client, code):
     query = parse_qs(location.query)
     assert query["ref"] == [code]
     [click] = clicks(app)
-    assert query["click_id"] == [click.id]
+    assert [click_row(query["click_id"][0])] == [click.id]
     assert click.channel == "whatsapp"
     assert click.occurred_at.tzinfo is not None
 

@@ -637,7 +637,7 @@ class SignupIn(StrictSchema):
         metadata={"description": "The code the friend typed (any case, with or without `-`)."},
     )
     click_id = text(
-        64,
+        128,
         allow_none=True,
         metadata={"description": "`click_id` from the share link's landing URL or cookie."},
     )

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, exists, insert, select
 
 from referral_service.domain import customers, fraud, idempotency, program
-from referral_service.domain.clicks import flush_pending
+from referral_service.domain.clicks import ClickClaim, flush_pending, read_click_id
 from referral_service.domain.clock import CLOCK_SKEW, check_time
 from referral_service.domain.codes import normalize, signer
 from referral_service.domain.unit import unit_of_work
@@ -43,7 +43,6 @@ from referral_service.models import (
 )
 
 CODE_CHANNEL = "code"
-MAX_CLICK_ID = 32  # the length of `clicks.id` and `signups.click_id`
 
 
 @dataclass
@@ -114,10 +113,9 @@ def signup(
     code = normalize(referral_code) if referral_code else None
     if referral_code and code is None:
         code = referral_code.strip()[:16] or None  # keep what was typed, to compare replays
-    if click_id and len(click_id) > MAX_CLICK_ID:
-        # longer than any click id we issue, so unknown either way: keep what the column holds
-        click_id = click_id[:MAX_CLICK_ID]
-    if click_id:
+    # the click's row; a forged id is unknown either way, and is kept as far as the column holds
+    click = read_click_id(click_id) if click_id else None
+    if click is not None and not click.forged:
         flush_pending()  # the click may still wait in this process's buffer
     values = {
         "email": email,
@@ -128,39 +126,39 @@ def signup(
     seen = fraud.evidence(ip, user_agent, device_id)
     # a concurrent sign-up of the same friend won: the second run answers as a replay
     return idempotency.retried_once(
-        _signup, external_id, values, seen, referral_code, code, click_id, occurred_at, now
+        _signup, external_id, values, seen, referral_code, code, click, occurred_at, now
     )
 
 
-def _signup(external_id, values, seen, typed_code, code, click_id, occurred_at, now):
+def _signup(external_id, values, seen, typed_code, code, click, occurred_at, now):
     settings = program.settings()
     connection = db.session.connection()
     if connection.execute(_KNOWN, {"external_id": external_id}).first() is None:
-        return _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now)
+        return _new_friend(external_id, values, seen, typed_code, code, click, occurred_at, now)
     with unit_of_work(now) as unit:
         customer = db.session.scalar(
             select(Customer).where(Customer.external_id == external_id).with_for_update()
         )
         if customer is not None:
             answer = _known_friend(
-                unit, customer, values, seen, typed_code, code, click_id, occurred_at, settings
+                unit, customer, values, seen, typed_code, code, click, occurred_at, settings
             )
     if customer is None:  # gone since: start again as a friend never seen
-        return _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now)
+        return _new_friend(external_id, values, seen, typed_code, code, click, occurred_at, now)
     return answer
 
 
-def _known_friend(unit, customer, values, seen, typed_code, code, click_id, occurred_at, settings):
+def _known_friend(unit, customer, values, seen, typed_code, code, click, occurred_at, settings):
     """A sign-up of a customer already known: a replay, a later call, or a late attribution."""
     prior = db.session.scalar(select(Signup).where(Signup.customer_id == customer.id))
-    if prior is not None and prior.code == code and prior.click_id == (click_id or None):
+    if prior is not None and prior.code == code and prior.click_id == _row(click):
         return _answer(prior, settings, created=False)  # a replay: nothing written
     email_key = customer.email_key  # the person as known, whatever this call's email says
     source, reason = _decide(
         settings,
         typed_code,
         code,
-        click_id,
+        click,
         occurred_at,
         customer,
         customer.external_id,
@@ -195,14 +193,14 @@ def _known_friend(unit, customer, values, seen, typed_code, code, click_id, occu
     record.reason = reason
     record.referral_id = referral.id if referral else None
     record.code = code
-    record.click_id = click_id or None
+    record.click_id = _row(click)
     record.occurred_at = occurred_at
     db.session.add(record)
     db.session.flush()
     return _fresh_answer(source, referral.id if referral else None, reason, settings)
 
 
-def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_at, now):
+def _new_friend(external_id, values, seen, typed_code, code, click, occurred_at, now):
     """The common case, kept short: someone never seen before signs up.
 
     Everything is read and decided first; the write transaction then only inserts (the customer,
@@ -214,7 +212,7 @@ def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_
         settings,
         typed_code,
         code,
-        click_id,
+        click,
         occurred_at,
         None,
         external_id,
@@ -275,7 +273,7 @@ def _new_friend(external_id, values, seen, typed_code, code, click_id, occurred_
                 "reason": reason,
                 "referral_id": referral_id,
                 "code": code,
-                "click_id": click_id or None,
+                "click_id": _row(click),
                 "occurred_at": occurred_at,
                 **seen,
             },
@@ -320,25 +318,34 @@ def _answer(record: Signup, settings: dict, created: bool) -> SignupAnswer:
     )
 
 
+def _row(click: ClickClaim | None) -> str | None:
+    """The click row id a sign-up keeps (`signups.click_id`, `referrals.click_id`)."""
+    return click.row_id if click is not None else None
+
+
 def _decide(
-    settings, typed_code, code, click_id, occurred_at, customer, external_id, email_key, prior
+    settings, typed_code, code, click, occurred_at, customer, external_id, email_key, prior
 ):
     """`(source, None)` when the sign-up can be attributed, else `(None, reason)`."""
     try:
         people = {"email_key": email_key, "external_id": external_id}
-        source = _source(settings, typed_code, code, click_id, occurred_at, people)
+        source = _source(settings, typed_code, code, click, occurred_at, people)
         _check_people(source, customer, external_id, email_key, prior)
     except _Refused as refused:
         return None, refused.reason
     return source, None
 
 
-def _source(settings, typed_code, code, click_id, occurred_at, people: dict) -> _Source:
-    """The code (preferred) or click that names a referrer; raises _Refused with the reason.
+def _source(settings, typed_code, code, click: ClickClaim | None, occurred_at, people: dict):
+    """The code (preferred) or click that names a referrer (a _Source); raises _Refused with the
+    reason.
 
     Attribution trusts only the database about revocations, never the share link's cache. The
     same statement tells whether the friend's normalized email (`people`: `{email_key,
-    external_id}`) was referred or known before, so that the sign-up costs no extra query.
+    external_id}`) was referred or known before, so that the sign-up costs no extra query. A
+    click is its row when the row is written (its channel, time and the site it came from);
+    a signed click id whose row is not written yet (it waits in another instance's buffer)
+    vouches for its code, channel and time itself (`clicks.read_click_id`).
     """
     if settings["paused"]:
         raise _Refused("program_paused")
@@ -354,19 +361,26 @@ def _source(settings, typed_code, code, click_id, occurred_at, people: dict) -> 
         if found.revoked_at is not None:
             raise _Refused("revoked_code")
         return _source_of(found, CODE_CHANNEL, None, None)
-    if click_id:
-        found = connection.execute(_BY_CLICK, {"click_id": click_id, **people}).first()
-        if found is None:
-            raise _Refused("unknown_click")
-        if found.occurred_at - occurred_at > CLOCK_SKEW:
-            raise _Refused("click_after_signup")
-        window = timedelta(days=settings["attribution_window_days"])
-        if occurred_at - found.occurred_at > window:
-            raise _Refused("window_expired")
-        if found.revoked_at is not None:
-            raise _Refused("revoked_code")
-        return _source_of(found, found.channel, click_id, found.referer_host)
-    raise _Refused("no_referral")
+    if click is None:
+        raise _Refused("no_referral")
+    if click.forged:
+        raise _Refused("unknown_click")
+    found = connection.execute(_BY_CLICK, {"click_id": click.row_id, **people}).first()
+    if found is not None:
+        channel, clicked_at, visit_host = found.channel, found.occurred_at, found.referer_host
+    elif click.signed:
+        found = connection.execute(_BY_CODE_ID, {"code_id": click.code_id, **people}).first()
+        channel, clicked_at, visit_host = click.channel, click.occurred_at, None
+    if found is None:
+        raise _Refused("unknown_click")
+    if clicked_at - occurred_at > CLOCK_SKEW:
+        raise _Refused("click_after_signup")
+    window = timedelta(days=settings["attribution_window_days"])
+    if occurred_at - clicked_at > window:
+        raise _Refused("window_expired")
+    if found.revoked_at is not None:
+        raise _Refused("revoked_code")
+    return _source_of(found, channel, click.row_id, visit_host)
 
 
 def _source_of(found, channel: str, click_id: str | None, visit_host: str | None) -> _Source:
@@ -438,6 +452,11 @@ _BY_CODE = (
     )
     .join_from(_codes, _customers, _codes.c.customer_id == _customers.c.id)
     .where(_codes.c.code == bindparam("code"))
+)
+_BY_CODE_ID = (
+    select(*_BY_CODE.selected_columns)
+    .join_from(_codes, _customers, _codes.c.customer_id == _customers.c.id)
+    .where(_codes.c.id == bindparam("code_id"))
 )
 _BY_CLICK = (
     select(

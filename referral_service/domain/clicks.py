@@ -27,6 +27,13 @@ gets their earlier click back (`visit`), without a query: a visitor's click id i
 is a keyed hash of code, visitor and hour, the same in every process, and the buffer inserts
 with `ON CONFLICT DO NOTHING` on the primary key, so the database keeps one row however many
 processes see the visits (and a spill file written twice changes nothing).
+
+A click id handed to the landing page is self-verifying (`sign_click`): it carries the click
+row's id, the code, the channel and the time, under a MAC made with the secret key and its own
+salt. Attribution (domain/attribution.py) thus trusts a click the moment the redirect is
+answered, on any instance, whether or not the row has left the buffer of the process that served
+it; the row still lands for the funnel, and is preferred when it is there. The ids of earlier
+releases (the row's id alone, 22 characters) are still looked up as rows until they expire.
 """
 
 import atexit
@@ -39,8 +46,10 @@ import logging
 import os
 import re
 import secrets
+import struct
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -65,6 +74,7 @@ OTHER_CHANNEL = "other"
 _CHANNEL = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
 REVISIT_WINDOW = timedelta(hours=1)
 CLICK_ID_SALT = "referral-service.click-id"
+SIGNED_CLICK_SALT = "referral-service.signed-click-id"
 
 MAX_BACKOFF_SECONDS = 30.0  # the longest wait between two writes while the database fails
 CLOSE_SECONDS = 10.0  # how long a stopping process tries the database before it spills
@@ -141,8 +151,147 @@ def channel(via: str | None) -> str:
 
 
 def new_click_id() -> str:
-    """A random, unguessable click id (128 bits, URL-safe)."""
-    return secrets.token_urlsafe(16)
+    """A random, unguessable click row id (128 bits, 22 URL-safe characters)."""
+    return secrets.token_urlsafe(ROW_ID_BYTES)
+
+
+ROW_ID_BYTES = 16  # a click row's id: 16 bytes, 22 URL-safe base64 characters
+MAX_ROW_ID = 32  # the length of `clicks.id`, `signups.click_id` and `referrals.click_id`
+SIGNED_VERSION = 1
+MAC_BYTES = 16  # HMAC-SHA256 cut to 128 bits, half its length (RFC 2104, section 5)
+# channels spelled as one byte in a signed click id (their place + 1); any other is spelled out
+KNOWN_CHANNELS = (
+    "link",
+    "qr",
+    "email",
+    "whatsapp",
+    "sms",
+    "facebook",
+    "x",
+    "copy",
+    "other",
+    "telegram",
+    "messenger",
+    "linkedin",
+    "reddit",
+    "pinterest",
+    "line",
+    "instagram",
+)
+_CHANNEL_BYTES = {name: bytes([place + 1]) for place, name in enumerate(KNOWN_CHANNELS)}
+_HEAD = struct.Struct(">B16s5s5s")  # version, row id, code id, seconds since 1970 (UTC)
+_SIGNED_SHAPE = re.compile(r"[A-Za-z0-9_-]{40,160}")
+MAX_CLICK_ID = 128  # the longest click id accepted (a signed one with a spelled-out channel)
+
+
+@dataclass(frozen=True)
+class ClickClaim:
+    """What a click id handed in says: the row to look for, and what its signature vouches for.
+
+    `row_id` is the `clicks.id` to look up (a signed id's row; an id of an earlier release as it
+    is). `signed` tells whether `code_id`, `channel` and `occurred_at` (whole seconds, UTC) were
+    read from a verified signed id; `forged` that the id is neither signed by us nor shaped like
+    a row id, so that no click can be behind it (`row_id` then holds its first MAX_ROW_ID
+    characters, what the sign-up keeps to compare replays).
+    """
+
+    row_id: str
+    signed: bool = False
+    forged: bool = False
+    code_id: int | None = None
+    channel: str | None = None
+    occurred_at: datetime | None = None
+
+
+def _signing_keys() -> list[bytes]:
+    """The MAC keys of signed click ids: the current secret key's first, then the fallbacks'."""
+    keys = current_app.extensions.get("signed_click_keys")
+    if keys is None:
+        secrets_ = [current_app.secret_key, *(current_app.config.get("SECRET_KEY_FALLBACKS") or ())]
+        keys = current_app.extensions["signed_click_keys"] = [
+            Signer(key, salt=SIGNED_CLICK_SALT, digest_method=hashlib.sha256).derive_key()
+            for key in secrets_
+        ]
+    return keys
+
+
+def _mac(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, payload, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes | None:
+    """The bytes of unpadded URL-safe base64, or None unless `text` is their one spelling."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
+    return raw if _b64(raw) == text else None
+
+
+def sign_click(row_id: str, code_id: int, channel_name: str, at: datetime) -> str:
+    """The self-verifying click id handed to the landing page for the click row `row_id`.
+
+    URL-safe base64 (59 characters; up to 103 with a channel outside KNOWN_CHANNELS) of: a
+    version byte, the row id's 16 bytes, the code id (5 bytes), `at` in whole seconds since
+    1970 UTC (5 bytes), the channel (one byte, or 0 then its length and ASCII letters), and an
+    HMAC-SHA256 of all that cut to 128 bits, keyed by the secret key under SIGNED_CLICK_SALT.
+    `row_id` is a row id as `new_click_id` and `visitor_click_id` make them; raises ValueError
+    for anything else.
+    """
+    row = _unb64(row_id)
+    if row is None or len(row) != ROW_ID_BYTES:
+        raise ValueError("not a click row id")
+    seconds = int(_utc(at).timestamp())
+    head = _HEAD.pack(SIGNED_VERSION, row, code_id.to_bytes(5, "big"), seconds.to_bytes(5, "big"))
+    spelled = _CHANNEL_BYTES.get(channel_name)
+    if spelled is None:
+        name = channel_name.encode("ascii")
+        spelled = b"\x00" + bytes([len(name)]) + name
+    payload = head + spelled
+    return _b64(payload + _mac(_signing_keys()[0], payload))
+
+
+def read_click_id(click_id: str) -> ClickClaim:
+    """What a click id brought by a friend (landing URL, cookie, checkout) says; never raises.
+
+    A signed id (`sign_click`) whose MAC holds under the secret key or one of its fallbacks
+    gives its row, code, channel and time; an id of an earlier release (at most MAX_ROW_ID
+    URL-safe characters) gives only the row to look up; anything else is `forged`.
+    """
+    if len(click_id) <= MAX_ROW_ID:
+        legacy = re.fullmatch(r"[A-Za-z0-9_-]+", click_id) is not None
+        return ClickClaim(row_id=click_id, forged=not legacy)
+    forged = ClickClaim(row_id=click_id[:MAX_ROW_ID], forged=True)
+    raw = _unb64(click_id) if _SIGNED_SHAPE.fullmatch(click_id) else None
+    if raw is None or len(raw) < _HEAD.size + 1 + MAC_BYTES or raw[0] != SIGNED_VERSION:
+        return forged
+    payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+    if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in _signing_keys()):
+        return forged
+    _version, row, code, seconds = _HEAD.unpack_from(payload)
+    rest = payload[_HEAD.size :]
+    if rest[0] != 0 and len(rest) == 1 and rest[0] <= len(KNOWN_CHANNELS):
+        channel_name = KNOWN_CHANNELS[rest[0] - 1]
+    elif rest[0] == 0 and len(rest) >= 2 and len(rest) == 2 + rest[1]:
+        channel_name = rest[2:].decode("ascii", "replace")
+    else:  # signed by us, yet not a shape we make: refuse it all the same
+        return forged
+    return ClickClaim(
+        row_id=_b64(row),
+        signed=True,
+        code_id=int.from_bytes(code, "big"),
+        channel=channel_name,
+        occurred_at=datetime.fromtimestamp(int.from_bytes(seconds, "big"), UTC),
+    )
+
+
+def row_id(click_id: str) -> str:
+    """The `clicks.id` a click id names (signed or not; see `read_click_id`)."""
+    return read_click_id(click_id).row_id
 
 
 class ClickRecorder:
@@ -256,9 +405,10 @@ class ClickRecorder:
         return len(self._rows)
 
     def pending_visit(self, code_id: int, ip_hash: str, ua_hash: str, since: datetime):
-        """The id of this visitor's buffered click of the code made after `since`, or None."""
+        """This visitor's buffered click of the code made after `since` (`{id, channel,
+        occurred_at, ...}`, the row as it will be written), or None."""
         row = self._visitors.get((code_id, ip_hash, ua_hash))
-        return row["id"] if row is not None and row["occurred_at"] > since else None
+        return dict(row) if row is not None and row["occurred_at"] > since else None
 
     def flush(self) -> int:
         """Write every buffered click now; returns how many were written (or found written).
@@ -610,29 +760,35 @@ def visit(
     evidence: dict,
     earlier: tuple[str, datetime] | None = None,
 ) -> str:
-    """The click id of a person's visit of a share link: the click of their earlier visit of
-    the same code within REVISIT_WINDOW (no new row), else a new click. Makes no query.
+    """The click id (signed, `sign_click`) of a person's visit of a share link: the click of
+    their earlier visit of the same code within REVISIT_WINDOW (no new row), else a new click.
+    Makes no query.
 
     `evidence` is `{ip_hash, ua_hash, referer_host}` (domain/fraud.py `visit_evidence`);
     `earlier` the click id and time the visitor's browser brought back (the signed click
-    cookie), if any. The same visitor in the same clock hour gets the same id (a keyed hash,
-    `visitor_click_id`), kept once by the database; across the turn of the hour the earlier
-    click is found in the cookie, or in this process's buffer. Without an address or user
-    agent a visitor cannot be recognised and every visit is a click. Callers check `is_bot`
-    first. Never reads or writes the database, so it answers while the database is away.
+    cookie), if any. The same visitor in the same clock hour gets the same row (its id a keyed
+    hash, `visitor_click_id`), kept once by the database; across the turn of the hour the
+    earlier click is found in the cookie, or in this process's buffer. Without an address or
+    user agent a visitor cannot be recognised and every visit is a click. Callers check
+    `is_bot` first. Never reads or writes the database, so it answers while the database is
+    away.
     """
     recorder: ClickRecorder = current_app.extensions["clicks"]
     ip_hash, ua_hash = evidence.get("ip_hash"), evidence.get("ua_hash")
+    name = channel(via)
     if not (ip_hash and ua_hash):
-        return recorder.record(code_id, referrer_id, via, at, evidence)
+        return sign_click(
+            recorder.record(code_id, referrer_id, via, at, evidence), code_id, name, at
+        )
     click_id = visitor_click_id(code_id, ip_hash, ua_hash, at)
     if earlier is not None and at - REVISIT_WINDOW < earlier[1] <= at:
-        earlier_id = earlier[0]
-        if earlier_id == click_id or earlier_id == visitor_click_id(  # the hour before
+        earlier_row = row_id(earlier[0])
+        if earlier_row == click_id or earlier_row == visitor_click_id(  # the hour before
             code_id, ip_hash, ua_hash, at - REVISIT_WINDOW
         ):
-            return earlier_id
+            return earlier[0]
     pending = recorder.pending_visit(code_id, ip_hash, ua_hash, at - REVISIT_WINDOW)
     if pending is not None:  # not written yet: a visit just before the turn of the hour
-        return pending
-    return recorder.record(code_id, referrer_id, via, at, evidence, click_id=click_id)
+        return sign_click(pending["id"], code_id, pending["channel"], pending["occurred_at"])
+    recorder.record(code_id, referrer_id, via, at, evidence, click_id=click_id)
+    return sign_click(click_id, code_id, name, at)

@@ -58,7 +58,7 @@ MAX_TIME = 64  # characters of an ISO 8601 time read at most
 MAX_DISCOUNT_CODES = 20  # discount codes of an order checked as referral codes at most
 MAX_EMAIL = 320
 _AMOUNT = re.compile(AMOUNT_PATTERN)
-_CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # as clicks.new_click_id makes them
+_CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # as clicks.sign_click makes them (or older)
 
 
 class _Unreadable(Exception):

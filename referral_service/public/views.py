@@ -8,7 +8,6 @@ alone. Revocation is checked again at attribution.
 """
 
 import logging
-import re
 from datetime import datetime
 from functools import lru_cache
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
@@ -153,7 +152,6 @@ CLICK_ID = {
     "schema": {"type": "string"},
     "description": "The click the welcome page was shown for (its language switcher keeps it).",
 }
-_CLICK_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 SIZE = {
     "in": "query",
     "name": "size",
@@ -392,8 +390,8 @@ class Welcome(MethodView):
     @blp.alt_response(429, **RATE_LIMITED)
     def get(self, code):
         """The welcome page of a code, without recording another click (the language switcher)."""
-        click_id = request.args.get("click_id", "")
-        click_id = click_id if _CLICK_ID.fullmatch(click_id) else None
+        click_id = request.args.get("click_id", "")[: clicks.MAX_CLICK_ID + 1]
+        click_id = click_id if click_id and not clicks.read_click_id(click_id).forged else None
         try:
             active = codes.lookup(code)
         except (InvalidCode, NotFound):
@@ -475,6 +473,9 @@ class Readyz(MethodView):
     @blp.response(200, schemas.Readiness)
     @blp.alt_response(503, schema=schemas.Readiness, description="Not ready.")
     def get(self):
-        """The database answers and its schema is at the newest migration."""
+        """The database answers and its schema is at this version's newest migration, or ahead
+        of it (a newer release's `db upgrade` ran while this version serves: its migrations only
+        add, so this version keeps serving); 503 when the database does not answer or its
+        schema is behind (run `referral-service db upgrade`)."""
         report = health.readiness()
         return report, (200 if report["status"] == "ok" else 503)

@@ -17,7 +17,8 @@ from tests.browser.console import desktop_only
 pytestmark = desktop_only
 
 COOKIE = "rs_referral"
-CODE, CLICK = "7KQ3M9XTW2HNB4RP", "c1ick-Id_0123456789abcd"
+# a click id as the service hands them out (signed, 59 characters)
+CODE, CLICK = "7KQ3M9XTW2HNB4RP", "AVbECFf73-VW8ByPVoJR8CsAAAAAAQBrDXGeBB0YQP6e5-514JSwDPPPel4"
 OTHER, OTHER_CLICK = "5ZV1NQ8MHY4B2KTD", "another-click-id_012345"
 
 PAGE = """<!doctype html>

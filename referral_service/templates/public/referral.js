@@ -28,7 +28,7 @@ Nothing else leaves the page, and no error escapes it.
   const WINDOW = DAYS * 86400;
   const NAME = "rs_referral";
   const REF = /^[^\u0000-\u001f\u007f]{1,64}$/;
-  const CLICK = /^[\w-]{1,32}$/;
+  const CLICK = /^[\w-]{1,128}$/;
   const safe = (work) => (...args) => {
     try { return work(...args); } catch (error) { return undefined; } // never break the page
   };
