@@ -102,7 +102,7 @@ def add_clicks(engine, dialect: str, first: int, last: int, total: int, base: st
     """Clicks `first..last` of `total`, evenly over the DAYS before `base`, newest first."""
     spacing = DAYS * 86400 / total
     channel = "CASE n % 8 " + " ".join(f"WHEN {i} THEN '{c}'" for i, c in enumerate(CHANNELS))
-    referrer = f"{OFFSET} + 1 + (n * 7919) % {REFERRERS}"
+    referrer = f"{OFFSET} + 1 + (CAST(n AS BIGINT) * 7919) % {REFERRERS}"
     for low in range(first, last + 1, CHUNK):
         high = min(low + CHUNK - 1, last)
         occurred = seconds_before(dialect, base, f"CAST(n * {spacing} AS INTEGER)")
