@@ -70,7 +70,7 @@ format: install-dev
 # `make bench` runs the benchmark suite (bench/suite.py: every target of the service, SQLite and
 # PostgreSQL, sync and gthread workers, one table at the end; about 15 minutes; needs wrk and
 # Redis, and BENCH_DATABASE_URL or TEST_DATABASE_URL for PostgreSQL); pass options in BENCH_ARGS,
-# e.g. `make bench BENCH_ARGS=--quick` (about 4 minutes) or `BENCH_ARGS=--check`.
+# e.g. `make bench BENCH_ARGS=--quick` (about 5 minutes) or `BENCH_ARGS=--check`.
 bench: install-dev
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 

@@ -44,7 +44,7 @@ end, so do not point it at a database holding anything else. Rows are seeded wit
 How to run it (from the repository root):
 
     make bench                                   # the full suite, about 15 minutes
-    .venv/bin/python bench/suite.py --quick      # short loads, 100,000 referrals (~4 minutes)
+    .venv/bin/python bench/suite.py --quick      # short loads, 100,000 referrals (~5 minutes)
     .venv/bin/python bench/suite.py --check      # exit status 1 when a target is missed
     .venv/bin/python bench/suite.py --duration 20 --scale-sizes 10000,1000000
     .venv/bin/python bench/suite.py --only sqlite --kinds gthread --skip-scale
