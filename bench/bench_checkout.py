@@ -3,7 +3,7 @@
 What it measures: requests per second, latency (p50/p99), errors and server CPU time per request
 of
 
-  * `POST /insert` of a bare Flask app (`bench/bare_insert_app.py`) that inserts one row into
+  * `POST /insert` of a bare Flask app (`bench/bare_insert_any_app.py`) that inserts one row into
     SQLite and commits, with the service's SQLite settings: the baseline, loaded before and
     after each service load (the mean of those two runs is that load's baseline, so that a
     machine whose speed drifts moves both sides of the ratio alike);
@@ -592,10 +592,15 @@ class Bench:
             return script
 
         def count():
-            return max_id(self.bare_database, "rows")
+            return max_id(self.bare_database, "bare_rows")
 
         load = self.load(
-            self.bare, "/insert", "bare POST /insert", write, (self.bare_database, "rows"), count
+            self.bare,
+            "/insert",
+            "bare POST /insert",
+            write,
+            (self.bare_database, "bare_rows"),
+            count,
         )
         self.bare_loads.append(load)
         return load
@@ -950,10 +955,10 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
         return met
     bare_database = tmp / "bare.sqlite3"
     bare_port = free_port()
-    env = {**os.environ, "BARE_INSERT_DATABASE": str(bare_database)}
+    env = {**os.environ, "BARE_INSERT_URL": f"sqlite:///{bare_database}"}
     bare = Server(
         "bare insert app",
-        gunicorn_argv("bare_insert_app:app", BENCH, bare_port, args.workers),
+        gunicorn_argv("bare_insert_any_app:app", BENCH, bare_port, args.workers),
         BENCH,
         env,
         bare_port,
