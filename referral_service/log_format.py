@@ -2,8 +2,9 @@
 
 Every line on standard error (and in gunicorn's access and error logs, wherever they go) is then
 one JSON object (python-json-logger) with `time` (ISO 8601, UTC, `Z`), `level`, `logger`,
-`message`, the `request_id` of the request being served (none outside a request) and, for an
-exception, `exc_info`: the traceback as one string. Lines at level INFO and above are written.
+`message`, the `request_id` of the request being served (none outside a request; on an access
+line, the request's `Request-Id`) and, for an exception, `exc_info`: the traceback as one
+string. Lines at level INFO and above are written.
 
 Nothing in a line escapes the masking of logs.py: the message is masked when the record is made
 (the record factory), and the traceback, the stack and any extra field of a record are masked
@@ -12,6 +13,7 @@ here, when the line is written.
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from pythonjsonlogger.json import JsonFormatter
@@ -20,6 +22,8 @@ from referral_service import logs
 from referral_service.config import LOG_FORMATS, SettingsError
 from referral_service.request_id import OUTSIDE
 
+# the `Request-Id` header of the response gunicorn's access line is being written for
+_access_request_id: ContextVar[str | None] = ContextVar("access_request_id", default=None)
 _OWN = ("time", "level", "logger", "message", "request_id", "exc_info", "stack_info")
 _PLAIN = (int, float, bool, type(None))
 
@@ -40,7 +44,10 @@ class JsonLines(JsonFormatter):
         else:  # made before the factory was installed: masked now
             log_data["message"] = logs.redact_record(record.name, record.msg, record.message)
         request_id = getattr(record, "request_id", OUTSIDE)
-        if request_id and request_id != OUTSIDE:
+        if record.name == "gunicorn.access":
+            # an access line is written after the request: its id is the response's header
+            request_id = _access_request_id.get() or request_id
+        if request_id and request_id not in (OUTSIDE, "-"):
             log_data["request_id"] = logs.redact(str(request_id))
         for key in ("exc_info", "stack_info"):
             if message_dict.get(key):
@@ -105,6 +112,14 @@ def gunicorn_logger():
     from gunicorn.glogging import Logger
 
     class JsonLogger(Logger):
+        def access(self, resp, req, environ, request_time):
+            found = next((v for k, v in resp.headers if k.lower() == "request-id"), None)
+            token = _access_request_id.set(found)
+            try:
+                super().access(resp, req, environ, request_time)
+            finally:
+                _access_request_id.reset(token)
+
         def setup(self, cfg):
             super().setup(cfg)
             configure("json")

@@ -197,8 +197,11 @@ def test_serve_writes_json_lines_only(tmp_path):
     loggers = {line["logger"] for line in lines}
     assert {"gunicorn.error", "gunicorn.access"} <= loggers, lines
     assert any(line["message"].startswith("Listening at: ") for line in lines), lines
-    access = [line["message"] for line in lines if line["logger"] == "gunicorn.access"]
-    assert any("/r/[email]" in message for message in access), access
+    access = [line for line in lines if line["logger"] == "gunicorn.access"]
+    [shared] = [line for line in access if "/r/[email]" in line["message"]]
+    assert shared["request_id"] == "serve-1"  # the line a shop's quoted id finds
+    healthz = [line for line in access if "/healthz" in line["message"]]
+    assert healthz and all(len(line["request_id"]) == 32 for line in healthz), healthz
     assert "nobody@example.com" not in out + err
 
 
