@@ -31,7 +31,7 @@ from referral_service.domain import (
     rewards,
     rollups,
 )
-from referral_service.errors import ReferralError, Unavailable, is_outage
+from referral_service.errors import ReferralError, Unavailable, ValidationFailed, is_outage
 from referral_service.links import portal_url
 from referral_service.models import utcnow
 from referral_service.models.admin import ROLES
@@ -641,8 +641,16 @@ def _count_rows(file) -> int:
 
 
 def _or_fail(fn, *args):
+    """`fn(*args)`, or a one-line error (exit status 1) for what the domain refused; for invalid
+    input, the fields' own messages (`keep_days: Must be at least ...`), not the API's "The
+    request has invalid fields."."""
     try:
         return fn(*args)
     except ReferralError as error:
-        details = "; ".join(f"{k}: {' '.join(v)}" for k, v in (error.fields or {}).items())
+        fields = error.fields or {}
+        if isinstance(error, ValidationFailed) and fields:
+            raise click.ClickException(
+                "; ".join(f"{k}: {' '.join(v)}" for k, v in fields.items())
+            ) from None
+        details = "; ".join(f"{k}: {' '.join(v)}" for k, v in fields.items())
         raise click.ClickException(f"{error.message} {details}".strip()) from None
