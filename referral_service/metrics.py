@@ -46,7 +46,8 @@ from sqlalchemy import func, select
 from referral_service import database
 from referral_service.extensions import db
 from referral_service.models import OutboxEvent, Reward
-from referral_service.models.webhook import WebhookDelivery
+from referral_service.models.referral import REWARD_STATUSES
+from referral_service.models.webhook import DELIVERY_STATUSES, WebhookDelivery
 from referral_service.request_id import request_id
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,8 @@ def _database_figures():
     family = _gauge(
         "referral_rewards", "Rewards, by status (read from the database).", labels=("status",)
     )
-    for status, count in sorted(rewards):
+    # every status has its series, 0 too, so that an alert on one never meets a missing series
+    for status, count in sorted({**dict.fromkeys(REWARD_STATUSES, 0), **dict(rewards)}.items()):
         family.add_metric((status,), count)
     yield family
     yield _gauge(
@@ -306,7 +308,8 @@ def _database_figures():
         "Webhook deliveries, by status: pending, delivered or failed (read from the database).",
         labels=("status",),
     )
-    for status, count in sorted(deliveries):
+    known = {**dict.fromkeys(DELIVERY_STATUSES, 0), **dict(deliveries)}
+    for status, count in sorted(known.items()):
         family.add_metric((status,), count)
     yield family
 
