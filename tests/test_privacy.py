@@ -4,10 +4,11 @@ appear anywhere in the database, while the money ledger stays whole."""
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 
 from referral_service.domain import customers, fraud, privacy
 from referral_service.errors import NotFound
@@ -264,6 +265,24 @@ def test_erasure_leaves_no_trace_of_the_person_and_the_ledger_whole(app, client,
             ("cli", "customer", FRIEND["id"]),
             ("cli", "customer", REFERRER["id"]),
         }
+
+
+@pytest.mark.sqlite_only
+def test_erasure_leaves_no_copy_in_the_sqlite_files(app, story):
+    """Not in the rows only: in no byte of the database's files either (its free space and its
+    write-ahead log, which keep what a change overwrote until a checkpoint)."""
+    path = Path(make_url(app.config["SQLALCHEMY_DATABASE_URI"]).database)
+    files = [path, *path.parent.glob(path.name + "-*")]
+    traces = [FRIEND["email"], FRIEND["email"].lower(), FRIEND["name"], story["email_key"]]
+
+    def found() -> set[str]:
+        held = b"".join(file.read_bytes() for file in files if file.exists())
+        return {trace for trace in traces if trace.encode() in held}
+
+    assert FRIEND["email"] in found()  # the scan sees it before
+    with app.app_context():
+        privacy.erase(FRIEND["id"], "cli")
+    assert found() == set()
 
 
 def story_payout(app) -> int:

@@ -22,7 +22,7 @@ from sqlalchemy import delete, or_, select, update
 from referral_service.domain import customers, events, payouts, rollups
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.money import from_minor
-from referral_service.domain.unit import unit_of_work
+from referral_service.domain.unit import current, unit_of_work
 from referral_service.errors import NotFound
 from referral_service.extensions import db
 from referral_service.models import (
@@ -39,6 +39,7 @@ from referral_service.models import (
     Signup,
     utcnow,
 )
+from referral_service.models.base import scrub_sqlite_log
 from referral_service.models.notification import EmailOptOut, Notification
 
 PERSONAL = ("email", "name", "locale")  # what an event's customer or payout line may show
@@ -356,6 +357,8 @@ def erase(external_id: str, actor: str, now: datetime | None = None) -> customer
                 {"external_id": customer.external_id, "erased_at": None},
                 {"external_id": customer.external_id, "erased_at": unit.now.isoformat()},
             )
+    if current() is None:  # the step is committed: no copy of the old values in SQLite's log
+        scrub_sqlite_log(db.engine)
     return customers.get(external_id)
 
 

@@ -70,7 +70,9 @@ class DecimalString(TypeDecorator):
 
 @event.listens_for(Engine, "connect")
 def _sqlite_on_connect(dbapi_connection, connection_record):
-    """WAL, a busy timeout and foreign keys; transactions are begun by us (see `_sqlite_begin`)."""
+    """WAL, a busy timeout and foreign keys; transactions are begun by us (see `_sqlite_begin`).
+    `secure_delete` zeroes what a change frees, so that an erased person's email does not linger
+    in the file's free space (see `scrub_sqlite_log` for the write-ahead log)."""
     if type(dbapi_connection).__module__.split(".")[0] != "sqlite3":
         return
     dbapi_connection.isolation_level = None
@@ -79,7 +81,19 @@ def _sqlite_on_connect(dbapi_connection, connection_record):
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def scrub_sqlite_log(engine: Engine) -> None:
+    """On SQLite, move the write-ahead log into the database file and empty it (a TRUNCATE
+    checkpoint), so that the values a step overwrote (an erased person's email) are gone from
+    the `-wal` file too; nothing elsewhere. Best effort: while another connection reads, the
+    log is emptied at a later checkpoint."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 @event.listens_for(Engine, "begin")
