@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
-from referral_service.domain import rewards
+from referral_service.domain import fraud, rewards
 from referral_service.extensions import db
 from referral_service.models import Base, utcnow
 from tests.journey_helpers import buy, click, enrol, sign_up
@@ -290,3 +290,20 @@ def test_every_statement_of_the_hot_paths_uses_an_index(app, client, shop, admin
         }
     report = "\n\n".join(f"{found}:\n{statement[:800]}" for statement, found in scans.items())
     assert not scans, f"{len(scans)} statements read a growing table whole:\n\n{report}"
+
+
+@pytest.mark.sqlite_only
+def test_a_referrers_recent_conversions_are_an_index_range(app):
+    """The conversion-velocity signal, run on every first purchase, reads a referrer's recent
+    conversions through (referrer_id, converted_at), not every referral of the referrer: at
+    1,000,000 referrals an index on the referrer alone made a first purchase 1.7 times dearer."""
+    now = utcnow()
+    with app.app_context(), db.engine.connect() as connection:
+        statement = str(fraud._RECENT_CONVERSIONS.compile(connection))
+        plan = " ".join(
+            str(row[-1])
+            for row in connection.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {statement}", (1, "converted", now, now)
+            )
+        )
+    assert "ix_referrals_referrer_converted (referrer_id=? AND converted_at>? AND" in plan, plan

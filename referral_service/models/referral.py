@@ -66,6 +66,8 @@ class Referral(Base):
         UniqueConstraint("friend_email_key", name="uq_referrals_friend_email_key"),
         Index("ix_referrals_referrer_id", "referrer_id", "id"),
         Index("ix_referrals_referrer_attributed", "referrer_id", "attributed_at"),
+        # a referrer's recent conversions, the velocity risk signal (domain/fraud.py)
+        Index("ix_referrals_referrer_converted", "referrer_id", "converted_at"),
         Index("ix_referrals_status", "status", "id"),
         Index("ix_referrals_attributed_at", "attributed_at"),
         Index("ix_referrals_converted_at", "converted_at"),
