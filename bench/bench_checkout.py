@@ -69,7 +69,6 @@ every target is met), 1 on a failure (including errors above 1% or a failed data
 import argparse
 import contextlib
 import os
-import platform
 import random
 import shutil
 import signal
@@ -105,6 +104,7 @@ from bench_public import (
     service_env,
     wrk,
 )
+from harness import describe_machine
 
 from referral_service.domain.codes import CodeSigner
 
@@ -925,20 +925,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def describe(args) -> None:
-    version = run_process([args.wrk, "-v"], 10, stdout=subprocess.PIPE, text=True).stdout
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = run_process(
-            ["git", "describe", "--always", "--dirty"],
-            10,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        ).stdout.strip()
-        print(f"service: commit {commit or '?'}")
-    python = platform.python_version()
-    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {python}")
-    print(f"wrk: {(version.splitlines() or ['?'])[0].strip()}")
+    describe_machine(args.wrk)
     print(
         f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency (after a "
         f"{args.warmup} s warm-up; scale part -d{args.scale_duration}s); servers: gunicorn "

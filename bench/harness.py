@@ -9,12 +9,14 @@ that import them keep working as documented.
 
 import contextlib
 import os
+import platform
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench_public import HOST, BenchError, Server
+from bench_public import HOST, ROOT, BenchError, Server, run_process
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -117,3 +119,22 @@ def redis_database(url: str) -> Iterator[str]:
         with contextlib.suppress(redis.RedisError):
             client.flushdb()
         client.close()
+
+
+def describe_machine(wrk: str) -> None:
+    """Print what the figures were measured with: the service's commit, the machine, Python and
+    the version of `wrk` (the program named)."""
+    version = run_process([wrk, "-v"], 10, stdout=subprocess.PIPE, text=True).stdout
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = run_process(
+            ["git", "describe", "--always", "--dirty"],
+            10,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ).stdout.strip()
+        print(f"service: commit {commit or '?'}")
+    python = platform.python_version()
+    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {python}")
+    print(f"wrk: {(version.splitlines() or ['?'])[0].strip()}")

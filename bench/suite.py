@@ -59,7 +59,6 @@ free disk for the 1,000,000-referral database. Exit status: 0 when the runs comp
 import argparse
 import contextlib
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -98,7 +97,13 @@ from bench_public import (
     service_env,
     wrk,
 )
-from harness import gunicorn_argv, postgres_database, redis_database, worker_rss
+from harness import (
+    describe_machine,
+    gunicorn_argv,
+    postgres_database,
+    redis_database,
+    worker_rss,
+)
 from seed import Referrer, seed_history, seed_pool, seed_referrers
 from sqlalchemy import create_engine, text
 
@@ -666,21 +671,7 @@ NOT_BUILT = Row("insight at 10M vs 10k clicks", figure="not built yet", target="
 
 
 def describe(args, redis_url: str) -> None:
-    version = run_process([args.wrk, "-v"], 10, stdout=subprocess.PIPE, text=True).stdout
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = run_process(
-            ["git", "describe", "--always", "--dirty"],
-            10,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        ).stdout.strip()
-        print(f"service: commit {commit or '?'}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
-    )
-    print(f"wrk: {(version.splitlines() or ['?'])[0].strip()}")
+    describe_machine(args.wrk)
     print(
         f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency after a "
         f"{args.warmup} s warm-up; gunicorn --workers {args.workers}, sync and gthread "
