@@ -24,6 +24,7 @@ from referral_service.domain import (
     admins,
     api_keys,
     customers,
+    demo,
     fraud,
     portal,
     privacy,
@@ -32,7 +33,7 @@ from referral_service.domain import (
     rollups,
 )
 from referral_service.errors import ReferralError, Unavailable, ValidationFailed, is_outage
-from referral_service.links import portal_url
+from referral_service.links import LOCAL_BASE_URL, portal_url
 from referral_service.models import utcnow
 from referral_service.models.admin import ROLES
 from referral_service.models.api_key import SCOPES
@@ -622,6 +623,60 @@ def erase_customer(external_id, yes):
         )
     card = _or_fail(privacy.erase, external_id, privacy.CLI_ACTOR)
     click.echo(f"Customer {card.external_id} erased at {card.erased_at.isoformat()}.")
+
+
+@main.command("demo")
+@click.option(
+    "--customers",
+    "size",
+    default=demo.DEFAULT_CUSTOMERS,
+    show_default=True,
+    type=AsciiIntRange(demo.MIN_CUSTOMERS, demo.MAX_CUSTOMERS),
+    help="About how many customers the shop has (the visits, orders and rewards scale with it).",
+)
+@click.option(
+    "--seed",
+    default=demo.DEFAULT_SEED,
+    show_default=True,
+    type=AsciiIntRange(0),
+    help="The same seed makes the same people, visits and orders.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Add the demo data beside customers already there (theirs are never touched).",
+)
+@with_appcontext
+def fill_demo(size, seed, force):
+    """Fill the database with a year of realistic, clearly fake data (customers, share visits by
+    channel, sign-ups, purchases, refunds, rewards, payouts) to see every page of the console
+    full. Refuses a database that has customers, unless --force."""
+    click.echo(f"Making a year of demo data for about {size} customers...", err=True)
+    report = _or_fail(demo.fill, size, seed, force)
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(report.rewards.items()))
+    click.echo(
+        f"{report.customers} customers ({report.enrolled} enrolled before the year, "
+        f"{report.signups} signed up during it, {report.referred} of them referred)."
+    )
+    click.echo(
+        f"{report.visits} share-link visits counted ({report.bot_visits} by bots and "
+        f"{report.repeat_visits} repeats within the hour not counted)."
+    )
+    click.echo(
+        f"{report.purchases} purchases, {report.refunds} refunds, {report.clawbacks} clawbacks; "
+        f"rewards: {statuses or 'none'}; {report.payouts} payouts paid."
+    )
+    if report.settings_changed:
+        click.echo("The program's settings were at their defaults: set to the demo's.")
+    click.echo(f"Done in {report.seconds:.1f} s. To see it: run the service, create an admin")
+    click.echo("  referral-service admins create you@example.com")
+    click.echo(f"and sign in at {_console_url()}.")
+
+
+def _console_url() -> str:
+    """The console's address: under PUBLIC_BASE_URL when set, else the local server's."""
+    base = current_app.config.get("PUBLIC_BASE_URL") or LOCAL_BASE_URL
+    return base.rstrip("/") + "/admin"
 
 
 def _count_rows(file) -> int:
