@@ -123,6 +123,9 @@ LATER_ORDER = 0.15  # chance of an order later than 90 days instead
 MEDIAN_ORDER = Decimal("42.00")  # median order value in the program currency
 REFERRED_SPEND = 1.1  # referred customers' orders are this much larger
 REFUND_SHARE = 0.05
+SHOWN_REFUNDS = 2  # refunds of converting orders at least, before payout and after
+SHOWN_RECENT = 2  # friends at least who sign up 15 to 20 days before the end
+RECENT = timedelta(days=21)  # friends of the last weeks buy the next day: their rewards wait
 PARTIAL_REFUND_SHARE = 0.4
 REJECT_SHARE = 0.04  # rewards an admin rejects beside those flagged by a risk signal
 REJECT_REASONS = (
@@ -181,6 +184,7 @@ class _Person:
     code_id: int | None = None
     code: str | None = None
     referred: bool = False
+    flagged: bool = False  # signed up with a risk signal the admins reject
 
 
 def counts() -> tuple[int, int]:
@@ -506,9 +510,13 @@ class _World:
         for _ in range(typed):
             sharer = self.random.choices(people, cum_weights=by_activity)[0]
             plans.append((self._moment(max(sharer.created_at, self.start), self.now, 1.2), sharer))
+        for _ in range(SHOWN_RECENT):  # their rewards' hold ends in the last week: they wait
+            sharer = self.random.choices(people, cum_weights=by_activity)[0]
+            plans.append((self.now - timedelta(days=self.random.uniform(15, 20)), sharer))
         plans.sort(key=lambda plan: plan[0])
+        older = [place for place, (at, _) in enumerate(plans) if at < self.now - RECENT]
         risky = max(2, round(len(plans) * SELF_REFERRAL_SHARE))
-        risky_plans = set(self.random.sample(range(len(plans)), min(risky, len(plans))))
+        risky_plans = set(self.random.sample(older, min(risky, len(older))))
         for place, (at, source) in enumerate(plans):
             person = self._person("friend", at)
             if isinstance(source, dict):
@@ -520,7 +528,7 @@ class _World:
             else:
                 sharer, click_id, ip, agent, code = source, None, None, None, source.code
             if place in risky_plans:  # the referrer signing up again under another email
-                person.name = sharer.name
+                person.name, person.flagged = sharer.name, True
             self._sign_up(person, code, click_id, at, ip, agent)
 
     # --- money -----------------------------------------------------------------------------------
@@ -534,8 +542,11 @@ class _World:
             if at < self.now:
                 heapq.heappush(steps, (at, next(sequence), action, args))
 
-        for person in self.people:
-            self._plan_orders(person, plan)
+        orders = [order for person in self.people for order in self._orders(person)]
+        for at, person, order_id, amount in orders:
+            plan(at, self._purchase, person, order_id, amount)
+        for at, order_id, part in self._refunds(orders):
+            plan(at, self._refund, order_id, part)
         day = _midnight(self.start) + timedelta(days=1)
         while day < self.now:
             # Monday: the admins review the week's rewards (this week's still wait for them)
@@ -553,41 +564,71 @@ class _World:
         value = float(MEDIAN_ORDER) * self.random.lognormvariate(0, 0.5)
         if referred:
             value *= REFERRED_SPEND
-        cents = Decimal(max(5, math.floor(value))) + Decimal(self.random.choice(("0.90", "0.99")))
-        return cents
+        return Decimal(max(5, math.floor(value))) + Decimal(self.random.choice(("0.90", "0.99")))
 
-    def _plan_orders(self, person: _Person, plan) -> None:
-        if person.id is None or self.random.random() >= BUYS[person.kind]:
-            return
-        if person.kind == "enrolled":
+    def _orders(self, person: _Person) -> list[tuple]:
+        """A customer's orders over the year: `(at, person, order_id, amount)`."""
+        if person.id is None:
+            return []
+        recent = person.kind == "friend" and person.created_at > self.now - RECENT
+        shown = person.flagged or recent
+        if shown:  # the flagged friends, and those of the last weeks, buy the next day
+            at = person.created_at + timedelta(days=1)
+        elif self.random.random() >= BUYS[person.kind]:
+            return []
+        elif person.kind == "enrolled":
             at = self._moment(self.start, self.now)
         elif person.kind == "friend":
             at = person.created_at + timedelta(days=self.random.expovariate(1 / 4))
         else:
             at = person.created_at + timedelta(hours=self.random.expovariate(1 / 30))
-        order = 0
+        orders = []
         while at < self.now:
-            order += 1
+            order_id = f"{PREFIX}order-{person.number:06d}-{len(orders) + 1}"
             amount = self._amount(person.referred)
-            order_id = f"{PREFIX}order-{person.number:06d}-{order}"
-            plan(at, self._purchase, person, order_id, amount)
-            if self.random.random() < REFUND_SHARE or (
-                person.referred and order == 1 and self.random.random() < 2 * REFUND_SHARE
-            ):
-                early = self.random.random() < 0.6
-                days = self.random.uniform(1, 10) if early else self.random.uniform(45, 80)
-                part = None
-                if self.random.random() < PARTIAL_REFUND_SHARE:
-                    part = (amount * Decimal(self.random.choice(("0.2", "0.3", "0.5")))).quantize(
-                        Decimal("0.01")
-                    )
-                plan(at + timedelta(days=days), self._refund, order_id, part)
+            if shown and not orders:  # enough to convert the referral
+                amount = max(amount, Decimal(self.settings["min_order_amount"]) + 10)
+            orders.append((at, person, order_id, amount))
             if self.random.random() < REPEAT_90D[person.referred]:
                 at += timedelta(days=self.random.uniform(5, 90))
             elif self.random.random() < LATER_ORDER:
                 at += timedelta(days=self.random.uniform(91, 240))
             else:
                 break
+        return orders
+
+    def _refunds(self, orders: list[tuple]) -> list[tuple]:
+        """Refunds `(at, order_id, part)` (`part` None for a whole refund): some of any order,
+        within days (before the reward's hold ends: it is reversed) or weeks later (after the
+        reward is paid: a clawback); and at least a few of each kind on orders that converted
+        a referral, so that a small demo shows both."""
+        minimum = Decimal(self.settings["min_order_amount"])
+        first = {}
+        for at, person, order_id, amount in orders:
+            if person.referred and not person.flagged and amount >= minimum:
+                first.setdefault(person.number, (at, order_id, amount))
+        converting = sorted(first.values())
+        paid_by_now = [o for o in converting if o[0] < self.now - timedelta(days=100)]
+        held_by_now = [o for o in converting if o[0] < self.now - timedelta(days=20)]
+        late = set(self.random.sample(paid_by_now, min(SHOWN_REFUNDS, len(paid_by_now))))
+        early = set(self.random.sample(held_by_now, min(SHOWN_REFUNDS, len(held_by_now)))) - late
+        planned = []
+        for at, _, order_id, amount in orders:
+            order = (at, order_id, amount)
+            if order in late:
+                days = self.random.uniform(60, 80)
+            elif order in early:
+                days = self.random.uniform(1, 10)
+            elif self.random.random() < REFUND_SHARE:
+                days = self.random.choice((self.random.uniform(1, 10), self.random.uniform(45, 80)))
+            else:
+                continue
+            part = None  # the shown ones whole: a reversal, a clawback of the whole reward
+            if order not in late | early and self.random.random() < PARTIAL_REFUND_SHARE:
+                share = Decimal(self.random.choice(("0.2", "0.3", "0.5")))
+                part = (amount * share).quantize(Decimal("0.01"))
+            planned.append((at + timedelta(days=days), order_id, part))
+        return planned
 
     def _purchase(self, at, person, order_id, amount) -> None:
         rewards.record_purchase(
@@ -649,11 +690,12 @@ class _World:
         if batch["needs_approval"]:
             payouts.approve(batch["id"], APPROVER, now=at + timedelta(hours=2))
         payouts.mark_paid(batch["id"], f"DEMO-{at:%Y-%m}", APPROVER, now=at + timedelta(hours=3))
+        self.report.payouts += 1
 
     # --- the report ------------------------------------------------------------------------------
 
     def _count(self) -> None:
-        from referral_service.models import Clawback, Payout, Purchase, Refund, Signup
+        from referral_service.models import Clawback, Purchase, Refund, Signup
 
         ids = select(Customer.id).where(
             Customer.external_id >= _external_id(self.first),
@@ -683,7 +725,6 @@ class _World:
                 )
             )
         )
-        report.payouts = count(Payout.created_by == OWNER)
         db.session.rollback()
 
 
