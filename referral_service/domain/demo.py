@@ -202,9 +202,10 @@ def refusal(force: bool) -> str | None:
         return None
     real, made = counts()
     if real:
+        who = "customer that is" if real == 1 else "customers that are"
         return (
-            f"The database has {real} customers that are not demo data; run on an empty "
-            "database or pass --force to add the demo data beside them."
+            f"The database has {real} {who} not demo data; run on an empty database or pass "
+            "--force to add the demo data beside them."
         )
     if made:
         return (
@@ -495,7 +496,7 @@ class _World:
         typed = round(count * TYPED_CODE_SHARE)
         weights = list(accumulate(CHANNELS[v["channel"]][1] for v in visits))
         chosen = set()
-        while len(chosen) < min(count - typed, len(visits)):
+        while len(chosen) < min(count - typed - SHOWN_RECENT, len(visits)):
             chosen.add(self.random.choices(range(len(visits)), cum_weights=weights)[0])
         plans = []
         for index in sorted(chosen):
@@ -503,8 +504,9 @@ class _World:
             # most sign up within the hour; a few days later; a few after the window
             lag = timedelta(minutes=self.random.lognormvariate(math.log(25), 2.2))
             at = visit["occurred_at"] + lag
-            if at < self.now:
-                plans.append((at, visit))
+            if at >= self.now:  # the year ends before: they signed up sooner
+                at = visit["occurred_at"] + (self.now - visit["occurred_at"]) * self.random.random()
+            plans.append((at, visit))
         people, activity = zip(*sharers, strict=True)
         by_activity = list(accumulate(activity))
         for _ in range(typed):
