@@ -424,6 +424,7 @@ ADMIN_ENDPOINTS = [
     ("get", "/api/v1/payouts/1.csv", None),
     ("post", "/api/v1/payouts/1/mark-paid", {"reference": "R"}),
     ("get", "/api/v1/stats", None),
+    ("get", "/api/v1/insights", None),
 ]
 
 

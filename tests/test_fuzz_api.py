@@ -59,6 +59,7 @@ BEYOND_THE_SPEC = {
     "GET /api/v1/rewards": {"cursor"},
     "GET /api/v1/events": {"cursor"},
     "GET /api/v1/stats": {"from", "to"},  # `from` before `to` (default now); a date in UTC
+    "GET /api/v1/insights": {"from", "to"},
     "GET /api/v1/webhook-endpoints": {"cursor"},
     "GET /api/v1/webhook-endpoints/{endpoint_id}/deliveries": {"cursor"},
     # a host that resolves to public addresses only (domain/webhooks.check_url)

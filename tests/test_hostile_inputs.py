@@ -243,6 +243,11 @@ TABLE = {
         "/api/v1/stats?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"
     ),
     "stats before year 1": query("/api/v1/stats?from=0001-01-01T00:00:00%2B01:00", "from"),
+    "insights naive date": query("/api/v1/insights?from=2026-01-01", "from"),
+    "insights reversed range": query(
+        "/api/v1/insights?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"
+    ),
+    "insights before year 1": query("/api/v1/insights?to=0001-01-01T00:00:00%2B01:00", "to"),
     # --- public links
     "qr size too small": Hostile("get", f"/r/{CODE}/qr.png?size=63", status=422, field="size"),
     "qr size too big": Hostile("get", f"/r/{CODE}/qr.svg?size=2049", status=422, field="size"),

@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, insert, select, update
 
 from referral_service.domain import program
 from referral_service.domain.money import from_minor, to_minor
+from referral_service.domain.text import spreadsheet_safe
 from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Conflict, NotFound, ValidationFailed
 from referral_service.extensions import db
@@ -307,9 +308,9 @@ def as_csv(payout_id: int) -> str:
     for line in summary["lines"]:
         writer.writerow(
             [
-                _safe(line["customer_external_id"]),
-                _safe(line["email"] or ""),
-                _safe(line["name"] or ""),
+                spreadsheet_safe(line["customer_external_id"]),
+                spreadsheet_safe(line["email"] or ""),
+                spreadsheet_safe(line["name"] or ""),
                 line["rewards"],
                 line["currency"],
                 line["gross"],
@@ -322,11 +323,6 @@ def as_csv(payout_id: int) -> str:
             ["TOTAL", "", "", summary["reward_count"], total["currency"], "", "", total["amount"]]
         )
     return out.getvalue()
-
-
-def _safe(text: str) -> str:
-    """Defuse spreadsheet formulas in text cells (CSV injection)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def waiting() -> dict:

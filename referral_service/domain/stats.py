@@ -39,6 +39,23 @@ def top_referrers(start: datetime, end: datetime, limit: int = 5) -> list[dict]:
     return [{"external_id": e, "name": n, "conversions": c} for e, n, c in rows]
 
 
+def period(start: datetime | None, end: datetime | None, now=None) -> tuple[datetime, datetime]:
+    """The range `[start, end)` in UTC: `end` defaults to now, `start` to DEFAULT_RANGE before
+    it. Raises ValidationFailed when `start` is not before `end`, or for a time with no date in
+    UTC."""
+    end = utc(end, "to") if end else now or utcnow()
+    if start:
+        start = utc(start, "from")
+    else:
+        try:
+            start = end - DEFAULT_RANGE
+        except OverflowError:  # `to` in the first days of year 1
+            start = datetime.min.replace(tzinfo=UTC)
+    if start >= end:
+        raise ValidationFailed(fields={"from": ["Must be before `to`."]})
+    return start, end
+
+
 def funnel(start: datetime | None = None, end: datetime | None = None, now=None) -> dict:
     """Counts in `[start, end)` (default: the last 30 days), in total and by channel.
 
@@ -50,16 +67,7 @@ def funnel(start: datetime | None = None, end: datetime | None = None, now=None)
     ValidationFailed when `start` is not before `end`, or for a time with no date in UTC.
     """
     flush_pending()
-    end = utc(end, "to") if end else now or utcnow()
-    if start:
-        start = utc(start, "from")
-    else:
-        try:
-            start = end - DEFAULT_RANGE
-        except OverflowError:  # `to` in the first days of year 1
-            start = datetime.min.replace(tzinfo=UTC)
-    if start >= end:
-        raise ValidationFailed(fields={"from": ["Must be before `to`."]})
+    start, end = period(start, end, now)
     channels: dict[str, dict] = defaultdict(lambda: {"clicks": 0, "signups": 0, "conversions": 0})
     for channel, count in rollups.clicks_by_channel(start, end).items():
         channels[channel]["clicks"] = count

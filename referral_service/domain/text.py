@@ -17,6 +17,12 @@ def has_control(value: str, line_breaks: bool = False) -> bool:
     return bool((CONTROL_BUT_LINE_BREAKS if line_breaks else CONTROL).search(value))
 
 
+def spreadsheet_safe(text: str) -> str:
+    """`text` for a CSV cell that a spreadsheet opens as text, never as a formula (CSV
+    injection, OWASP): a leading `=`, `+`, `-`, `@`, tab or carriage return gets a quote."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def findable(value: str | None) -> bool:
     """Whether a filter value could match stored text: no stored id, email, code, action or actor
     holds a control character, so a filter that holds one finds nothing (and is never sent to
