@@ -76,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-tmp", action="store_true", help="keep the SQLite file and logs")
     parser.add_argument("--check", action="store_true", help="exit 1 if a run misses the target")
     args = parser.parse_args(argv)
-    if args.customers is not None and not 50 <= args.customers <= 100_000:
-        parser.error("--customers must be 50 to 100,000")
+    if args.customers is not None and not 50 <= args.customers <= 20_000:
+        parser.error("--customers must be 50 to 20,000")
     if not 1 <= args.timeout <= 3600:
         parser.error("--timeout must be 1 to 3600 seconds")
     return args
