@@ -361,6 +361,7 @@ CONSOLE = {
     "admin.login": Reads(query=("next",), form=SIGNED_IN),
     "admin.logout": Reads(),
     "admin.dashboard": Reads(query=("days",)),
+    "admin.insights_csv": Reads(query=("days",)),
     "admin.reward_queue": Reads(query=("status", "referrer", "risk", "cursor")),
     "admin.decide": Reads(
         form={

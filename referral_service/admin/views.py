@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     flash,
@@ -27,8 +28,8 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 
-from referral_service.admin import inputs
-from referral_service.domain import admins, customers, rewards, stats
+from referral_service.admin import charts, inputs
+from referral_service.domain import admins, customers, insights, rewards, stats
 from referral_service.domain.text import has_control
 from referral_service.errors import Conflict, NotFound, Throttled, Unauthorized, ValidationFailed
 from referral_service.extensions import csrf
@@ -42,7 +43,7 @@ OPEN_ENDPOINTS = {"admin.login"}
 SESSION_KEYS = ("admin_id", "admin_check", "admin_since")
 PAGE_SIZE = 50
 RISK_FILTERS = {"flagged": "flagged only", "clean": "no risk signal"}
-PERIODS = (7, 30, 90)
+PERIODS = (7, 30, 90, 365)  # the dashboard's periods, in days
 
 # The risk reasons of domain/fraud.py, in words an admin reads at a glance.
 RISK_WORDS = {
@@ -185,21 +186,20 @@ def logout():
 # --- dashboard -----------------------------------------------------------------------------------
 
 
+def _period() -> int:
+    """The dashboard's period in days, from `?days=` (one of PERIODS, else 30)."""
+    days = inputs.whole_number(request.args.get("days", ""))  # ASCII digits, no spaces or signs
+    return days if days in PERIODS else 30
+
+
 @blp.get("", strict_slashes=False)  # `/admin/` is the console too
 def dashboard():
-    days = inputs.whole_number(request.args.get("days", ""))  # ASCII digits, no spaces or signs
-    days = days if days in PERIODS else 30
+    """Rewards waiting and owed, and the insight of the last `days` days (domain/insights.py)
+    with its charts: the funnel, the K-factor by month, channels, cohorts, time to convert."""
+    days = _period()
     now = utcnow()
-    funnel = stats.funnel(now - timedelta(days=days), now)
-    leaders = stats.top_referrers(now - timedelta(days=days), now)
+    report = insights.insights(now - timedelta(days=days), now)
     totals = stats.reward_totals()
-    reward_count = sum(s["count"] for s in funnel["rewards"].values())
-    steps = [
-        ("Clicks", funnel["clicks"]),
-        ("Sign-ups", funnel["signups"]),
-        ("Conversions", funnel["conversions"]),
-        ("Rewards", reward_count),
-    ]
     return render_template(
         "admin/dashboard.html",
         days=days,
@@ -207,34 +207,197 @@ def dashboard():
         waiting=totals["awaiting_approval"]["count"],
         owed=totals["approved"]["amounts"],
         owed_count=totals["approved"]["count"],
-        chart=bar_chart(steps),
-        steps=steps,
-        by_channel=funnel["by_channel"],
-        leaders=leaders,
+        report=report,
+        **dashboard_figures(report),
     )
 
 
-def bar_chart(steps: list[tuple[str, int]]) -> dict:
-    """Geometry of a horizontal bar chart: one bar per step, widths relative to the largest."""
-    # narrow enough that a phone (about 350 px) shows the labels near their real size
-    label_width, bar_space, bar_height, gap = 110, 220, 28, 12
-    largest = max((value for _, value in steps), default=0) or 1
-    bars = [
-        {
-            "label": label,
-            "value": value,
-            "y": index * (bar_height + gap),
-            "width": round(bar_space * value / largest, 1),
-        }
-        for index, (label, value) in enumerate(steps)
+@blp.get("/insights.csv")
+def insights_csv():
+    """The dashboard's insight of the same period as CSV (`insights.as_csv`), to download."""
+    days = _period()
+    now = utcnow()
+    report = insights.insights(now - timedelta(days=days), now)
+    name = f"insights-{report['from']:%Y-%m-%d}-to-{report['to']:%Y-%m-%d}.csv"
+    return Response(
+        insights.as_csv(report),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def dashboard_figures(report: dict) -> dict:
+    """What the dashboard shows of an insight report, ready to draw: the headline figures in
+    words (`headline`), the best channel, the referred customers' worth against the others',
+    and the charts' geometry (admin/charts.py)."""
+    funnel = [
+        charts.Bar("Unique visitors", report["unique_visitors"]),
+        charts.Bar("Sign-ups", report["friends_signed_up"]),
+        charts.Bar("Conversions", report["friends_converted"]),
     ]
+    funnel = [bar._replace(text=charts.number(bar.value)) for bar in funnel]
+    months = [
+        charts.Bar(charts.month_label(m["month"]), m["k_factor"], charts.ratio(m["k_factor"]))
+        for m in report["by_month"]
+    ]
+    channels = [
+        (
+            channel["channel"] or "unknown",
+            [
+                charts.Bar(
+                    "",
+                    channel["unique_visitors"],
+                    charts.number(channel["unique_visitors"]),
+                    "visitors",
+                ),
+                charts.Bar(
+                    "",
+                    channel["conversions"],
+                    f"{charts.number(channel['conversions'])}"
+                    + (
+                        f" ({charts.percent(channel['conversion_rate'])})"
+                        if channel["conversion_rate"] is not None
+                        else ""
+                    ),
+                    "conversions",
+                ),
+            ],
+        )
+        for channel in report["by_channel"]
+    ]
+    times = report["time_to_signup_hours"], report["time_to_convert_hours"]
+    time_bars = [
+        charts.Bar(label, span[key], charts.hours(span[key]), kind)
+        for span, what in zip(times, ("sign-up", "purchase"), strict=True)
+        for key, label, kind in (
+            ("p50", f"To {what}, half", "p50"),
+            ("p90", f"To {what}, 90 %", "p90"),
+        )
+    ]
+    cohorts = report["cohorts"]
     return {
-        "bars": bars,
-        "label_width": label_width,
-        "bar_height": bar_height,
-        "width": label_width + bar_space + 80,
-        "height": len(steps) * (bar_height + gap) - gap,
+        "headline": headline(report),
+        "best": best_channel(report["by_channel"]),
+        "worth": worth(cohorts),
+        "funnel": funnel,
+        "funnel_chart": charts.bars(funnel),
+        "months": months,
+        "months_chart": charts.columns(months),
+        "channels_chart": charts.bar_groups(channels),
+        "channel_rows": [
+            {**channel, "rate": charts.percent(channel["conversion_rate"])}
+            for channel in report["by_channel"]
+        ],
+        "cohort_charts": cohort_charts(cohorts),
+        "times_chart": charts.bars(time_bars, label_width=130),
+        "time_bars": time_bars,
     }
+
+
+def headline(report: dict) -> dict:
+    """The four headline figures, each `{value, words}`: the K-factor, invites per customer,
+    invite conversion rate and unique visitors, with a sentence in plain words."""
+    at_start, converted = report["customers_at_start"], report["friends_converted"]
+    visitors = report["unique_visitors"]
+    k = report["k_factor"]
+    if k is None:
+        k_words = "No customers before this period, so nothing to compare the new ones with yet."
+    else:
+        brought = charts.ratio(k * 100, 0 if (k * 100) >= 10 or k == 0 else 1)
+        k_words = f"Each 100 customers brought {brought} new customers in this period."
+    per_customer = report["invites_per_customer"]
+    invite_words = (
+        "No customers before this period yet."
+        if per_customer is None
+        else f"{charts.number(visitors)} visits of share links for "
+        f"{charts.number(at_start)} customers at the start."
+    )
+    rate = report["invite_conversion_rate"]
+    rate_words = (
+        "No visits of share links yet."
+        if rate is None
+        else f"{charts.number(converted)} of {charts.number(visitors)} visitors became buying "
+        "customers."
+    )
+    return {
+        "k_factor": {"value": charts.ratio(k), "words": k_words},
+        "invites": {"value": charts.ratio(per_customer, 1), "words": invite_words},
+        "rate": {"value": charts.percent(rate), "words": rate_words},
+        "visitors": {
+            "value": charts.number(visitors),
+            "words": "People who opened a share link (bots, and the same person again within "
+            "an hour, not counted).",
+        },
+    }
+
+
+def best_channel(channels: list[dict]) -> dict | None:
+    """The channel with the most conversions (insights orders them so), or None without any:
+    `{channel, conversions, words}`."""
+    if not channels or channels[0]["conversions"] == 0:
+        return None
+    best = channels[0]
+    conversions = best["conversions"]
+    words = f"{charts.number(conversions)} conversion{'' if conversions == 1 else 's'}"
+    if best["conversion_rate"] is not None:
+        words += (
+            f", {charts.percent(best['conversion_rate'])} of its "
+            f"{charts.number(best['unique_visitors'])} visitors"
+        )
+    else:
+        words += " (a code typed in, no visit of a link counted)"
+    return {"channel": best["channel"] or "unknown", "conversions": conversions, "words": words}
+
+
+def worth(cohorts: dict) -> dict:
+    """Whether referred customers are worth more than the others: `{known, revenue_change,
+    repeat_change, words}`; `known` False when a cohort has fewer than insights.MIN_COHORT
+    customers (its figures are None)."""
+    referred, others = cohorts["referred"], cohorts["not_referred"]
+    if referred["revenue_per_customer"] is None or others["revenue_per_customer"] is None:
+        return {
+            "known": False,
+            "words": f"Not enough customers yet (at least {insights.MIN_COHORT} per group; "
+            f"{charts.number(referred['customers'])} referred and "
+            f"{charts.number(others['customers'])} others bought for the first time in this "
+            "period).",
+        }
+    currency = referred["currency"]
+    revenue = charts.change(referred["revenue_per_customer"], others["revenue_per_customer"])
+    repeat = charts.change(referred["repeat_purchase_rate_90d"], others["repeat_purchase_rate_90d"])
+    words = (
+        f"Revenue per customer in their first 90 days: "
+        f"{charts.money(referred['revenue_per_customer'], currency)} referred, "
+        f"{charts.money(others['revenue_per_customer'], currency)} others. Bought again "
+        f"within 90 days: {charts.percent(referred['repeat_purchase_rate_90d'])} against "
+        f"{charts.percent(others['repeat_purchase_rate_90d'])}."
+    )
+    return {"known": True, "revenue_change": revenue, "repeat_change": repeat, "words": words}
+
+
+COHORT_MEASURES = (
+    ("repeat_purchase_rate_90d", "Bought again within 90 days"),
+    ("average_order_value", "Average order value"),
+    ("revenue_per_customer", "Revenue per customer (90 days)"),
+)
+
+
+def cohort_charts(cohorts: dict) -> list[dict]:
+    """One small chart per measure, referred beside not referred: `{key, title, chart, rows}`
+    (`rows`: `(label, text)` for the table)."""
+    out = []
+    for key, title in COHORT_MEASURES:
+        rows = []
+        for name, label in (("referred", "Referred"), ("not_referred", "Not referred")):
+            cohort = cohorts[name]
+            value = cohort[key]
+            if key == "repeat_purchase_rate_90d":
+                text = charts.percent(value)
+            else:
+                text = charts.money(value, cohort["currency"])
+            rows.append(charts.Bar(label, value, text, name.replace("_", "-")))
+        out.append({"key": key, "title": title, "chart": charts.bars(rows), "rows": rows})
+    return out
 
 
 # --- the rewards queue ---------------------------------------------------------------------------

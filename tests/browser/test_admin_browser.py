@@ -57,8 +57,7 @@ def test_sign_in_shows_the_dashboard(page, live_server, api, screenshot):
     assert fits_the_width(page)
     screenshot(page)
 
-    page.get_by_label("Period").select_option("90")
-    page.get_by_role("button", name="Show").click()
+    page.get_by_role("navigation", name="Period").get_by_role("link", name="90 days").click()
     assert page.get_by_role("heading", name="Funnel, last 90 days").is_visible()
 
     page.get_by_role("button", name="Sign out").click()
