@@ -1,7 +1,9 @@
 """`referral-service demo`: a year of fake data that fills every page, made through the service's
 own rules; refused beside real customers unless forced; bad arguments are usage errors."""
 
+import concurrent.futures
 import re
+import threading
 from datetime import timedelta
 
 import pytest
@@ -9,6 +11,7 @@ from sqlalchemy import func, select
 
 from referral_service.cli import main
 from referral_service.domain import demo, program
+from referral_service.errors import Conflict
 from referral_service.extensions import db
 from referral_service.models import (
     Clawback,
@@ -191,3 +194,27 @@ def test_bad_arguments_are_usage_errors(app, runner, args):
     assert "Traceback" not in result.output and result.exception is not None
     with app.app_context():
         assert count(Customer.id.is_not(None)) == 0
+
+
+def test_two_demos_at_once_make_one_set_of_customers(app):
+    """Both pass the empty-database check; the unique external ids let one run on, and the
+    other stops with a Conflict before writing any customer."""
+    barrier = threading.Barrier(2)
+
+    def run():
+        with app.app_context():
+            barrier.wait()
+            try:
+                demo.fill(demo.MIN_CUSTOMERS, seed=3)
+            except Conflict as error:
+                return str(error)
+            finally:
+                db.session.remove()
+            return "done"
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(lambda _: run(), range(2)))
+    assert outcomes[1] == "done", outcomes
+    assert "demo" in outcomes[0] and outcomes[0] != "done"
+    with app.app_context():
+        assert count(Customer.id.is_not(None)) == demo.MIN_CUSTOMERS

@@ -34,6 +34,7 @@ from itertools import accumulate
 from faker import Faker
 from faker.decode import unidecode
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from referral_service.domain import (
     attribution,
@@ -354,7 +355,18 @@ class _World:
         self._count()
 
     def _enrol(self, people: list[_Person]) -> None:
-        """The customers the shop enrolled before the year, in bulk, with their codes."""
+        """The customers the shop enrolled before the year, in bulk, with their codes; raises
+        Conflict when another demo run took their external ids meanwhile (the unique key
+        decides which run goes on; this one has then written nothing but the settings)."""
+        try:
+            self._enrol_chunks(people)
+        except IntegrityError:
+            raise Conflict(
+                "Another demo run took these demo ids meanwhile; this one stopped before "
+                "writing any customer."
+            ) from None
+
+    def _enrol_chunks(self, people: list[_Person]) -> None:
         issue = signer().issue
         for chunk in _chunks(people, 2_000):
             with unit_of_work(self.now):
