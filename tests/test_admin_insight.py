@@ -87,8 +87,8 @@ def test_the_dashboard_shows_the_insight_of_the_period(app, client, shop_with_wo
     assert figure(html, "best-channel") == "whatsapp"
     assert "3 conversions, 75 % of its 4 visitors" in html
     assert figure(html, "worth") == "+20 %"
-    assert "+100 % bought again" in html
-    assert "€72.00 referred, €60.00 others" in html and "40 % against 20 %" in html
+    assert "Yes: referred customers spent €72.00 each in their first 90 days, the others " in html
+    assert "€60.00. 40 % of them bought again within 90 days, against 20 %." in html
     # the charts, each with its text alternative
     assert html.count("<svg") == 7  # funnel, months, channels, three cohorts, times
     assert html.count('role="img"') == 7
@@ -96,7 +96,7 @@ def test_the_dashboard_shows_the_insight_of_the_period(app, client, shop_with_wo
     assert "whatsapp: 4 unique visitors, 3 conversions." in html
     assert "Bought again within 90 days" in html and "Referred: 40 %." in html
     assert "Not referred: €60.00." in html
-    assert "To sign-up, half: 1 h." in html and "To purchase, 90 %: 24 h." in html
+    assert "Sign-up: half: 1 h." in html and "Purchase: 90 %: 24 h." in html
     # no negative or missing size in any drawn rectangle
     widths = re.findall(r'<rect [^>]*width="([^"]+)"', html)
     assert widths and all(float(w) >= 0 and math.isfinite(float(w)) for w in widths)

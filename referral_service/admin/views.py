@@ -11,6 +11,7 @@ owner may also change settings and keys.
 import functools
 import time
 from datetime import datetime, timedelta
+from decimal import Decimal
 from urllib.parse import unquote, urlsplit
 
 from flask import (
@@ -268,10 +269,10 @@ def dashboard_figures(report: dict) -> dict:
     times = report["time_to_signup_hours"], report["time_to_convert_hours"]
     time_bars = [
         charts.Bar(label, span[key], charts.hours(span[key]), kind)
-        for span, what in zip(times, ("sign-up", "purchase"), strict=True)
+        for span, what in zip(times, ("Sign-up", "Purchase"), strict=True)
         for key, label, kind in (
-            ("p50", f"To {what}, half", "p50"),
-            ("p90", f"To {what}, 90 %", "p90"),
+            ("p50", f"{what}: half", "p50"),
+            ("p90", f"{what}: 90 %", "p90"),
         )
     ]
     cohorts = report["cohorts"]
@@ -351,8 +352,8 @@ def best_channel(channels: list[dict]) -> dict | None:
 
 def worth(cohorts: dict) -> dict:
     """Whether referred customers are worth more than the others: `{known, revenue_change,
-    repeat_change, words}`; `known` False when a cohort has fewer than insights.MIN_COHORT
-    customers (its figures are None)."""
+    words}` (`revenue_change`: of the revenue per customer, `+23 %`); `known` False when a
+    cohort has fewer than insights.MIN_COHORT customers (its figures are None)."""
     referred, others = cohorts["referred"], cohorts["not_referred"]
     if referred["revenue_per_customer"] is None or others["revenue_per_customer"] is None:
         return {
@@ -363,16 +364,22 @@ def worth(cohorts: dict) -> dict:
             "period).",
         }
     currency = referred["currency"]
-    revenue = charts.change(referred["revenue_per_customer"], others["revenue_per_customer"])
-    repeat = charts.change(referred["repeat_purchase_rate_90d"], others["repeat_purchase_rate_90d"])
+    more = Decimal(referred["revenue_per_customer"]) - Decimal(others["revenue_per_customer"])
+    answer = "Yes" if more > 0 else "No" if more < 0 else "The same"
     words = (
-        f"Revenue per customer in their first 90 days: "
-        f"{charts.money(referred['revenue_per_customer'], currency)} referred, "
-        f"{charts.money(others['revenue_per_customer'], currency)} others. Bought again "
-        f"within 90 days: {charts.percent(referred['repeat_purchase_rate_90d'])} against "
-        f"{charts.percent(others['repeat_purchase_rate_90d'])}."
+        f"{answer}: referred customers spent "
+        f"{charts.money(referred['revenue_per_customer'], currency)} each in their first 90 "
+        f"days, the others {charts.money(others['revenue_per_customer'], currency)}. "
+        f"{charts.percent(referred['repeat_purchase_rate_90d'])} of them bought again within "
+        f"90 days, against {charts.percent(others['repeat_purchase_rate_90d'])}."
     )
-    return {"known": True, "revenue_change": revenue, "repeat_change": repeat, "words": words}
+    return {
+        "known": True,
+        "revenue_change": charts.change(
+            referred["revenue_per_customer"], others["revenue_per_customer"]
+        ),
+        "words": words,
+    }
 
 
 COHORT_MEASURES = (
