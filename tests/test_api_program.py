@@ -20,6 +20,7 @@ DEFAULTS = {
     "auto_approve_max_amount": None,
     "max_rewards_per_referrer_per_month": None,
     "paused": False,
+    "milestones": [],
     "velocity_max_signups": 10,
     "velocity_window_hours": 24,
     "coupon_sites": [],

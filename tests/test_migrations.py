@@ -1,5 +1,6 @@
 """The migrations build exactly the schema the models describe, on every backend."""
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
@@ -89,4 +90,67 @@ def test_every_row_survives_the_migrations_up_and_down(fresh_database_url):
             assert _counts(connection) == expected
             if db.engine.dialect.name == "sqlite":  # the keys are back on for the app
                 assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        db.engine.dispose()
+
+
+MILESTONE_REWARD = (
+    "INSERT INTO rewards (id, referral_id, purchase_id, customer_id, beneficiary, kind, "
+    "milestone_friends, rule_type, rule_value, amount_minor, currency, status, available_at, "
+    "created_at, updated_at) VALUES (:id, 1, 1, 1, 'referrer', 'milestone', :friends, 'fixed', "
+    "'20.00', 2000, 'EUR', :status, :now, :now, :now)"
+)
+
+
+def test_milestones_migrate_up_and_down(fresh_database_url):
+    """0019: every reward so far is of kind `referral`; a milestone reward shares its
+    referral's; one live milestone reward per referrer and milestone; a downgrade is refused
+    while milestone rewards exist, and works once they are gone."""
+    from sqlalchemy.exc import IntegrityError
+
+    app = create_app(app_config(fresh_database_url))
+    now = utcnow()
+    with app.app_context():
+        upgrade(revision="0018")
+        with db.engine.begin() as connection:
+            for table, items in ROWS_AT_0006.items():
+                for item in items:
+                    if table == "clawbacks":  # settled in parts since 0007
+                        item = item | {"settled_minor": 0}
+                    values = {k: now if v == "NOW" else v for k, v in item.items()}
+                    names = ", ".join(values)
+                    marks = ", ".join(f":{name}" for name in values)
+                    connection.execute(
+                        text(f"INSERT INTO {table} ({names}) VALUES ({marks})"), values
+                    )
+        upgrade()
+        with db.engine.begin() as connection:
+            assert connection.execute(
+                text("SELECT kind, milestone_friends FROM rewards")
+            ).all() == [("referral", None)]
+            assert connection.execute(text("SELECT milestones FROM program")).scalar() in (
+                [],
+                "[]",
+            )
+            connection.execute(
+                text(MILESTONE_REWARD), {"id": 2, "friends": 5, "status": "paid", "now": now}
+            )
+        for status in ("pending", "reversed"):  # a second live one is refused, a reversed not
+            try:
+                with db.engine.begin() as connection:
+                    connection.execute(
+                        text(MILESTONE_REWARD),
+                        {"id": 3, "friends": 5, "status": status, "now": now},
+                    )
+            except IntegrityError:
+                assert status == "pending"
+            else:
+                assert status == "reversed"
+        with pytest.raises(SystemExit):  # flask-migrate logs the reason and exits
+            downgrade(revision="0018")
+        with db.engine.begin() as connection:
+            connection.execute(text("DELETE FROM rewards WHERE kind = 'milestone'"))
+        downgrade(revision="0018")
+        with db.engine.connect() as connection:
+            assert _counts(connection) == dict.fromkeys(ROWS_AT_0006, 1) | {"customers": 2}
+        upgrade()
         db.engine.dispose()

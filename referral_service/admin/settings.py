@@ -55,6 +55,13 @@ EMAIL_KINDS = tuple(
         strict=True,
     )
 )
+MILESTONES_HINT = (
+    "One milestone a line: the number of the referrer's converted friends, a colon, then the "
+    "bonus: an amount in the program currency (5: 20.00) or a percent of the order that "
+    f"reaches it (10: 50%). At most {program.MAX_MILESTONES} lines, each number once. A bonus "
+    "is granted once per milestone, reversed if a refund takes the count back below it before "
+    "it is paid; the monthly cap does not apply. Empty: no milestones."
+)
 EMAILS_GROUP = "Emails to referrers"
 EMAILS_HINT = (
     "Sent by the worker in the customer's language, with an unsubscribe link; only while "
@@ -63,8 +70,9 @@ EMAILS_HINT = (
 
 # The form, in groups: (input name, label, kind, hint). An input's name is the API's field name,
 # or `group.part` for a part of a nested one: the names of the API's validation messages.
-# Kinds: text, url, number, checkbox, lines (a list, one item a line), message (a text of several
-# lines) and choice (a select of the options in CHOICES).
+# Kinds: text, url, number, checkbox, lines (a list, one item a line), milestones (one milestone a
+# line, `friends: bonus`), message (a text of several lines) and choice (a select of the options
+# in CHOICES).
 FORM = (
     (
         "Program",
@@ -82,6 +90,10 @@ FORM = (
             ("friend_reward.type", "Friend's reward type", "choice", None),
             ("friend_reward.value", "Friend's reward value", "text", "An amount or percent."),
         ),
+    ),
+    (
+        "Loyalty milestones",
+        (("milestones", "Bonuses at the Nth converted friend", "milestones", MILESTONES_HINT),),
     ),
     (
         "Friend's offer at checkout",
@@ -193,9 +205,37 @@ def form_values(settings: dict) -> dict[str, str]:
             values[name] = "true" if value else ""
         elif kind == "lines":
             values[name] = "\n".join(value or [])
+        elif kind == "milestones":
+            values[name] = "\n".join(map(milestone_line, value or []))
         else:
             values[name] = "" if value is None else str(value)
     return values
+
+
+def milestone_line(milestone: dict) -> str:
+    """A milestone as a line of the form: `5: 20.00`, or `10: 50%` for a percent."""
+    reward = milestone["reward"]
+    percent = "%" if reward["type"] == "percent" else ""
+    return f"{milestone['friends']}: {reward['value']}{percent}"
+
+
+def parse_milestones(text: str) -> list:
+    """The milestones typed, one a line (`friends: bonus`), as the API takes them; a line that
+    does not read so is passed on as it is, for the checks to say what is wrong with it."""
+    milestones = []
+    for line in filter(None, (line.strip() for line in text.splitlines())):
+        friends, _, bonus = (part.strip() for part in line.partition(":"))
+        percent = bonus.endswith("%")
+        milestones.append(
+            {
+                "friends": _whole(friends) if friends else line,
+                "reward": {
+                    "type": "percent" if percent else "fixed",
+                    "value": bonus.removesuffix("%").strip() or None,
+                },
+            }
+        )
+    return milestones
 
 
 def _whole(text: str):
@@ -219,7 +259,7 @@ def parse_form(form, current: dict) -> tuple[dict[str, str], dict]:
             text = form.get(name, "")
             if kind == "message":  # a browser sends a textarea's line breaks as CRLF
                 text = text.replace("\r\n", "\n")
-            typed[name] = text if kind == "lines" else text.strip()
+            typed[name] = text if kind in ("lines", "milestones") else text.strip()
             present.add(name)
     wanted: dict = {}
     for name, _, kind, _ in INPUTS:
@@ -239,6 +279,8 @@ def parse_form(form, current: dict) -> tuple[dict[str, str], dict]:
             wanted[name] = _whole(text)
         elif kind == "lines":
             wanted[name] = [line.strip() for line in text.splitlines() if line.strip()]
+        elif kind == "milestones":
+            wanted[name] = parse_milestones(text)
         elif name == "currency":
             wanted[name] = text.upper()
         else:
@@ -280,6 +322,9 @@ def field_messages(problems: dict[str, list[str]]) -> dict[str, list[str]]:
             (n for n in names if key == n or key.startswith(n + ".")),
             next((n for n in names if n == f"{key}.type"), "_form"),
         )
+        line = re.match(r"milestones\.(\d+)", key)  # a milestone's problem names its line
+        if line:
+            messages = [f"Line {int(line.group(1)) + 1}: {message}" for message in messages]
         placed.setdefault(target, []).extend(messages)
     return placed
 

@@ -27,7 +27,7 @@ from referral_service.domain.rewards import MAX_ORDER_ID, PURCHASE_REASONS
 from referral_service.errors import ValidationFailed
 from referral_service.models.notification import NOTIFICATION_KINDS
 from referral_service.models.program import LANDING_MODES
-from referral_service.models.referral import REFERRAL_STATUSES, REWARD_STATUSES
+from referral_service.models.referral import REFERRAL_STATUSES, REWARD_KINDS, REWARD_STATUSES
 
 # C0 controls but tab, newline and carriage return; DEL
 _CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
@@ -449,6 +449,41 @@ class RewardRule(StrictSchema):
     )
 
 
+class MilestoneReward(StrictSchema):
+    """A milestone's reward: a fixed amount in the program currency, or a percent of the order
+    that reaches the milestone."""
+
+    type = fields.String(required=True, validate=validate.OneOf(program.MILESTONE_REWARD_TYPES))
+    value = rule_value(
+        "fixed: an amount in the program currency; percent: above 0, at most 100, 2 decimals.",
+        required=True,
+        metadata={"example": "20.00"},
+    )
+
+
+class Milestone(StrictSchema):
+    """An extra reward for the referrer at their Nth converted friend."""
+
+    friends = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(1, program.MAX_MILESTONE_FRIENDS),
+        metadata={"description": "N: the number of the referrer's converted friends."},
+    )
+    reward = fields.Nested(MilestoneReward, required=True)
+
+
+MILESTONES_DESCRIPTION = (
+    "Loyalty milestones (“the tenth one free”): when a referrer's Nth friend converts "
+    f"(N = `friends`, each N once, at most {program.MAX_MILESTONES} milestones), the referrer "
+    "gets an extra reward of kind `milestone`, once per milestone, beside the referral reward: "
+    "fixed, or a percent of the order that reached it, with the same hold and approval. It is "
+    "reversed if a refund takes the count of converted friends back below N before it is paid "
+    "(a paid one stays paid), and granted anew when the count reaches N again. The monthly cap "
+    "does not apply to it. Listed by `friends` ascending."
+)
+
+
 class FriendOffer(StrictSchema):
     """What the shop should give the friend at checkout."""
 
@@ -484,6 +519,9 @@ class ProgramSettings(Schema):
     auto_approve_max_amount = fields.String(allow_none=True)
     max_rewards_per_referrer_per_month = fields.Integer(allow_none=True)
     paused = fields.Boolean()
+    milestones = fields.List(
+        fields.Nested(Milestone), metadata={"description": MILESTONES_DESCRIPTION}
+    )
     velocity_max_signups = fields.Integer(
         metadata={
             "description": "More sign-ups than this through one referrer within "
@@ -592,6 +630,11 @@ class ProgramPatch(StrictSchema):
         strict=True, allow_none=True, validate=validate.Range(0, 1_000_000)
     )
     paused = StrictBoolean()
+    milestones = fields.List(
+        fields.Nested(Milestone),
+        validate=validate.Length(max=program.MAX_MILESTONES),
+        metadata={"description": "The whole list of milestones (it replaces the saved one)."},
+    )
     velocity_max_signups = fields.Integer(strict=True, validate=validate.Range(1, 100_000))
     velocity_window_hours = fields.Integer(strict=True, validate=validate.Range(1, 24 * 90))
     coupon_sites = fields.List(
@@ -711,6 +754,19 @@ class RewardBrief(Schema):
 
     id = fields.Integer(required=True)
     beneficiary = fields.String(required=True, metadata={"enum": ["referrer", "friend"]})
+    kind = fields.String(
+        required=True,
+        metadata={
+            "enum": list(REWARD_KINDS),
+            "description": "`referral`: for a friend's first purchase; `milestone`: the "
+            "referrer's extra reward at their Nth converted friend (program `milestones`).",
+        },
+    )
+    milestone_friends = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "N of a milestone reward; null for a referral reward."},
+    )
     amount = fields.String(required=True)
     currency = fields.String(required=True)
     status = fields.String(required=True)

@@ -71,6 +71,25 @@ class RewardLine:
     friend: str | None
     created_at: datetime
     available_at: datetime
+    milestone_friends: int | None = None  # N of a milestone reward (kind `milestone`)
+
+
+@dataclass
+class Milestone:
+    """A milestone of the program: its number of friends and its reward rule `{type, value}`."""
+
+    friends: int
+    reward: dict
+
+
+@dataclass
+class MilestoneProgress:
+    """The customer's way through the program's milestones: their converted friends, the
+    milestones reached (by N ascending) and the next one, None when all are reached."""
+
+    converted: int
+    reached: list[Milestone]
+    next: Milestone | None
 
 
 @dataclass
@@ -84,6 +103,7 @@ class SharePage:
     friends_total: int
     rewards: list[RewardLine]
     rewards_total: int
+    friends_converted: int = 0  # friends whose referral is converted now (milestones count them)
     # "in_progress" / "approved" / "paid" -> [(amount, currency)], one per currency
     totals: dict[str, list[tuple[Decimal, str]]] = field(default_factory=dict)
 
@@ -192,8 +212,23 @@ def first_name(name: str | None) -> str | None:
     return words[0] if words else None
 
 
+def milestone_progress(converted: int, milestones: list[dict]) -> MilestoneProgress | None:
+    """Where `converted` friends stand among the program's `milestones` (its setting: `{friends,
+    reward}`, by friends ascending); None when the program has none."""
+    if not milestones:
+        return None
+    ordered = sorted(
+        (Milestone(item["friends"], item["reward"]) for item in milestones),
+        key=lambda milestone: milestone.friends,
+    )
+    reached = [milestone for milestone in ordered if milestone.friends <= converted]
+    ahead = [milestone for milestone in ordered if milestone.friends > converted]
+    return MilestoneProgress(converted, reached, ahead[0] if ahead else None)
+
+
 def share_page(customer_id: int) -> SharePage:
-    """What a customer's share page shows: their code, their friends' progress and their rewards.
+    """What a customer's share page shows: their code, their friends' progress, how many of
+    them are converted (for the milestones, `milestone_progress`) and their rewards.
 
     The newest LIST_LIMIT friends and rewards are listed; the totals count them all. Raises
     InvalidLink when the customer is gone.
@@ -214,7 +249,12 @@ def share_page(customer_id: int) -> SharePage:
         )
         .join(friend, friend.id == Referral.friend_id)
         .outerjoin(
-            Reward, and_(Reward.referral_id == Referral.id, Reward.customer_id == customer_id)
+            Reward,
+            and_(
+                Reward.referral_id == Referral.id,
+                Reward.customer_id == customer_id,
+                Reward.kind == "referral",  # a milestone reward shares its referral
+            ),
         )
         .where(Referral.referrer_id == customer_id)
         .order_by(Referral.attributed_at.desc(), Referral.id.desc())
@@ -222,6 +262,15 @@ def share_page(customer_id: int) -> SharePage:
     ).all()
     friends_total = db.session.scalar(
         select(func.count()).select_from(Referral).where(Referral.referrer_id == customer_id)
+    )
+    friends_converted = db.session.scalar(
+        select(func.count())
+        .select_from(Referral)
+        .where(
+            Referral.referrer_id == customer_id,
+            Referral.converted_at.is_not(None),
+            Referral.status == "converted",
+        )
     )
     rewards = db.session.execute(
         select(
@@ -231,6 +280,7 @@ def share_page(customer_id: int) -> SharePage:
             Reward.beneficiary,
             Reward.created_at,
             Reward.available_at,
+            Reward.milestone_friends,
             friend.name,
             friend.email,
         )
@@ -270,12 +320,22 @@ def share_page(customer_id: int) -> SharePage:
                 friend=mask_name(name, email) if beneficiary == "referrer" else None,
                 created_at=created_at,
                 available_at=available_at,
+                milestone_friends=milestone_friends,
             )
-            for minor, currency, status, beneficiary, created_at, available_at, name, email in (
-                rewards
-            )
+            for (
+                minor,
+                currency,
+                status,
+                beneficiary,
+                created_at,
+                available_at,
+                milestone_friends,
+                name,
+                email,
+            ) in rewards
         ],
         rewards_total=sum(sums[status]["count"] for status in REWARD_STATUSES),
+        friends_converted=friends_converted or 0,
         totals={
             group: [(amount, currency) for currency, amount in sorted(by_currency.items())]
             for group, by_currency in totals.items()

@@ -27,6 +27,10 @@ _PERCENT_MAX = Decimal(100)
 # the languages of the share page and the welcome page (each has a catalog in translations/)
 LANGUAGES = ("en", "pl", "hu", "el", "bg")
 MAX_SHARE_MESSAGE = 280
+# loyalty milestones: an extra reward at the referrer's Nth converted friend
+MAX_MILESTONES = 20
+MAX_MILESTONE_FRIENDS = 10_000
+MILESTONE_REWARD_TYPES = ("fixed", "percent")
 
 
 def _program() -> Program:
@@ -126,6 +130,7 @@ def as_dict(program: Program) -> dict:
         else format_amount(program.auto_approve_max_amount, currency),
         "max_rewards_per_referrer_per_month": program.max_rewards_per_referrer_per_month,
         "paused": program.paused,
+        "milestones": [dict(milestone) for milestone in program.milestones or []],
         "velocity_max_signups": program.velocity_max_signups,
         "velocity_window_hours": program.velocity_window_hours,
         "coupon_sites": list(program.coupon_sites or []),
@@ -219,6 +224,71 @@ def _check_reward(value, currency: str, field: str) -> tuple[str, Decimal | None
     if kind == "fixed":
         return "fixed", parse_amount(amount, currency, f"{field}.value", allow_zero=False)
     return "percent", _check_percent(amount, f"{field}.value")
+
+
+def _check_milestone(value, index: int, currency: str) -> dict:
+    """One milestone, `{friends, reward: {type, value}}`, with its value as the API shows it."""
+    field = f"milestones.{index}"
+    if not isinstance(value, dict) or set(value) != {"friends", "reward"}:
+        raise ValidationFailed(
+            fields={
+                field: ['Must be {"friends": N, "reward": {"type": "fixed"|"percent", "value"}}.']
+            }
+        )
+    problems: dict[str, list[str]] = {}
+    friends = value["friends"]
+    if (
+        isinstance(friends, bool)
+        or not isinstance(friends, int)
+        or not 1 <= friends <= MAX_MILESTONE_FRIENDS
+    ):
+        problems[f"{field}.friends"] = [
+            f"Must be a whole number of friends, 1 to {MAX_MILESTONE_FRIENDS}."
+        ]
+    reward = value["reward"]
+    if isinstance(reward, dict) and reward.get("type") not in MILESTONE_REWARD_TYPES:
+        problems[f"{field}.reward.type"] = [
+            f"Unknown milestone reward type {reward.get('type')!r}: use fixed or percent."
+        ]
+    else:
+        try:
+            kind, amount = _check_reward(reward, currency, f"{field}.reward")
+        except ValidationFailed as error:
+            problems.update(error.fields or {})
+    if problems:
+        raise ValidationFailed(fields=problems)
+    shown = format_amount(amount, currency) if kind == "fixed" else str(amount)
+    return {"friends": friends, "reward": {"type": kind, "value": shown}}
+
+
+def check_milestones(value, currency: str) -> list[dict]:
+    """The program's milestones: a list of at most MAX_MILESTONES `{friends: N, reward: {type:
+    fixed|percent, value}}` (N from 1 to MAX_MILESTONE_FRIENDS, each N once; a fixed value in
+    `currency`, a percent above 0 and at most 100), sorted by N. Raises ValidationFailed naming
+    each bad part (`milestones.0.friends`, `milestones.2.reward.value`)."""
+    field = "milestones"
+    if not isinstance(value, list) or len(value) > MAX_MILESTONES:
+        raise ValidationFailed(
+            fields={field: [f"Must be a list of at most {MAX_MILESTONES} milestones."]}
+        )
+    milestones, problems, seen = [], {}, set()
+    for index, item in enumerate(value):
+        try:
+            milestone = _check_milestone(item, index, currency)
+        except ValidationFailed as error:
+            problems.update(error.fields or {})
+            continue
+        friends = milestone["friends"]
+        if friends in seen:
+            problems[f"{field}.{index}.friends"] = [
+                f"Another milestone is at {friends} friends already: each number once."
+            ]
+            continue
+        seen.add(friends)
+        milestones.append(milestone)
+    if problems:
+        raise ValidationFailed(fields=problems)
+    return sorted(milestones, key=lambda milestone: milestone["friends"])
 
 
 def _check_offer(value, currency: str) -> dict | None:
@@ -393,6 +463,7 @@ def _update(unit, changes: dict, actor: str | None) -> dict:
         checked = check(_check_reward, merged[f"{who}_reward"], currency, f"{who}_reward")
         if checked:
             values[f"{who}_reward_type"], values[f"{who}_reward_value"] = checked
+    values["milestones"] = check(check_milestones, merged["milestones"], currency)
     values["velocity_max_signups"] = check(
         _check_whole, merged["velocity_max_signups"], "velocity_max_signups", 1, 100_000, "sign-ups"
     )

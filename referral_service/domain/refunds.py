@@ -17,6 +17,14 @@ none of its rewards was paid (all reversed), the referral goes back to `attribut
 later qualifying order within the conversion window converts it again (audited as
 `referral.requalified`).
 
+Milestone rewards (kind `milestone`, domain/rewards.py) follow the count of the referrer's
+converted friends, not the amount of an order: a refund that takes a referral back to
+`attributed` recounts them in its unit of work (under a lock on the referrer's row on
+PostgreSQL, as a conversion counts), and each of the referrer's milestone rewards for more
+friends than remain that is not yet paid (pending, awaiting approval or approved, in an unpaid
+batch or not) is reversed. A paid one stays paid, with no clawback; a partial refund that leaves
+the order qualifying changes none.
+
 A refund is one unit of work (domain/unit.py); its events are `reward.reversed` for each reward
 it reverses, `clawback.created` for each clawback and `referral.requalified`. A percent reward
 recomputed on what remains has no event of its own; a replay writes none.
@@ -25,11 +33,11 @@ recomputed on what remains has no event of its own; a replay writes none.
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from referral_service.domain import idempotency, payouts, program
 from referral_service.domain.money import from_minor, parse_amount, percent_of, to_minor
-from referral_service.domain.rewards import OPEN, check_order_id, reward_dict
+from referral_service.domain.rewards import OPEN, check_order_id, lock_referrer, reward_dict
 from referral_service.domain.unit import Unit, unit_of_work
 from referral_service.errors import NotFound, RefundConflict, ValidationFailed
 from referral_service.extensions import db
@@ -178,7 +186,8 @@ def _to_apply(purchase: Purchase, amount, refund_id, refunded_total) -> int:
 
 
 def _follow(unit: Unit, purchase: Purchase, settings: dict, actor: str) -> None:
-    """The order's rewards follow its refunded amount (see the module's docstring); events
+    """The order's referral rewards follow its refunded amount (see the module's docstring;
+    milestone rewards follow the count of converted friends, `_reverse_milestones`); events
     `reward.reversed` and `clawback.created`, and `referral.requalified`."""
     now = unit.now
     left = purchase.amount_minor - purchase.refunded_minor
@@ -191,7 +200,11 @@ def _follow(unit: Unit, purchase: Purchase, settings: dict, actor: str) -> None:
     # the rewards first, then their batches (payouts.resettle): the order mark_paid locks them in
     rewards = db.session.scalars(
         select(Reward)
-        .where(Reward.purchase_id == purchase.id, Reward.status.in_((*OPEN, "paid")))
+        .where(
+            Reward.purchase_id == purchase.id,
+            Reward.kind == "referral",
+            Reward.status.in_((*OPEN, "paid")),
+        )
         .order_by(Reward.id)
         .with_for_update()
         .execution_options(populate_existing=True)
@@ -237,17 +250,22 @@ def _target(reward: Reward, left_minor: int) -> int:
 
 def _requalify(unit: Unit, purchase: Purchase, actor: str) -> None:
     """The referral this order converted goes back to `attributed` when none of the order's
-    rewards is left (all reversed: none paid, approved or rejected by an admin)."""
+    referral rewards is left (all reversed: none paid, approved or rejected by an admin); the
+    referrer's milestone rewards beyond the friends still converted are reversed."""
     db.session.flush()
     kept = db.session.scalar(
         select(Reward.id)
-        .where(Reward.purchase_id == purchase.id, Reward.status != "reversed")
+        .where(
+            Reward.purchase_id == purchase.id,
+            Reward.kind == "referral",
+            Reward.status != "reversed",
+        )
         .limit(1)
     )
     if kept is not None:
         return
     referral = db.session.execute(
-        select(Referral.id, Referral.converted_at).where(
+        select(Referral.id, Referral.referrer_id, Referral.converted_at).where(
             Referral.friend_id == purchase.customer_id,
             Referral.order_id == purchase.order_id,
             Referral.status == "converted",
@@ -276,6 +294,43 @@ def _requalify(unit: Unit, purchase: Purchase, actor: str) -> None:
         )
         requalified = db.session.get(Referral, referral.id, populate_existing=True)
         unit.emit("referral.requalified", requalified)
+        _reverse_milestones(unit, referral.referrer_id)
+
+
+def _reverse_milestones(unit: Unit, referrer_id: int) -> None:
+    """Reverse the referrer's unpaid milestone rewards for more friends than they have
+    converted now (event `reward.reversed` each); a paid one stays."""
+    connection = db.session.connection()
+    lock_referrer(connection, referrer_id)
+    converted = db.session.scalar(
+        select(func.count())
+        .select_from(Referral)
+        .where(
+            Referral.referrer_id == referrer_id,
+            Referral.converted_at.is_not(None),
+            Referral.status == "converted",
+        )
+    )
+    beyond = db.session.scalars(
+        select(Reward)
+        .where(
+            Reward.customer_id == referrer_id,
+            Reward.kind == "milestone",
+            Reward.milestone_friends > converted,
+            Reward.status.in_(OPEN),
+        )
+        .order_by(Reward.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    batches = set()
+    for reward in beyond:
+        if reward.payout_id is not None:
+            batches.add(reward.payout_id)
+        reward.status, reward.updated_at, reward.payout_id = "reversed", unit.now, None
+        unit.emit("reward.reversed", reward)
+    for batch in sorted(batches):
+        payouts.resettle(batch)
 
 
 def _answer(purchase: Purchase) -> dict:

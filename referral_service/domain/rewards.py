@@ -5,10 +5,20 @@ A reward is `pending` until `available_at` (purchase time + `hold_days`), then
 referral carries no risk flag. An admin approves or rejects; a payout makes it `paid`. A refund of
 the qualifying order (domain/refunds.py) before payout makes it `reversed`; after payout it
 records a clawback.
-At most one live reward per friend and beneficiary is guaranteed by a unique index on
+At most one live referral reward per friend and beneficiary is guaranteed by a unique index on
 (referral, beneficiary) over the rewards not reversed (a referral requalified after its
 qualifying order was refunded earns anew), and purchases of one customer are serialized by a lock
 on that customer.
+
+Loyalty milestones (program setting `milestones`): the conversion that brings the referrer's
+converted friends to N or more grants, in its unit of work, a reward of kind `milestone` for
+each milestone of at most N friends the referrer holds no live (not reversed) milestone reward
+for: a fixed amount, or a percent of that order, with the hold and approval of a referral reward
+(and that conversion's risk). The monthly cap neither counts nor withholds them. One live
+milestone reward per referrer and milestone is guaranteed by a partial unique index, its insert
+doing nothing on a conflict; on PostgreSQL the referrer's row is locked before the count, so two
+friends converting at once count one after the other (SQLite's write lock orders them already).
+A refund that takes the count back below N reverses an unpaid one (domain/refunds.py).
 
 An `order_id` names one order for ever: sent again with the same customer, amount and currency it
 gets the saved answer; with another, it is refused (OrderConflict), never answered as the first.
@@ -25,7 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import selectinload
 
 from referral_service.domain import customers, fraud, idempotency, payouts, program
@@ -43,6 +54,7 @@ from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Conflict, NotFound, OrderConflict, ValidationFailed
 from referral_service.extensions import db
 from referral_service.models import Customer, Purchase, Referral, Reward, utcnow
+from referral_service.models.referral import LIVE_MILESTONE_REWARD
 
 OPEN = ("pending", "awaiting_approval", "approved")
 MAX_ORDER_ID = 128
@@ -82,6 +94,8 @@ def reward_dict(reward: Reward) -> dict:
     return {
         "id": reward.id,
         "beneficiary": reward.beneficiary,
+        "kind": reward.kind,
+        "milestone_friends": reward.milestone_friends,
         "amount": from_minor(reward.amount_minor, reward.currency),
         "currency": reward.currency,
         "status": reward.status,
@@ -187,6 +201,7 @@ def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at,
                 if converted:
                     referral["status"] = "converted"
                     rewards, reason = _grant(connection, friend, purchase, settings, now, risk)
+                    rewards += _grant_milestones(connection, friend, purchase, settings, now, risk)
                     _emit_conversion(unit, friend, external_id, purchase, rewards, reasons)
                 else:  # converted meanwhile by another order (a PostgreSQL join can read it late)
                     referral["status"] = connection.execute(
@@ -354,6 +369,8 @@ def _grant(connection, friend, purchase: dict, settings: dict, now: datetime, ri
             {
                 "id": reward_id,
                 "beneficiary": beneficiary,
+                "kind": "referral",
+                "milestone_friends": None,
                 "amount": from_minor(amount, currency),
                 "currency": currency,
                 "status": status,
@@ -363,16 +380,88 @@ def _grant(connection, friend, purchase: dict, settings: dict, now: datetime, ri
     return rewards, reason
 
 
+def _grant_milestones(
+    connection, friend, purchase: dict, settings: dict, now: datetime, risk: int
+) -> list[dict]:
+    """The milestone rewards this conversion grants the referrer, as the API shows them: one
+    for each milestone reached (at most as many friends as the referrer has converted, this one
+    included) that they hold no live milestone reward for. A reward another conversion of theirs
+    inserted meanwhile is left to it (the insert does nothing) and not listed here."""
+    milestones = settings["milestones"]
+    if not milestones:
+        return []
+    referrer_id = friend.referrer_id
+    lock_referrer(connection, referrer_id)
+    converted = connection.execute(_CONVERTED_FRIENDS, {"referrer_id": referrer_id}).scalar()
+    reached = [milestone for milestone in milestones if milestone["friends"] <= converted]
+    if not reached:
+        return []
+    held = set(connection.execute(_LIVE_MILESTONES, {"customer_id": referrer_id}).scalars())
+    available_at = purchase["occurred_at"] + timedelta(days=settings["hold_days"])
+    currency = purchase["currency"]
+    insert_milestone = _INSERT_MILESTONE[connection.dialect.name == "postgresql"]
+    granted = []
+    for milestone in reached:
+        rule, friends = milestone["reward"], milestone["friends"]
+        amount = _rule_amount(rule, purchase["amount_minor"], currency)
+        if friends in held or amount <= 0:
+            continue
+        status = "pending"
+        if available_at <= now:
+            status = _matured_status(amount, currency, risk, settings)
+        reward_id = connection.execute(
+            insert_milestone,
+            {
+                "referral_id": friend.referral_id,
+                "purchase_id": purchase["id"],
+                "customer_id": referrer_id,
+                "beneficiary": "referrer",
+                "kind": "milestone",
+                "milestone_friends": friends,
+                "rule_type": rule["type"],
+                "rule_value": rule["value"],
+                "amount_minor": amount,
+                "currency": currency,
+                "status": status,
+                "available_at": available_at,
+                "created_at": now,
+                "updated_at": now,
+            },
+        ).scalar()
+        if reward_id is None:  # granted by another conversion meanwhile
+            continue
+        granted.append(
+            {
+                "id": reward_id,
+                "beneficiary": "referrer",
+                "kind": "milestone",
+                "milestone_friends": friends,
+                "amount": from_minor(amount, currency),
+                "currency": currency,
+                "status": status,
+                "available_at": available_at,
+            }
+        )
+    return granted
+
+
+def lock_referrer(connection, referrer_id: int) -> None:
+    """On PostgreSQL, lock the referrer's row: their friends' conversions (and refunds) that
+    count or cap their rewards then run one after the other (SQLite's write lock already orders
+    them)."""
+    if connection.dialect.name != "sqlite":
+        connection.execute(_LOCK_CUSTOMER, {"id": referrer_id})
+
+
 def _earned_in_month(connection, referrer_id: int, ordered_at: datetime) -> int:
-    """The referrer's rewards for orders dated in the UTC calendar month of `ordered_at`,
+    """The referrer's referral rewards for orders dated in the UTC calendar month of `ordered_at`,
     reversed or rejected ones aside: the month of the order, not of its processing, so that an
     order reported late or replayed counts where it belongs.
 
-    On PostgreSQL the referrer's row is locked first, so that two of their friends converting at
-    once count one after the other (SQLite's write lock already orders them).
+    Milestone rewards are not counted. On PostgreSQL the referrer's row is locked first
+    (`lock_referrer`), so that two of their friends converting at once count one after the other.
     """
-    if connection.dialect.name != "sqlite":
-        connection.execute(_LOCK_CUSTOMER, {"id": referrer_id})
+    lock_referrer(connection, referrer_id)
     start, end = utc_month(ordered_at)
     return connection.execute(
         _EARNED, {"customer_id": referrer_id, "start": start, "end": end}
@@ -444,18 +533,53 @@ _SAVE_RESPONSE = (
     .where(_purchases.c.id == bindparam("purchase_id"))
     .values(response=bindparam("response"))
 )
-_LOCK_CUSTOMER = select(_customers.c.id).where(_customers.c.id == bindparam("id")).with_for_update()
+# FOR NO KEY UPDATE: it orders the referrer's friends' conversions among themselves (and after
+# the referrer's own purchase, which locks the row FOR UPDATE), but not against the key-share
+# locks that inserting their rewards takes on the row (its foreign key): a conversion that
+# inserted its referral reward before asking for this lock would otherwise deadlock with another
+_LOCK_CUSTOMER = (
+    select(_customers.c.id)
+    .where(_customers.c.id == bindparam("id"))
+    .with_for_update(key_share=True)
+)
 _EARNED = (
     select(func.count())
     .select_from(_rewards.join(_purchases, _purchases.c.id == _rewards.c.purchase_id))
     .where(
         _rewards.c.customer_id == bindparam("customer_id"),
         _rewards.c.beneficiary == "referrer",
+        _rewards.c.kind == "referral",
         _rewards.c.status.not_in(("rejected", "reversed")),
         _purchases.c.occurred_at >= bindparam("start"),
         _purchases.c.occurred_at < bindparam("end"),
     )
 )
+
+_CONVERTED_FRIENDS = (
+    select(func.count())
+    .select_from(_referrals)
+    .where(
+        _referrals.c.referrer_id == bindparam("referrer_id"),
+        _referrals.c.converted_at.is_not(None),  # a range of ix_referrals_referrer_converted
+        _referrals.c.status == "converted",
+    )
+)
+_LIVE_MILESTONES = select(_rewards.c.milestone_friends).where(
+    _rewards.c.customer_id == bindparam("customer_id"),
+    _rewards.c.kind == "milestone",
+    _rewards.c.status != "reversed",
+)
+# a milestone already granted (by a conversion committed meanwhile) makes the insert do nothing
+_INSERT_MILESTONE = {
+    is_postgresql: (postgresql if is_postgresql else sqlite)
+    .insert(_rewards)
+    .on_conflict_do_nothing(
+        index_elements=["customer_id", "milestone_friends"],
+        index_where=text(LIVE_MILESTONE_REWARD),
+    )
+    .returning(_rewards.c.id)
+    for is_postgresql in (False, True)
+}
 
 
 # --- the hold ------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ class Program(Base):
     auto_approve_max_amount: Mapped[Decimal | None] = mapped_column(DecimalString)
     max_rewards_per_referrer_per_month: Mapped[int | None] = mapped_column(Integer)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # extra rewards at the referrer's Nth converted friend (domain/program.py `milestones`):
+    # [{"friends": N, "reward": {"type": "fixed"|"percent", "value": "..."}}], by N ascending
+    milestones: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     # fraud defences (domain/fraud.py)
     velocity_max_signups: Mapped[int] = mapped_column(Integer, default=10)
     velocity_window_hours: Mapped[int] = mapped_column(Integer, default=24)

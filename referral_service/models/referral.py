@@ -21,6 +21,8 @@ from referral_service.models.customer import Customer
 
 REFERRAL_STATUSES = ("attributed", "converted", "rejected")
 REWARD_STATUSES = ("pending", "awaiting_approval", "approved", "paid", "rejected", "reversed")
+# a reward for one friend's first purchase, or for the referrer's Nth converted friend
+REWARD_KINDS = ("referral", "milestone")
 
 
 class Signup(Base):
@@ -115,9 +117,23 @@ class Purchase(Base):
     response: Mapped[dict] = mapped_column(JSON)
 
 
+# the rewards each partial unique index of `rewards` holds to one (the migrations say the same)
+LIVE_REFERRAL_REWARD = "kind = 'referral' AND status <> 'reversed'"
+LIVE_MILESTONE_REWARD = "kind = 'milestone' AND status <> 'reversed'"
+MILESTONE_SHAPE = (
+    "(kind = 'referral' AND milestone_friends IS NULL) OR "
+    "(kind = 'milestone' AND beneficiary = 'referrer' AND milestone_friends >= 1)"
+)
+
+
 class Reward(Base):
-    """A bonus owed to the referrer or the friend; one live (not reversed) of each kind per
-    referral, at most."""
+    """A bonus owed to the referrer or the friend.
+
+    Of kind `referral` (a friend's first purchase), one live (not reversed) per referral and
+    beneficiary at most; of kind `milestone` (the referrer's `milestone_friends`-th converted
+    friend, program setting `milestones`), one live per referrer and milestone at most. The
+    referral and purchase of a milestone reward are those of the conversion that reached it.
+    """
 
     __tablename__ = "rewards"
     __table_args__ = (
@@ -128,10 +144,22 @@ class Reward(Base):
             "referral_id",
             "beneficiary",
             unique=True,
-            sqlite_where=text("status <> 'reversed'"),
-            postgresql_where=text("status <> 'reversed'"),
+            sqlite_where=text(LIVE_REFERRAL_REWARD),
+            postgresql_where=text(LIVE_REFERRAL_REWARD),
+        ),
+        # one live milestone reward per referrer and milestone; a reversed one (the count fell
+        # below it before payout) makes way for the one of a conversion that reaches it again
+        Index(
+            "uq_rewards_live_milestone",
+            "customer_id",
+            "milestone_friends",
+            unique=True,
+            sqlite_where=text(LIVE_MILESTONE_REWARD),
+            postgresql_where=text(LIVE_MILESTONE_REWARD),
         ),
         CheckConstraint("beneficiary IN ('referrer', 'friend')", name="beneficiary"),
+        CheckConstraint("kind IN ('referral', 'milestone')", name="kind"),
+        CheckConstraint(MILESTONE_SHAPE, name="milestone"),
         CheckConstraint(
             "status IN ('pending', 'awaiting_approval', 'approved', 'paid', 'rejected', "
             "'reversed')",
@@ -151,6 +179,8 @@ class Reward(Base):
     purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id", ondelete="CASCADE"))
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     beneficiary: Mapped[str] = mapped_column(String(10))
+    kind: Mapped[str] = mapped_column(String(10), default="referral", server_default="referral")
+    milestone_friends: Mapped[int | None] = mapped_column(Integer)
     rule_type: Mapped[str] = mapped_column(String(10))
     rule_value: Mapped[str] = mapped_column(String(40))
     amount_minor: Mapped[int] = mapped_column(BigInteger)

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from babel.dates import format_date
 from babel.numbers import format_percent
-from flask_babel import get_locale, gettext
+from flask_babel import get_locale, gettext, ngettext
 
 from referral_service import database
 from referral_service.domain import portal
@@ -87,6 +87,10 @@ def share_page(page: SharePage, settings: dict, language: str) -> dict:
         "friends": [words.friend(friend) for friend in page.friends],
         "rewards": [words.reward(reward) for reward in page.rewards],
         "totals": words.totals(page.totals, settings["currency"]),
+        "milestones": words.milestones(
+            portal.milestone_progress(page.friends_converted, settings["milestones"]),
+            settings["currency"],
+        ),
         "referral": referral_block(page.code),
         "copy_link": share_url(page.code, "copy"),
         "web_share_link": share_url(page.code, "share"),
@@ -192,12 +196,38 @@ class Words:
             badge = self.say(N_("On hold until %(date)s"), date=self.date(reward.available_at))
         else:
             badge = self.say(REWARD_STATUS[reward.status])
-        detail = (
-            self.say(N_("For inviting %(name)s"), name=reward.friend)
-            if reward.friend
-            else self.say(N_("Your welcome reward"))
-        )
+        if reward.milestone_friends:
+            detail = ngettext(
+                "Bonus for %(num)d friend", "Bonus for %(num)d friends", reward.milestone_friends
+            )
+        elif reward.friend:
+            detail = self.say(N_("For inviting %(name)s"), name=reward.friend)
+        else:
+            detail = self.say(N_("Your welcome reward"))
         return Row(self.money(reward.amount, reward.currency), detail, badge)
+
+    def milestones(self, progress, currency: str) -> dict | None:
+        """The milestones in words: `{converted, next: {friends, bonus} or None, reached:
+        [{friends, bonus}]}`, each bonus an amount or a percent of an order; None when the
+        program has no milestones."""
+        if progress is None:
+            return None
+
+        def shown(milestone) -> dict:
+            rule = milestone.reward
+            if rule["type"] == "fixed":
+                bonus = self.money(rule["value"], currency)
+            else:
+                bonus = gettext(
+                    "%(percent)s of that friend's order", percent=_percent(rule["value"])
+                )
+            return {"friends": milestone.friends, "bonus": bonus}
+
+        return {
+            "converted": progress.converted,
+            "next": shown(progress.next) if progress.next else None,
+            "reached": [shown(milestone) for milestone in progress.reached],
+        }
 
     def totals(self, totals: dict, currency: str) -> list[tuple[str, str, list[str]]]:
         """`(group, label, amounts)` of in progress, approved and paid out (0 when none)."""
