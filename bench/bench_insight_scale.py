@@ -250,7 +250,7 @@ def fill_shop(engine, shop: Shop) -> dict:
     def orders(cid: int, first: datetime, seed: int, repeat_bias: int = 0) -> None:
         """The customer's orders from `first`: 1 to 5 of them, days to months apart."""
         pick = (seed * 37 + repeat_bias) % 10
-        count = 1 if pick < 4 - repeat_bias else 2 if pick < 7 else 3 if pick < 9 else 5
+        count = 1 if pick < 3 - repeat_bias else 2 if pick < 6 else 3 if pick < 9 else 5
         moment = first
         for j in range(count):
             if moment >= base:
@@ -379,6 +379,22 @@ def fill_shop(engine, shop: Shop) -> dict:
                 "risk_reasons": [],
             }
         )
+    # ids in the order of time, as the service gives them (its range reads are then in order)
+    for rows, when, refs in (
+        (purchases, "occurred_at", ((refunds, "purchase_id"), (rewards, "purchase_id"))),
+        (referrals, "attributed_at", ((signups, "referral_id"), (rewards, "referral_id"))),
+        (signups, "occurred_at", ()),
+        (refunds, "created_at", ()),
+        (rewards, "created_at", ()),
+    ):
+        rows.sort(key=lambda row, when=when: (row[when], row["id"]))
+        renumbered = {row["id"]: OFFSET + i for i, row in enumerate(rows, 1)}
+        for row in rows:
+            row["id"] = renumbered[row["id"]]
+        for other, key in refs:
+            for row in other:
+                if row[key] is not None:
+                    row[key] = renumbered[row[key]]
     targets = (
         (columns(Customer, *customers[0]), customers),
         (columns(ReferralCode, *codes[0]), codes),

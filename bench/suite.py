@@ -22,8 +22,12 @@ rate limiter on (its counters in Redis), one endpoint loaded at a time with wrk:
     `--scale-postgres` (its seeding is slower: several minutes for 1,000,000);
   * stats at scale: `bench/bench_stats_scale.py` on each database (`GET /api/v1/stats` for a
     year, in-process, at 10,000 and at 1,000,000 clicks by default, `--stats-clicks
-    10000,10000000` for the issue's figure), the median time's ratio within 2x; insight: "not
-    built yet".
+    10000,10000000` for the issue's figure), the median time's ratio within 2x;
+  * insight vs stats: `bench/bench_insight_scale.py` on each database (`GET /api/v1/insights`
+    and `GET /api/v1/stats` for the same year of a shop, in-process, alternating; 100,000
+    customers and 5,000,000 visits by default, `--insight-size`; 10,000 and 500,000 with
+    --quick), insight's median time under 2x the stats' median, its figures checked against
+    plain counts.
 
 Every ratio compares loads of the same run under the same gunicorn settings (`--workers`, the
 worker kind, `--threads` for gthread, a config file, free ports on 127.0.0.1); each service load
@@ -118,6 +122,8 @@ ERROR_LIMIT = 0.01
 REFERRERS = 1000
 SETTLE = 1.0  # seconds for requests in flight when wrk stopped to be written
 STATS_SCRIPT = BENCH / "bench_stats_scale.py"
+INSIGHT_LIMIT = 2.0  # insight for a year under this many times the stats for it
+INSIGHT_SCRIPT = BENCH / "bench_insight_scale.py"
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -664,7 +670,88 @@ def run_stats(args) -> list[Row]:
     return rows
 
 
-NOT_BUILT = Row("insight at 10M vs 10k clicks", figure="not built yet", target="<= 2x")
+INSIGHT_RESULT = re.compile(
+    r"^result: db=(\w+) customers=(\d+) visits=(\d+) stats_ms=([\d.]+) insight_ms=([\d.]+) "
+    r"ratio=([\d.]+) figures=(\w+)\s*$",
+    re.M,
+)
+
+
+@dataclass
+class InsightResult:
+    """bench_insight_scale.py's last line: the sizes, both medians (ms), their figures' check."""
+
+    customers: int
+    visits: int
+    stats_ms: float
+    insight_ms: float
+    figures_ok: bool
+
+
+def parse_insight(output: str) -> InsightResult | None:
+    """The `result:` line of bench_insight_scale.py's output; None without one."""
+    found = INSIGHT_RESULT.search(output)
+    if not found:
+        return None
+    return InsightResult(
+        int(found[2]), int(found[3]), float(found[4]), float(found[5]), found[7] == "ok"
+    )
+
+
+def insight_row(db: str, result: InsightResult | None, note: str = "") -> Row:
+    """Insight's median against the stats' for the same year: under INSIGHT_LIMIT times, with
+    its figures equal to the plain counts?"""
+    measure = "insight vs stats, a year"
+    if result is None:
+        return Row(measure, db, figure="failed", met=False, note=note.rstrip("; "))
+    ratio = result.insight_ms / result.stats_ms if result.stats_ms else float("inf")
+    wrong = "" if result.figures_ok else "; insight's figures differ from the plain counts"
+    return Row(
+        measure,
+        db,
+        "-",
+        f"{result.insight_ms:.1f} ms",
+        f"{result.stats_ms:.1f} ms",
+        f"{ratio:.2f}x",
+        f"< {INSIGHT_LIMIT}x",
+        ratio < INSIGHT_LIMIT and result.figures_ok,
+        note=(note or "")
+        + (
+            f"median of GET /api/v1/insights (figure) and GET /api/v1/stats (baseline) for a "
+            f"year of {short(result.customers)} customers and {short(result.visits)} visits "
+            f"(in-process, no server){wrong}"
+        ),
+    )
+
+
+def run_insight(args) -> list[Row]:
+    """bench/bench_insight_scale.py on each database (its output shown), a row for each."""
+    if not INSIGHT_SCRIPT.exists():
+        return [Row("insight vs stats", note="bench/bench_insight_scale.py is not there")]
+    customers, visits = args.insight_size
+    rows = []
+    for kind in args.databases:
+        argv = [
+            sys.executable,
+            str(INSIGHT_SCRIPT),
+            "--customers",
+            str(customers),
+            "--visits",
+            str(visits),
+            "--no-check",
+        ]
+        if kind == "postgresql":
+            if not postgres_url():
+                continue
+            argv += ["--database-url", postgres_url()]
+        print(f"\n== insight vs stats ({kind}): {customers:,} customers, {visits:,} visits ==")
+        done = run_process(
+            argv, 3600, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        print(done.stdout, end="", flush=True)
+        note = "" if done.returncode == 0 else f"bench_insight_scale.py exited {done.returncode}; "
+        rows.append(insight_row(kind, parse_insight(done.stdout), note))
+    return rows
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -740,7 +827,10 @@ def run(args, tmp: Path, servers: list[Server]) -> bool:
         rows.append(Row("stats at scale", note="skipped (--skip-stats)"))
     else:
         rows += run_stats(args)
-    rows.append(NOT_BUILT)
+    if args.skip_insight:
+        rows.append(Row("insight vs stats", note="skipped (--skip-insight)"))
+    else:
+        rows += run_insight(args)
     print("\n" + format_table(rows) + "\n\n" + LEGEND)
     met = all_ok(rows)
     print("\n" + verdict(rows))
@@ -783,6 +873,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="clicks of the stats-at-scale steps (default 10000,1000000; 10000,100000 with "
         "--quick; the issue's figure: 10000,10000000, about 15 minutes more)",
     )
+    parser.add_argument("--skip-insight", action="store_true", help="without insight vs stats")
+    parser.add_argument(
+        "--insight-size",
+        help="customers and visits of the insight-vs-stats year (default 100000,5000000; "
+        "10000,500000 with --quick)",
+    )
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"),
@@ -805,7 +901,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.duration, args.warmup = 2, 1
         args.scale_sizes = args.scale_sizes or "10000,100000"
         args.stats_clicks = args.stats_clicks or "10000,100000"
+        args.insight_size = args.insight_size or "10000,500000"
     args.stats_clicks = args.stats_clicks or "10000,1000000"
+    args.insight_size = args.insight_size or "100000,5000000"
+    if not re.fullmatch(r"\d[\d_]*,\d[\d_]*", args.insight_size):
+        parser.error("--insight-size takes two numbers: customers,visits")
+    args.insight_size = tuple(int(x.replace("_", "")) for x in args.insight_size.split(","))
+    if args.insight_size[0] < 100 or args.insight_size[1] < 1000:
+        parser.error("--insight-size needs at least 100 customers and 1000 visits")
     try:
         sizes = args.scale_sizes or "10000,1000000"
         args.scale_sizes = sorted({int(x.replace("_", "")) for x in sizes.split(",") if x.strip()})

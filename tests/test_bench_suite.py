@@ -84,7 +84,7 @@ def test_the_table_has_a_line_a_row_with_its_notes_and_every_column():
     rows = [
         suite.ratio_row("redirect GET /r/<code>", "sqlite", "sync", load(1), load(3), load(3), 0.5),
         suite.Row("PostgreSQL loads", "postgresql", note="skipped: set BENCH_DATABASE_URL"),
-        suite.NOT_BUILT,
+        suite.Row("insight vs stats, a year", figure="not measured", target="< 2.0x"),
     ]
     text = suite.format_table(rows)
     lines = text.splitlines()
@@ -94,8 +94,8 @@ def test_the_table_has_a_line_a_row_with_its_notes_and_every_column():
     assert lines[2].startswith("redirect GET /r/<code>") and " NO " in lines[2]
     assert lines[3].startswith("PostgreSQL loads")
     assert lines[4] == "    skipped: set BENCH_DATABASE_URL"
-    assert "not built yet" in lines[5]
-    assert suite.all_ok(rows[1:])  # a skipped row and a row not built miss nothing
+    assert "not measured" in lines[5]
+    assert suite.all_ok(rows[1:])  # a skipped row and a row not measured miss nothing
     assert not suite.all_ok(rows)
     # the redirect's ratio missed, its tail met; two rows without a figure
     assert suite.verdict(rows) == (
@@ -129,18 +129,67 @@ def test_the_stats_row_reads_the_stats_benchmarks_table():
     assert failed.met is False and "exited 1" in failed.note
 
 
+INSIGHT_OUTPUT = """\
+sqlite; a year of a shop: 100,000 customers, 5,000,000 visits (516,690 click rows kept, the \
+others rolled up), 20,000 referrals (12,000 converted), 153,769 purchases; filled in 60.1 s
+GET for a year (from 2025-11-30T17:02:50), 10 calls each after a warm-up
+endpoint                   p50 ms   max ms
+/api/v1/stats              150.00   180.00
+/api/v1/insights           270.00   300.00
+insight / stats: 1.80x (target: under 2.0x): met
+result: db=sqlite customers=100000 visits=5000000 stats_ms=150.00 insight_ms=270.00 ratio=1.80 \
+figures=ok
+"""
+
+
+def test_the_insight_row_reads_the_insight_benchmarks_result_line():
+    result = suite.parse_insight(INSIGHT_OUTPUT)
+    assert result == suite.InsightResult(100_000, 5_000_000, 150.0, 270.0, True)
+    row = suite.insight_row("sqlite", result)
+    assert (row.figure, row.baseline, row.ratio, row.target, row.met) == (
+        "270.0 ms",
+        "150.0 ms",
+        "1.80x",
+        "< 2.0x",
+        True,
+    )
+    assert row.measure == "insight vs stats, a year"
+    assert "100k customers and 5M visits" in row.note
+    slow = suite.InsightResult(10_000, 500_000, 10.0, 20.0, True)
+    assert suite.insight_row("postgresql", slow).met is False  # 2x is not under 2x
+    wrong = suite.InsightResult(10_000, 500_000, 10.0, 12.0, False)
+    missed = suite.insight_row("postgresql", wrong)
+    assert missed.met is False and "differ from the plain counts" in missed.note
+    assert suite.parse_insight("Traceback (most recent call last):\n") is None
+    failed = suite.insight_row("sqlite", None, "bench_insight_scale.py exited 1; ")
+    assert (failed.figure, failed.met, failed.note) == (
+        "failed",
+        False,
+        "bench_insight_scale.py exited 1",
+    )
+
+
 def test_options():
     quick = suite.parse_args(["--quick"])
     assert (quick.duration, quick.warmup) == (2, 1)
     assert quick.scale_sizes == [10_000, 100_000]
     assert quick.stats_clicks == "10000,100000"
+    assert quick.insight_size == (10_000, 500_000)
     assert quick.kinds == ["sync", "gthread"]
     assert quick.databases == ["sqlite", "postgresql"]
     full = suite.parse_args(["--only", "sqlite", "--kinds", "gthread"])
     assert full.scale_sizes == [10_000, 1_000_000]
     assert full.stats_clicks == "10000,1000000"
+    assert full.insight_size == (100_000, 5_000_000)
+    assert suite.parse_args(["--insight-size", "2000,20_000"]).insight_size == (2_000, 20_000)
     assert (full.databases, full.kinds) == (["sqlite"], ["gthread"])
-    for wrong in (["--kinds", "gevent"], ["--scale-sizes", "10000"], ["--stats-clicks", "1e6"]):
+    for wrong in (
+        ["--kinds", "gevent"],
+        ["--scale-sizes", "10000"],
+        ["--stats-clicks", "1e6"],
+        ["--insight-size", "100000"],
+        ["--insight-size", "10,1000"],
+    ):
         with pytest.raises(SystemExit):
             suite.parse_args(wrong)
 

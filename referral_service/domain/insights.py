@@ -32,12 +32,28 @@ period `[from, to)`:
 
 import csv
 import io
+from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from math import ceil
 
-from sqlalchemy import Integer, Interval, and_, case, cast, func, literal, select
+from sqlalchemy import (
+    Date,
+    Interval,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy.orm import aliased
+from sqlalchemy.types import NullType
 
 from referral_service.domain import program, rollups
 from referral_service.domain.clicks import flush_pending
@@ -45,7 +61,7 @@ from referral_service.domain.money import from_minor
 from referral_service.domain.stats import period, top_referrers
 from referral_service.domain.text import spreadsheet_safe
 from referral_service.extensions import db
-from referral_service.models import Click, Customer, Purchase, Referral
+from referral_service.models import Click, ClickDay, Customer, Purchase, Referral
 
 MIN_COHORT = 5  # customers behind a cohort's figures, at least
 REPEAT_WINDOW_DAYS = 90
@@ -89,10 +105,13 @@ def insights(start: datetime | None = None, end: datetime | None = None, now=Non
     """
     flush_pending()
     start, end = period(start, end, now)
-    visitors = rollups.clicks_by_channel(start, end)
-    signups = _count_by_channel(Referral.attributed_at, start, end)
-    conversions = _count_by_channel(Referral.converted_at, start, end)
-    customers_at_start = _customers_before([start])[0]
+    months = _months(start, end)
+    visits = _visits(start, end, months)
+    visitors = visits.by_channel
+    referrals = _referrals(start, end, months)
+    signups, conversions = referrals.signups, referrals.conversions
+    at_start = _customers_before([start, *(a for a, _ in months)])
+    customers_at_start = at_start[0]
     unique_visitors = sum(visitors.values())
     friends_converted = sum(conversions.values())
     channels = [
@@ -116,42 +135,37 @@ def insights(start: datetime | None = None, end: datetime | None = None, now=Non
         "unique_visitors": unique_visitors,
         "friends_signed_up": sum(signups.values()),
         "friends_converted": friends_converted,
-        **_times(start, end),
+        **_time_figures(referrals.to_signup, referrals.to_convert),
         "by_channel": channels,
-        "by_month": by_month(start, end),
+        "by_month": _by_month(months, at_start[1:], visits.by_month, referrals.converted_by_month),
         "cohorts": cohorts(start, end),
         "top_referrers": top_referrers(start, end, TOP_REFERRERS),
     }
 
 
-def _count_by_channel(column, start: datetime, end: datetime) -> dict[str, int]:
-    return dict(
-        db.session.execute(
-            select(Referral.channel, func.count())
-            .where(column >= start, column < end)
-            .group_by(Referral.channel)
-        ).all()
-    )
-
-
 def _customers_before(moments: list[datetime]) -> list[int]:
-    """How many customers were known before each moment, in one pass over the customers."""
+    """How many customers were known before each of `moments` (ascending): those before the
+    first counted through the index on `created_at`, and the ones between the first and the
+    last read in one range of it, in one statement."""
+    first, last = moments[0], moments[-1]
+    before_first = (
+        select(func.count()).select_from(Customer).where(Customer.created_at < first)
+    ).scalar_subquery()
+    if first == last:
+        return [int(db.session.scalar(select(before_first)))] * len(moments)
+    between = (
+        func.coalesce(func.sum(case((Customer.created_at < moment, 1), else_=0)), 0)
+        for moment in moments[1:]
+    )
     row = db.session.execute(
-        select(
-            *(
-                func.coalesce(func.sum(case((Customer.created_at < moment, 1), else_=0)), 0)
-                for moment in moments
-            )
-        ).where(Customer.created_at < max(moments))
+        select(before_first, *between).where(
+            Customer.created_at >= first, Customer.created_at < last
+        )
     ).one()
-    return [int(count) for count in row]
+    return [int(row[0]) + int(count) for count in (0, *row[1:])]
 
 
 # --- time to sign up and to convert --------------------------------------------------------------
-
-
-def _hours(later: datetime, earlier: datetime) -> float:
-    return max(0.0, (later - earlier).total_seconds() / 3600)
 
 
 def percentiles(values: list[float]) -> dict:
@@ -165,34 +179,78 @@ def percentiles(values: list[float]) -> dict:
     }
 
 
-def _times(start: datetime, end: datetime) -> dict:
-    """Hours from the visit (or the sign-up, for a typed code) to the sign-up and to the first
-    qualifying purchase, for the referrals attributed, resp. converted, in the period."""
-    visited = func.coalesce(Click.occurred_at, Referral.attributed_at)
-    with_visit = select(visited).outerjoin(Click, Click.id == Referral.click_id)
-    signed = db.session.execute(
-        with_visit.add_columns(Referral.attributed_at).where(
-            Referral.attributed_at >= start, Referral.attributed_at < end
+@dataclass(frozen=True)
+class _Referrals:
+    """The period's referrals: sign-ups and conversions by channel, conversions by month, and
+    the hours to sign up and to convert (one value a referral)."""
+
+    signups: Counter
+    conversions: Counter
+    converted_by_month: list[int]
+    to_signup: list[float]
+    to_convert: list[float]
+
+
+def _referrals(start: datetime, end: datetime, months: list[tuple[datetime, datetime]]):
+    """The referrals attributed or converted in the period (a range of each index on those
+    times) with the time of their visit (its click row, while kept), in one statement. The
+    times are read as the driver gives them (SQLite's text read by `fromisoformat`, not
+    through the column type): a year's referrals are most of what it costs."""
+    raw = NullType()
+    rows = db.session.execute(
+        select(
+            Referral.channel,
+            type_coerce(Referral.attributed_at, raw),
+            type_coerce(Referral.converted_at, raw),
+            type_coerce(Click.occurred_at, raw),
         )
-    ).all()
-    converted = db.session.execute(
-        with_visit.add_columns(Referral.converted_at).where(
-            Referral.converted_at >= start, Referral.converted_at < end
+        .select_from(Referral)
+        .outerjoin(Click, Click.id == Referral.click_id)
+        .where(
+            or_(
+                and_(Referral.attributed_at >= start, Referral.attributed_at < end),
+                and_(Referral.converted_at >= start, Referral.converted_at < end),
+            )
         )
-    ).all()
-    to_signup = [_hours(_aware(b), _aware(a)) for a, b in signed]
-    to_convert = [_hours(_aware(b), _aware(a)) for a, b in converted]
+    )
+    firsts = [a for a, _ in months]
+    signups: Counter = Counter()
+    conversions: Counter = Counter()
+    by_month = [0] * len(months)
+    to_signup, to_convert = [], []
+    for channel, attributed, converted, visited in rows:
+        attributed = _read(attributed)
+        # the clock starts at the visit, or at the sign-up (a typed code, a pruned click row)
+        visited = attributed if visited is None else _read(visited)
+        if start <= attributed < end:
+            signups[channel] += 1
+            to_signup.append(_hours(attributed, visited))
+        converted = None if converted is None else _read(converted)
+        if converted is not None and start <= converted < end:
+            conversions[channel] += 1
+            to_convert.append(_hours(converted, visited))
+            month = bisect_right(firsts, converted) - 1
+            if month >= 0:
+                by_month[month] += 1
+    return _Referrals(signups, conversions, by_month, to_signup, to_convert)
+
+
+def _time_figures(to_signup: list[float], to_convert: list[float]) -> dict:
     return {
         "time_to_signup_hours": {**percentiles(to_signup), "referrals": len(to_signup)},
         "time_to_convert_hours": {**percentiles(to_convert), "referrals": len(to_convert)},
     }
 
 
-def _aware(moment) -> datetime:
-    """A time read through COALESCE (SQLite gives text there) as an aware UTC datetime."""
+def _read(moment) -> datetime:
+    """A time as the driver gives it (SQLite: text of a naive UTC time) as a UTC datetime."""
     if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
+        return datetime.fromisoformat(moment).replace(tzinfo=UTC)
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _hours(later: datetime, earlier: datetime) -> float:
+    return max(0.0, (later - earlier).total_seconds() / 3600)
 
 
 # --- by month ------------------------------------------------------------------------------------
@@ -223,22 +281,100 @@ def by_month(start: datetime, end: datetime) -> list[dict]:
     if not months:
         return []
     at_start = _customers_before([a for a, _ in months])
-    conversions = _converted_by_month(months)
+    visitors = _visits(months[0][0], end, months).by_month
+    return _by_month(months, at_start, visitors, _converted_by_month(months))
+
+
+def _by_month(
+    months: list[tuple[datetime, datetime]],
+    at_start: list[int],
+    visitors: list[int],
+    conversions: list[int],
+) -> list[dict]:
+    """`by_month`'s rows from each month's customers at its start, visitors and conversions."""
     rows = []
-    for (a, b), customers, converted in zip(months, at_start, conversions, strict=True):
-        visitors = sum(rollups.clicks_by_channel(a, b).values())
+    for (a, b), customers, visits, converted in zip(
+        months, at_start, visitors, conversions, strict=True
+    ):
         rows.append(
             {
                 "month": f"{a.year:04d}-{a.month:02d}",
                 "from": a,
                 "to": b,
                 "customers_at_start": customers,
-                "unique_visitors": visitors,
+                "unique_visitors": visits,
                 "friends_converted": converted,
                 "k_factor": Ratio(converted, customers).value,
             }
         )
     return rows
+
+
+@dataclass(frozen=True)
+class _Visits:
+    """The period's visits by channel, and the visitors of each of its `months`."""
+
+    by_channel: dict[str, int]
+    by_month: list[int]
+
+
+def _next_midnight(moment: datetime) -> datetime:
+    start = rollups.midnight(moment)
+    if start == moment:
+        return start
+    try:
+        return start + timedelta(days=1)
+    except OverflowError:  # in the last day of year 9999
+        return datetime.max.replace(tzinfo=UTC)
+
+
+def _visits(start: datetime, end: datetime, months: list[tuple[datetime, datetime]]) -> _Visits:
+    """Visits in `[start, end)` as `rollups.clicks_by_channel` counts them, the same figures in
+    fewer statements: its whole days by day from the day roll-ups and the clicks not rolled up
+    yet (one statement), and its partial first and last days through `clicks_by_channel`
+    (month boundaries are midnights, so each of those falls in one month)."""
+    index = {(a.year, a.month): i for i, (a, _) in enumerate(months)}
+    channels: Counter = Counter()
+    monthly = [0] * len(months)
+
+    def add(channel: str, count: int, moment) -> None:
+        channels[channel] += count
+        found = index.get((moment.year, moment.month))
+        if found is not None:
+            monthly[found] += count
+
+    first_day, last_day = _next_midnight(start), rollups.midnight(end)
+    if first_day >= last_day:  # no whole day: a day or two at most
+        for a, b in months:
+            for channel, count in rollups.clicks_by_channel(a, b).items():
+                add(channel, count, a)
+        return _Visits({c: n for c, n in channels.items() if n}, monthly)
+    for low, high in ((start, first_day), (last_day, end)):
+        if low < high:
+            for channel, count in rollups.clicks_by_channel(low, high).items():
+                add(channel, count, low)
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "sqlite":
+        day = func.date(Click.occurred_at)
+    else:
+        day = cast(func.timezone("UTC", Click.occurred_at), Date)
+    whole_days = union_all(
+        select(ClickDay.day, ClickDay.channel, func.sum(ClickDay.clicks))
+        .where(ClickDay.day >= first_day.date(), ClickDay.day < last_day.date())
+        .group_by(ClickDay.day, ClickDay.channel),
+        select(day, Click.channel, func.count())
+        .where(
+            Click.rolled_up_at.is_(None),
+            Click.occurred_at >= first_day,
+            Click.occurred_at < last_day,
+        )
+        .group_by(day, Click.channel),
+    )
+    for when, channel, count in db.session.execute(whole_days):
+        if isinstance(when, str):  # SQLite's text, through a UNION
+            when = date.fromisoformat(when[:10])
+        add(channel, int(count), when)
+    return _Visits({c: n for c, n in channels.items() if n}, monthly)
 
 
 def _converted_by_month(months: list[tuple[datetime, datetime]]) -> list[int]:
@@ -275,47 +411,71 @@ def _within_days(later, earlier, days: int, dialect: str):
 def cohorts(start: datetime, end: datetime) -> dict:
     """`{referred: {...}, not_referred: {...}}`, each `{customers, orders,
     repeat_purchase_rate_90d, average_order_value, revenue_per_customer, currency}` as the
-    module docstring defines them; every figure but `customers` None below MIN_COHORT."""
+    module docstring defines them; every figure but `customers` None below MIN_COHORT.
+
+    One statement over the counted orders from `start` to REPEAT_WINDOW_DAYS after `end` (a
+    range of the index on the time; every order of a cohort's 90 days is in it): each order
+    with its customer's first order in that range, the customers whose first is in the period
+    and who ordered nothing before it (their own orders, through the index on the customer and
+    the time), counted by whether they were referred."""
     currency = program.settings()["currency"]
-    counted = and_(Purchase.currency == currency, Purchase.refunded_minor < Purchase.amount_minor)
-    first_at = func.min(Purchase.occurred_at)
-    firsts = (
-        select(Purchase.customer_id.label("customer_id"), first_at.label("first_at"))
-        .where(counted)
-        .group_by(Purchase.customer_id)
-        .having(first_at >= start, first_at < end)
-        .subquery("firsts")
+
+    def counted(purchase):
+        return and_(purchase.currency == currency, purchase.refunded_minor < purchase.amount_minor)
+
+    try:
+        horizon = end + timedelta(days=REPEAT_WINDOW_DAYS)
+    except OverflowError:
+        horizon = datetime.max.replace(tzinfo=UTC)
+    dialect = db.session.get_bind().dialect.name
+    orders = (
+        select(
+            Purchase.customer_id.label("customer_id"),
+            Purchase.occurred_at.label("occurred_at"),
+            (Purchase.amount_minor - Purchase.refunded_minor).label("net"),
+            func.min(Purchase.occurred_at)
+            .over(partition_by=Purchase.customer_id)
+            .label("first_at"),
+        )
+        .where(counted(Purchase), Purchase.occurred_at >= start, Purchase.occurred_at < horizon)
+        .subquery("orders")
     )
-    referred = (
+    earlier = aliased(Purchase, name="earlier")
+    before = (
         select(literal(1))
-        .where(Referral.friend_id == firsts.c.customer_id, Referral.status != "rejected")
+        .select_from(earlier)
+        .where(
+            earlier.customer_id == orders.c.customer_id,
+            earlier.occurred_at < start,
+            counted(earlier),
+        )
         .exists()
     )
-    dialect = db.session.get_bind().dialect.name
     per_customer = (
         select(
-            firsts.c.customer_id,
-            cast(referred, Integer).label("referred"),
-            func.count(Purchase.id).label("orders"),
-            func.sum(Purchase.amount_minor - Purchase.refunded_minor).label("revenue"),
+            orders.c.customer_id,
+            func.count().label("orders"),
+            func.sum(orders.c.net).label("revenue"),
         )
-        .join(Purchase, Purchase.customer_id == firsts.c.customer_id)
         .where(
-            counted,
-            Purchase.occurred_at >= firsts.c.first_at,
-            _within_days(Purchase.occurred_at, firsts.c.first_at, REPEAT_WINDOW_DAYS, dialect),
+            orders.c.first_at < end,
+            _within_days(orders.c.occurred_at, orders.c.first_at, REPEAT_WINDOW_DAYS, dialect),
         )
-        .group_by(firsts.c.customer_id)
+        .group_by(orders.c.customer_id)
+        .having(~before)
         .subquery("per_customer")
+    )
+    referred = per_customer.c.customer_id.in_(
+        select(Referral.friend_id).where(Referral.status != "rejected")
     )
     rows = db.session.execute(
         select(
-            per_customer.c.referred,
+            referred,
             func.count(),
             func.sum(case((per_customer.c.orders >= 2, 1), else_=0)),
             func.sum(per_customer.c.orders),
             func.sum(per_customer.c.revenue),
-        ).group_by(per_customer.c.referred)
+        ).group_by(referred)
     ).all()
     found = {bool(r): (int(c), int(rep), int(o), int(rev)) for r, c, rep, o, rev in rows}
     return {
