@@ -12,6 +12,10 @@ class Customer(Base):
     """A person known to the shop, named by the shop's own `external_id`."""
 
     __tablename__ = "customers"
+    __table_args__ = (
+        # the customers known before a moment (insight's customers at the start of a period)
+        Index("ix_customers_created_at", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     external_id: Mapped[str] = mapped_column(String(128), unique=True)
