@@ -454,10 +454,14 @@ class MilestoneReward(StrictSchema):
     that reaches the milestone."""
 
     type = fields.String(required=True, validate=validate.OneOf(program.MILESTONE_REWARD_TYPES))
-    value = rule_value(
-        "fixed: an amount in the program currency; percent: above 0, at most 100, 2 decimals.",
+    value = fields.String(
         required=True,
-        metadata={"example": "20.00"},
+        validate=WholeMatch(RULE_VALUE_PATTERN, error='A plain decimal string, e.g. "20.00".'),
+        metadata={
+            "description": "fixed: an amount in the program currency; percent: above 0, at "
+            "most 100, 2 decimals.",
+            "example": "20.00",
+        },
     )
 
 
