@@ -307,3 +307,36 @@ def test_a_referrers_recent_conversions_are_an_index_range(app):
             )
         )
     assert "ix_referrals_referrer_converted (referrer_id=? AND converted_at>? AND" in plan, plan
+
+
+def test_insight_reads_its_period_through_indexes(app, client, admin, backend, filled):
+    """GET /api/v1/insights for 30 days and for a year: every statement reads through an index
+    (the visits from the roll-ups, the period's referrals with a probe for each one's click,
+    the period's orders and a probe of each customer's earlier ones), with one exception on
+    PostgreSQL: the count of the customers known before the period and before each month. A
+    count of most of the table is read whole whatever the index (PostgreSQL keeps no counts in
+    its indexes), and its planner rightly prefers the table to an index-only scan there."""
+    with app.app_context():
+        engine = db.engine
+    now = utcnow()
+    with Recorder(engine) as recorder:
+        for days in (30, 365):
+            period = {"from": (now - timedelta(days=days)).isoformat(), "to": now.isoformat()}
+            answer = client.get("/api/v1/insights", query_string=period, headers=admin)
+            assert answer.status_code == 200, answer.json
+    assert len(recorder.seen) >= 8
+    with app.app_context(), engine.connect() as connection:
+        scans = {
+            statement: found
+            for statement, parameters in recorder.seen.items()
+            if (found := full_scans(connection, backend, statement, parameters))
+        }
+    counts_of_customers = {
+        statement
+        for statement, found in scans.items()
+        if backend == "postgresql"
+        and set(found) == {"customers"}
+        and statement.startswith("SELECT (SELECT count(*)")
+    }
+    report = "\n\n".join(f"{found}:\n{statement[:800]}" for statement, found in scans.items())
+    assert set(scans) == counts_of_customers, f"statements reading a growing table whole:\n{report}"

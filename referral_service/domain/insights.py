@@ -41,6 +41,7 @@ from math import ceil
 
 from sqlalchemy import (
     Date,
+    Integer,
     Interval,
     and_,
     case,
@@ -197,16 +198,15 @@ def _referrals(start: datetime, end: datetime, months: list[tuple[datetime, date
     times are read as the driver gives them (SQLite's text read by `fromisoformat`, not
     through the column type): a year's referrals are most of what it costs."""
     raw = NullType()
+    # the visit's time by its primary key, a probe a referral (a join may read every kept click)
+    visited = select(Click.occurred_at).where(Click.id == Referral.click_id).scalar_subquery()
     rows = db.session.execute(
         select(
             Referral.channel,
             type_coerce(Referral.attributed_at, raw),
             type_coerce(Referral.converted_at, raw),
-            type_coerce(Click.occurred_at, raw),
-        )
-        .select_from(Referral)
-        .outerjoin(Click, Click.id == Referral.click_id)
-        .where(
+            type_coerce(visited, raw),
+        ).where(
             or_(
                 and_(Referral.attributed_at >= start, Referral.attributed_at < end),
                 and_(Referral.converted_at >= start, Referral.converted_at < end),
@@ -243,10 +243,10 @@ def _time_figures(to_signup: list[float], to_convert: list[float]) -> dict:
 
 
 def _read(moment) -> datetime:
-    """A time as the driver gives it (SQLite: text of a naive UTC time) as a UTC datetime."""
+    """A time as the driver gives it (SQLite: text of a naive UTC time) as an aware datetime."""
     if isinstance(moment, str):
         return datetime.fromisoformat(moment).replace(tzinfo=UTC)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _hours(later: datetime, earlier: datetime) -> float:
@@ -402,9 +402,10 @@ def _converted_by_month(months: list[tuple[datetime, datetime]]) -> list[int]:
 
 
 def _within_days(later, earlier, days: int, dialect: str):
-    """SQL: `later < earlier + days` for two UTC timestamp columns, on SQLite and PostgreSQL."""
+    """SQL: `later < earlier + days`, for two UTC timestamp columns on PostgreSQL, for two day
+    numbers (`julianday`) on SQLite."""
     if dialect == "sqlite":
-        return func.julianday(later) < func.julianday(earlier) + days
+        return later < earlier + days
     return later < earlier + literal(timedelta(days=days), Interval())
 
 
@@ -428,14 +429,17 @@ def cohorts(start: datetime, end: datetime) -> dict:
     except OverflowError:
         horizon = datetime.max.replace(tzinfo=UTC)
     dialect = db.session.get_bind().dialect.name
+    # SQLite reads each order's time once as a day number (its date functions parse text)
+    day = func.julianday(Purchase.occurred_at) if dialect == "sqlite" else Purchase.occurred_at
     orders = (
         select(
             Purchase.customer_id.label("customer_id"),
-            Purchase.occurred_at.label("occurred_at"),
+            day.label("day"),
             (Purchase.amount_minor - Purchase.refunded_minor).label("net"),
             func.min(Purchase.occurred_at)
             .over(partition_by=Purchase.customer_id)
             .label("first_at"),
+            func.min(day).over(partition_by=Purchase.customer_id).label("first_day"),
         )
         .where(counted(Purchase), Purchase.occurred_at >= start, Purchase.occurred_at < horizon)
         .subquery("orders")
@@ -459,14 +463,17 @@ def cohorts(start: datetime, end: datetime) -> dict:
         )
         .where(
             orders.c.first_at < end,
-            _within_days(orders.c.occurred_at, orders.c.first_at, REPEAT_WINDOW_DAYS, dialect),
+            _within_days(orders.c.day, orders.c.first_day, REPEAT_WINDOW_DAYS, dialect),
         )
         .group_by(orders.c.customer_id)
         .having(~before)
         .subquery("per_customer")
     )
-    referred = per_customer.c.customer_id.in_(
-        select(Referral.friend_id).where(Referral.status != "rejected")
+    referred = cast(
+        select(literal(1))
+        .where(Referral.friend_id == per_customer.c.customer_id, Referral.status != "rejected")
+        .exists(),
+        Integer,
     )
     rows = db.session.execute(
         select(
