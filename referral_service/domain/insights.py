@@ -195,17 +195,24 @@ class _Referrals:
 def _referrals(start: datetime, end: datetime, months: list[tuple[datetime, datetime]]):
     """The referrals attributed or converted in the period (a range of each index on those
     times) with the time of their visit (its click row, while kept), in one statement. The
-    times are read as the driver gives them (SQLite's text read by `fromisoformat`, not
-    through the column type): a year's referrals are most of what it costs."""
-    raw = NullType()
+    times are read as naive UTC times, straight from the driver (SQLite's text read by
+    `fromisoformat`, not through the column type) and compared as such: a year's referrals
+    are most of what insight costs, in Python as much as in the database."""
+    dialect = db.session.get_bind().dialect.name
+
+    def naive(moment):
+        if dialect == "postgresql":
+            return func.timezone("UTC", moment)
+        return type_coerce(moment, NullType())
+
     # the visit's time by its primary key, a probe a referral (a join may read every kept click)
     visited = select(Click.occurred_at).where(Click.id == Referral.click_id).scalar_subquery()
     rows = db.session.execute(
         select(
             Referral.channel,
-            type_coerce(Referral.attributed_at, raw),
-            type_coerce(Referral.converted_at, raw),
-            type_coerce(visited, raw),
+            naive(Referral.attributed_at),
+            naive(Referral.converted_at),
+            naive(visited),
         ).where(
             or_(
                 and_(Referral.attributed_at >= start, Referral.attributed_at < end),
@@ -213,7 +220,8 @@ def _referrals(start: datetime, end: datetime, months: list[tuple[datetime, date
             )
         )
     )
-    firsts = [a for a, _ in months]
+    low, high = _naive(start), _naive(end)
+    firsts = [_naive(a) for a, _ in months]
     signups: Counter = Counter()
     conversions: Counter = Counter()
     by_month = [0] * len(months)
@@ -222,17 +230,24 @@ def _referrals(start: datetime, end: datetime, months: list[tuple[datetime, date
         attributed = _read(attributed)
         # the clock starts at the visit, or at the sign-up (a typed code, a pruned click row)
         visited = attributed if visited is None else _read(visited)
-        if start <= attributed < end:
+        if low <= attributed < high:
             signups[channel] += 1
             to_signup.append(_hours(attributed, visited))
-        converted = None if converted is None else _read(converted)
-        if converted is not None and start <= converted < end:
+        if converted is None:
+            continue
+        converted = _read(converted)
+        if low <= converted < high:
             conversions[channel] += 1
             to_convert.append(_hours(converted, visited))
             month = bisect_right(firsts, converted) - 1
             if month >= 0:
                 by_month[month] += 1
     return _Referrals(signups, conversions, by_month, to_signup, to_convert)
+
+
+def _naive(moment: datetime) -> datetime:
+    """An aware time as a naive UTC one."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _time_figures(to_signup: list[float], to_convert: list[float]) -> dict:
@@ -243,10 +258,8 @@ def _time_figures(to_signup: list[float], to_convert: list[float]) -> dict:
 
 
 def _read(moment) -> datetime:
-    """A time as the driver gives it (SQLite: text of a naive UTC time) as an aware datetime."""
-    if isinstance(moment, str):
-        return datetime.fromisoformat(moment).replace(tzinfo=UTC)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    """A naive UTC time as the driver gives it (SQLite: its text) as a naive datetime."""
+    return datetime.fromisoformat(moment) if isinstance(moment, str) else moment
 
 
 def _hours(later: datetime, earlier: datetime) -> float:
