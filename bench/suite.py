@@ -744,7 +744,10 @@ def run_insight(args) -> list[Row]:
             if not postgres_url():
                 continue
             argv += ["--database-url", postgres_url()]
-        print(f"\n== insight vs stats ({kind}): {customers:,} customers, {visits:,} visits ==")
+        print(
+            f"\n== insight vs stats ({kind}): {customers:,} customers, {visits:,} visits ==",
+            flush=True,
+        )
         done = run_process(
             argv, 3600, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

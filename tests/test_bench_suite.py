@@ -169,6 +169,27 @@ def test_the_insight_row_reads_the_insight_benchmarks_result_line():
     )
 
 
+def test_the_insight_benchmark_runs_and_checks_its_figures_at_a_small_size():
+    """bench_insight_scale.py end to end on a small SQLite year: it fills, times both
+    endpoints, finds insight's figures equal to its plain counts, and the suite reads it."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_insight_scale.py"),
+            *("--customers", "300", "--visits", "3000", "--repeat", "1", "--no-check"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all equal" in done.stdout
+    result = suite.parse_insight(done.stdout)
+    assert result is not None and result.figures_ok
+    assert (result.customers, result.visits) == (300, 3000)
+    assert result.stats_ms > 0 and result.insight_ms > 0
+
+
 def test_options():
     quick = suite.parse_args(["--quick"])
     assert (quick.duration, quick.warmup) == (2, 1)
