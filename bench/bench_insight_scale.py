@@ -17,7 +17,8 @@ link, whose click id they keep; 60 % converted, 2 % rejected), sign-ups, purchas
 orders and repeats, before and during the year, referred and not; 3 % partly and 2 % fully
 refunded, with their refund rows; 1 % in another currency) and the rewards of the conversions.
 Everything but the click rows is written in bulk from Python-generated rows (multi-row
-INSERTs), the click rows by `INSERT ... SELECT` over a generated series, then ANALYZE.
+INSERTs; their ids follow time, as the service gives them), the click rows by `INSERT ...
+SELECT` over a generated series, then ANALYZE.
 
 `GET /api/v1/stats` and `GET /api/v1/insights` for the same year (`from` a year before now, `to`
 now) are called through the application (Flask's test client: the request's parsing, the queries
@@ -38,12 +39,14 @@ With `--database-url` naming PostgreSQL, a fresh database is made on that server
 dropped at the end; without it, a SQLite file in a temporary directory, removed at the end.
 The last line, `result: ...`, is what bench/suite.py reads.
 
-Times measured here (2-core machine shared with other work, load average 3 to 5), 100,000
-customers and 5,000,000 visits: SQLite, fill ~60 s, stats ~25 ms and insight ~40 ms
-(1.6x); PostgreSQL, fill ~90 s, stats ~30 ms and insight ~55 ms (1.8x). See the README's
-Benchmarks section for the figures of a given commit.
+Times measured here (a 2-core machine shared with other work, load average about 2), 100,000
+customers, 5,000,000 visits (about 517,000 click rows kept), 20,000 referrals, 153,769 purchases:
+SQLite filled in 27 s, stats 184-222 ms and insight 875-992 ms (4.5-4.8x); PostgreSQL filled in
+41-49 s, stats 82-119 ms and insight 580-664 ms (5.6-7.1x). The target is missed: insight's
+cohorts read the year's orders and group them by customer on every call (about 60 % of its
+time), and its time to sign up and to convert reads the year's referrals into Python.
 
-Needs: the service installed in the running Python (`pip install -e .`); about 400 MB of disk
+Needs: the service installed in the running Python (`pip install -e .`); about 200 MB of disk
 for the default size on SQLite. Exit status: 0 when insight is under 2x stats (or
 `--no-check`), 1 otherwise or when a figure is wrong.
 """
