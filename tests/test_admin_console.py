@@ -390,6 +390,30 @@ def test_queue_shows_rewards_with_risk_in_words_and_escapes_names(app, client, q
     assert "No rewards match." in approved
 
 
+def test_milestone_rewards_say_their_kind_in_the_queue_and_on_the_referral_and_customer_pages(
+    app, client, shop, admin
+):
+    milestones = [{"friends": n, "reward": {"type": "fixed", "value": "20.00"}} for n in (1, 2)]
+    set_program(client, admin, milestones=milestones)
+    for friend in ("f-1", "f-2"):
+        converted_friend(client, shop, friend, referrer="ref-1")
+    with app.app_context():
+        second = db.session.scalar(select(Reward.referral_id).where(Reward.milestone_friends == 2))
+    one = '<small class="reward-kind">Milestone: 1 friend</small>'
+    two = '<small class="reward-kind">Milestone: 2 friends</small>'
+    signed_in_as(app, client, "viewer")
+    queue = client.get("/admin/rewards?status=all").get_data(as_text=True)
+    assert queue.count(one) == 1 and queue.count(two) == 1
+    assert queue.count("Milestone:") == 2  # the referral rewards say nothing more
+    assert "<small>referrer</small><br>" + two in queue  # beside the beneficiary
+    story = client.get(f"/admin/referrals/{second}").get_data(as_text=True)
+    assert "referrer (ref-1)<br>" + two in story and one not in story
+    assert "Milestone: 2 converted friends" in story  # the reward's event on the timeline
+    customer = client.get("/admin/customers/ref-1").get_data(as_text=True)
+    assert customer.count(one) == 1 and customer.count(two) == 1
+    assert "Milestone:" not in client.get("/admin/customers/f-1").get_data(as_text=True)
+
+
 def test_queue_pages_with_the_cursor(app, client, queue, monkeypatch):
     from referral_service.admin import views
 

@@ -234,6 +234,109 @@ def test_without_a_language_of_their_own_the_programs_default_is_used(
     assert smtp.messages[0]["Subject"] == "Покупката на твой приятел ти донесе 10,00\xa0€"
 
 
+def milestone(friends: int, value: str = "20.00") -> dict:
+    return {"friends": friends, "reward": {"type": "fixed", "value": value}}
+
+
+def test_a_milestone_rewards_email_says_it_is_a_bonus_for_n_friends(app, client, shop, admin, smtp):
+    set_program(client, admin, milestones=[milestone(2)])
+    switch_on(client, admin, reward_earned=True)
+    code = enrol(client, shop, "ref-1", name="Ann Lee")
+    converted(client, shop, code, "friend-1")
+    second = converted(client, shop, code, "friend-2")
+    assert [(r["kind"], r["milestone_friends"]) for r in second["rewards"]] == [
+        ("referral", None),
+        ("milestone", 2),
+    ]
+    subjects = [m["Subject"] for m in smtp.messages]
+    assert subjects == [
+        "Your friend's purchase earned you €10.00",
+        "Your friend's purchase earned you €10.00",  # a referral reward's email, as before
+        "You reached 2 friends: a bonus of €20.00",
+    ]
+    referral, bonus = smtp.messages[1], smtp.messages[2]
+    assert "a friend you invited made their first purchase, and it earned you €10.00." in (
+        text_of(referral)
+    )
+    body = text_of(bonus)
+    assert body.startswith("Hello Ann,")
+    assert (
+        "Good news: 2 of the friends you invited are now customers of the shop, and that "
+        "earned you a bonus of €20.00." in body
+    )
+    assert "The bonus is held while your friends' orders can still be returned" in body
+    assert "first purchase" not in body and "first purchase" not in html_of(bonus)
+    assert "2 of the friends you invited are now customers" in html_of(bonus)
+    # the rest of the email is that of every reward: links, unsubscribe, its own Message-ID
+    assert f"http://shop.test/r/{code}?via=email" in body
+    assert "http://shop.test/share/" in body
+    assert "Unsubscribe from these emails: http://shop.test/unsubscribe/" in body
+    assert bonus["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert unsubscribe_path(bonus) == unsubscribe_path(referral)
+    assert len({m["Message-ID"] for m in smtp.messages}) == 3
+    assert [row.kind for row in rows(app)] == ["reward_earned"] * 3
+
+
+def test_a_milestone_email_in_polish_takes_the_plural_form_of_n(app, client, shop, admin, smtp):
+    """Polish has three forms: 1, 2-4 (22-24...), and 5+ (12-14...); a milestone of one
+    friend says "the first"."""
+    set_program(
+        client, admin, milestones=[milestone(1, "5.00"), milestone(2, "6.00"), milestone(5)]
+    )
+    switch_on(client, admin, reward_earned=True)
+    code = enrol(client, shop, "ref-1", locale="pl")
+    for n in range(1, 6):
+        converted(client, shop, code, f"friend-{n}")
+    subjects = [m["Subject"] for m in smtp.messages]
+    assert subjects.count("Zakup Twojego znajomego przyniósł Ci 10,00\xa0€") == 5
+    bonuses = [m for m in smtp.messages if "premia" in m["Subject"]]
+    assert [m["Subject"] for m in bonuses] == [
+        "Pierwsza zaproszona przez Ciebie osoba została klientem: premia 5,00\xa0€",
+        "2 zaproszone przez Ciebie osoby zostały klientami: premia 6,00\xa0€",
+        "5 zaproszonych przez Ciebie osób zostało klientami: premia 20,00\xa0€",
+    ]
+    leads = [text_of(m) for m in bonuses]
+    assert "pierwsza zaproszona przez Ciebie osoba została klientem sklepu" in leads[0]
+    assert "2 zaproszone przez Ciebie osoby zostały klientami sklepu" in leads[1]
+    assert (
+        "Dobra wiadomość: 5 zaproszonych przez Ciebie osób zostało klientami sklepu, a Ty "
+        "zyskujesz premię 20,00\xa0€." in leads[2]
+    )
+    assert all("Premia czeka" in lead for lead in leads)
+    assert all(m["Content-Language"] == "pl" for m in bonuses)
+
+
+@pytest.mark.parametrize(
+    ("locale", "subject"),
+    [
+        ("hu", "Már 5 barátod vásárló: 20,00\xa0EUR bónusz"),
+        ("el", "Έφτασες τους 5 φίλους: μπόνους 20,00\xa0€"),
+        ("bg", "Достигна 5 приятели: бонус 20,00\xa0€"),
+    ],
+)
+def test_a_milestone_email_speaks_the_referrers_language(
+    app, client, shop, admin, smtp, locale, subject
+):
+    converted_before = [f"friend-{n}" for n in range(1, 5)]
+    code = enrol(client, shop, "ref-1", locale=locale)
+    for friend in converted_before:
+        converted(client, shop, code, friend)
+    set_program(client, admin, milestones=[milestone(5)])
+    switch_on(client, admin, reward_earned=True)
+    converted(client, shop, code, "friend-5")
+    assert [m["Subject"] for m in smtp.messages][1:] == [subject]
+
+
+def test_a_milestone_emails_words_follow_its_events_data_when_the_reward_is_gone():
+    """The N an email tells comes from the reward, else from its `reward.created` event."""
+    from referral_service.domain.notifications import _milestone_friends
+
+    assert _milestone_friends(None, {"kind": "milestone", "milestone_friends": 5}) == 5
+    assert _milestone_friends(None, {"kind": "referral", "milestone_friends": None}) is None
+    for bad in ("5", True, 0, None, 2.5):
+        assert _milestone_friends(None, {"kind": "milestone", "milestone_friends": bad}) is None
+
+
 def test_amounts_keep_their_currencys_decimals(app, client, shop, admin, smtp):
     set_program(
         client, admin, currency="HUF", referrer_reward={"type": "fixed", "value": "1234.50"}

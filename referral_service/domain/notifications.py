@@ -1,7 +1,8 @@
 """Emails to referrers: planned from the outbox's events, sent by the worker, never twice.
 
 Three kinds, each off until the program's switch (`notifications.<kind>`) is on:
-`reward_earned` (event `reward.created`: a friend's purchase earned the referrer a reward),
+`reward_earned` (event `reward.created`: a friend's purchase earned the referrer a reward, or
+their Nth converted friend a milestone reward: `Email.milestone_friends` then says N),
 `reward_approved` (`reward.approved`) and `reward_paid` (`payout.paid`: one email per referrer
 the batch paid, with what it paid them). Only the referrer's rewards are told: a friend's own
 reward is the shop's offer at its checkout, and the friend never asked to hear from the program.
@@ -83,6 +84,9 @@ class Email:
     unsubscribe_token: str
     at: datetime  # when this attempt began
     attempt: int  # 1 for the first
+    # N of a milestone reward (kind `milestone`: the referrer's Nth converted friend earned it)
+    # for an "earned" or "approved" email; None for a referral reward and for a payout
+    milestone_friends: int | None = None
 
 
 # writes the message of an Email (subject, text and HTML bodies, headers but From/To/Date)
@@ -246,14 +250,36 @@ def due_emails(now: datetime | None = None, limit: int = 100) -> list[int]:
     return ids
 
 
-def _reward_withdrawn(row: Notification) -> bool:
+def _told_reward(row: Notification) -> tuple[Reward | None, dict]:
+    """The reward an "earned" or "approved" email tells of (None if it is gone) and its event's
+    data; (None, {}) for a payout's email."""
+    if row.kind == "reward_paid":
+        return None, {}
+    data = db.session.scalar(select(OutboxEvent.data).where(OutboxEvent.event_id == row.event_id))
+    data = data if isinstance(data, dict) else {}
+    reward_id = data.get("id")
+    if isinstance(reward_id, bool) or not isinstance(reward_id, int):
+        return None, data
+    return db.session.get(Reward, reward_id), data
+
+
+def _reward_withdrawn(reward: Reward | None) -> bool:
     """Whether the reward an "earned" or "approved" email tells of was reversed or rejected
     since it was planned (a refund within the hold, say): such an email is not sent."""
-    if row.kind == "reward_paid":
-        return False
-    data = db.session.scalar(select(OutboxEvent.data).where(OutboxEvent.event_id == row.event_id))
-    reward = db.session.get(Reward, (data or {}).get("id"))
     return reward is not None and reward.status in ("reversed", "rejected")
+
+
+def _milestone_friends(reward: Reward | None, data: dict) -> int | None:
+    """N of the milestone reward an email tells of (the reward's own, else its event's), None
+    for a referral reward or a payout."""
+    if reward is not None:
+        return reward.milestone_friends if reward.kind == "milestone" else None
+    if data.get("kind") != "milestone":
+        return None
+    friends = data.get("milestone_friends")
+    if isinstance(friends, bool) or not isinstance(friends, int) or friends < 1:
+        return None
+    return friends
 
 
 def send(notification_id: int, now: datetime | None = None) -> datetime | None:
@@ -321,6 +347,7 @@ def _claim(notification_id: int, now: datetime) -> Email | None:
         customer = db.session.get(Customer, row.customer_id)
         opted_out = db.session.get(EmailOptOut, row.customer_id) is not None
         settings = program.settings()
+        reward, data = _told_reward(row)
         reason = (
             "unsubscribed"
             if opted_out
@@ -329,7 +356,7 @@ def _claim(notification_id: int, now: datetime) -> Email | None:
             else "switched off"
             if not settings["notifications"][row.kind]
             else "reward no longer owed"
-            if _reward_withdrawn(row)
+            if _reward_withdrawn(reward)
             else None
         )
         if reason is not None:
@@ -354,6 +381,7 @@ def _claim(notification_id: int, now: datetime) -> Email | None:
             unsubscribe_token=unsubscribe_token(customer.id),
             at=unit.now,
             attempt=row.attempts,
+            milestone_friends=_milestone_friends(reward, data),
         )
 
 

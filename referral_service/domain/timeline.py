@@ -146,6 +146,8 @@ def customer_page(external_id: str, limit: int = LIST_LIMIT) -> dict:
             "id": reward.id,
             "referral_id": reward.referral_id,
             "beneficiary": reward.beneficiary,
+            "kind": reward.kind,
+            "milestone_friends": reward.milestone_friends,
             "amount": from_minor(reward.amount_minor, reward.currency),
             "currency": reward.currency,
             "status": reward.status,
@@ -323,6 +325,9 @@ def referral_story(referral_id: int, now: datetime | None = None) -> dict:
     for reward in rewards:
         owner = referrer if reward.beneficiary == "referrer" else friend
         details = [f"Held until {reward.available_at:%Y-%m-%d %H:%M} UTC"]
+        if reward.kind == "milestone":
+            n = reward.milestone_friends
+            details.append(f"Milestone: {n} converted friend{'' if n == 1 else 's'}")
         if reward.rule_type == "percent":
             details.append(f"{reward.rule_value} % of the order")
         events.append(
@@ -411,6 +416,8 @@ def referral_story(referral_id: int, now: datetime | None = None) -> dict:
                 "id": reward.id,
                 "beneficiary": reward.beneficiary,
                 "customer": (referrer if reward.beneficiary == "referrer" else friend).external_id,
+                "kind": reward.kind,
+                "milestone_friends": reward.milestone_friends,
                 "amount": from_minor(reward.amount_minor, reward.currency),
                 "currency": reward.currency,
                 "status": reward.status,

@@ -3,14 +3,15 @@ with their share link, a link to their share page and a one-click unsubscribe (R
 
 The language is the customer's `locale` when the pages speak it, else the program's
 `default_locale`. Amounts are formatted for that language with exactly their currency's
-decimals (domain/money.py `format_money`).
+decimals (domain/money.py `format_money`). A milestone reward's "earned" email says it is a
+bonus for the referrer's N converted friends, in the plural form N asks for.
 """
 
 from email.message import EmailMessage
 from email.utils import format_datetime
 
 from flask import render_template
-from flask_babel import force_locale, gettext
+from flask_babel import force_locale, gettext, ngettext
 
 from referral_service import mail
 from referral_service.domain import notifications, portal
@@ -30,7 +31,30 @@ def unsubscribe_url(token: str) -> str:
 
 
 def _words(email: Email, amount: str) -> dict[str, str]:
-    """The sentences of one kind of email, in the current language."""
+    """The sentences of one kind of email, in the current language (a milestone reward's
+    "earned" email says how many friends reached it: plural forms by N)."""
+    friends = email.milestone_friends
+    if email.kind == "reward_earned" and friends is not None:
+        return {
+            "subject": ngettext(
+                "Your first friend is now a customer: a bonus of %(amount)s",
+                "You reached %(num)d friends: a bonus of %(amount)s",
+                friends,
+                amount=amount,
+            ),
+            "lead": ngettext(
+                "Good news: the first friend you invited is now a customer of the shop, and "
+                "that earned you a bonus of %(amount)s.",
+                "Good news: %(num)d of the friends you invited are now customers of the shop, "
+                "and that earned you a bonus of %(amount)s.",
+                friends,
+                amount=amount,
+            ),
+            "detail": gettext(
+                "The bonus is held while your friends' orders can still be returned, and "
+                "checked before it is paid."
+            ),
+        }
     if email.kind == "reward_earned":
         return {
             "subject": gettext("Your friend's purchase earned you %(amount)s", amount=amount),
