@@ -145,25 +145,33 @@ def insights(start: datetime | None = None, end: datetime | None = None, now=Non
 
 
 def _customers_before(moments: list[datetime]) -> list[int]:
-    """How many customers were known before each of `moments` (ascending): those before the
-    first counted through the index on `created_at`, and the ones between the first and the
-    last read in one range of it, in one statement."""
+    """How many customers were known before each of `moments` (ascending), in one statement:
+    those before the first counted through the index on `created_at`, the ones between the
+    first and the last read in one range of it, each counted in the span between two moments
+    it falls in (the counts before each moment are then running sums)."""
     first, last = moments[0], moments[-1]
     before_first = (
         select(func.count()).select_from(Customer).where(Customer.created_at < first)
     ).scalar_subquery()
     if first == last:
         return [int(db.session.scalar(select(before_first)))] * len(moments)
-    between = (
-        func.coalesce(func.sum(case((Customer.created_at < moment, 1), else_=0)), 0)
-        for moment in moments[1:]
+    span = case(
+        *((Customer.created_at < moment, i) for i, moment in enumerate(moments[1:], 1)),
+        else_=len(moments),
     )
-    row = db.session.execute(
-        select(before_first, *between).where(
-            Customer.created_at >= first, Customer.created_at < last
-        )
-    ).one()
-    return [int(row[0]) + int(count) for count in (0, *row[1:])]
+    rows = db.session.execute(
+        select(before_first, span, func.count())
+        .where(Customer.created_at >= first, Customer.created_at < last)
+        .group_by(span)
+    ).all()
+    if not rows:
+        return [int(db.session.scalar(select(before_first)))] * len(moments)
+    spans = Counter({int(index): int(count) for _, index, count in rows})
+    counts, running = [], int(rows[0][0])
+    for index in range(len(moments)):
+        running += spans[index]
+        counts.append(running)
+    return counts
 
 
 # --- time to sign up and to convert --------------------------------------------------------------
