@@ -39,12 +39,18 @@ With `--database-url` naming PostgreSQL, a fresh database is made on that server
 dropped at the end; without it, a SQLite file in a temporary directory, removed at the end.
 The last line, `result: ...`, is what bench/suite.py reads.
 
-Times measured here (a 2-core machine shared with other work, load average about 2), 100,000
-customers, 5,000,000 visits (about 517,000 click rows kept), 20,000 referrals, 153,769 purchases:
-SQLite filled in 27 s, stats 184-222 ms and insight 875-992 ms (4.5-4.8x); PostgreSQL filled in
-41-49 s, stats 82-119 ms and insight 580-664 ms (5.6-7.1x). The target is missed: insight's
-cohorts read the year's orders and group them by customer on every call (about 60 % of its
-time), and its time to sign up and to convert reads the year's referrals into Python.
+Times measured here (a 2-core machine shared with other work, load average 3.4-5), 100,000
+customers, 5,000,000 visits (about 517,000 click rows kept), 20,000 referrals, 153,769 purchases.
+Before the first-order summaries (migration 0021): SQLite stats 184-222 ms and insight 875-992 ms
+(4.5-4.8x); PostgreSQL stats 82-119 ms and insight 580-664 ms (5.6-7.1x), the cohorts grouping
+the year's orders by customer on every call. With them (the cohorts one index range of
+`customer_first_orders`, 62,446 customers, each probed for its referral through the unique index
+on the friend): SQLite filled in 114 s, stats 607 ms and insight 929 ms (1.53x: met, with the
+tests running alongside; 1.81x and 1.83x in two runs of earlier forms of the same read);
+PostgreSQL filled in 61 s, stats 99 ms and insight 474 ms (4.8x: missed). On PostgreSQL the
+cohorts take about 240 ms of it (the 62,446 index probes of `referrals`; a hash join over every
+referral takes 50 ms, but reads a table that grows with the years) and the time to sign up and
+to convert about 165 ms (the year's referrals read into Python).
 
 Needs: the service installed in the running Python (`pip install -e .`); about 200 MB of disk
 for the default size on SQLite. Exit status: 0 when insight is under 2x stats (or
@@ -68,7 +74,7 @@ from flask_migrate import upgrade
 from sqlalchemy import column, create_engine, func, select, table, text
 
 from referral_service import create_app
-from referral_service.domain import api_keys, insights, rollups
+from referral_service.domain import api_keys, cohorts, insights, rollups
 from referral_service.extensions import db
 from referral_service.models import (
     ClickDay,
@@ -76,6 +82,7 @@ from referral_service.models import (
     ClickMark,
     ClickTotal,
     Customer,
+    CustomerFirstOrder,
     Purchase,
     Referral,
     ReferralCode,
@@ -398,6 +405,7 @@ def fill_shop(engine, shop: Shop) -> dict:
             for row in other:
                 if row[key] is not None:
                     row[key] = renumbered[row[key]]
+    summaries = first_orders(purchases)
     targets = (
         (columns(Customer, *customers[0]), customers),
         (columns(ReferralCode, *codes[0]), codes),
@@ -405,6 +413,7 @@ def fill_shop(engine, shop: Shop) -> dict:
         (columns(Purchase, *purchases[0]), purchases),
         (columns(Refund, *refunds[0]), refunds),
         (columns(Reward, *rewards[0]), rewards),
+        (columns(CustomerFirstOrder, *summaries[0]), summaries),
     )
     with engine.begin() as connection:
         for target, rows in targets:
@@ -418,6 +427,31 @@ def fill_shop(engine, shop: Shop) -> dict:
         "refunds": len(refunds),
         "rewards": len(rewards),
     }
+
+
+def first_orders(purchases: list[dict]) -> list[dict]:
+    """The `customer_first_orders` rows of these purchases, as the service keeps them on each
+    purchase and refund (domain/cohorts.py): one per customer and currency ordered in."""
+    orders = defaultdict(list)
+    for p in purchases:
+        orders[p["customer_id"], p["currency"]].append(
+            (p["occurred_at"], p["amount_minor"], p["refunded_minor"])
+        )
+    rows = []
+    for (customer_id, currency), theirs in sorted(orders.items()):
+        summary = cohorts.summarize(sorted(theirs))
+        if summary is not None:
+            first, count, revenue = summary
+            rows.append(
+                {
+                    "customer_id": customer_id,
+                    "currency": currency,
+                    "first_order_at": first,
+                    "orders_90d": count,
+                    "revenue_90d_minor": revenue,
+                }
+            )
+    return rows
 
 
 def analyze(engine) -> None:

@@ -210,7 +210,8 @@ def seed_history(
 ) -> None:
     """`count` friends (`fr-<start>`, ...) referred over the past year: about 55% converted (one
     purchase, a fifth of them a second one, and one reward for the referrer), 40% still
-    attributed, 5% rejected; their customers, codes, sign-ups, referrals, purchases, rewards."""
+    attributed, 5% rejected; their customers, codes, sign-ups, referrals, purchases (with their
+    first-order summaries), rewards."""
     if not referrers:
         raise ValueError("seed referrers before the history")
     rng = random.Random(seed)
@@ -352,6 +353,23 @@ def seed_history(
                 number += 1
 
     insert_rows(engine, "purchases", purchases())
+    # each converted friend's first-order summary, as the service keeps it (domain/cohorts.py):
+    # one order, or two at the same time, of the same amount, in EUR, none refunded
+    insert_rows(
+        engine,
+        "customer_first_orders",
+        (
+            {
+                "customer_id": customer0 + i,
+                "currency": "EUR",
+                "first_order_at": converted(i),
+                "orders_90d": status[i],
+                "revenue_90d_minor": status[i] * (1000 + (i * 7919) % 20000),
+            }
+            for i in range(count)
+            if status[i] in (1, 2)
+        ),
+    )
     insert_rows(
         engine,
         "rewards",

@@ -41,31 +41,34 @@ from math import ceil
 
 from sqlalchemy import (
     Date,
-    Integer,
-    Interval,
     and_,
     case,
     cast,
     func,
-    literal,
     or_,
     select,
     type_coerce,
     union_all,
 )
-from sqlalchemy.orm import aliased
 from sqlalchemy.types import NullType
 
+from referral_service.domain import cohorts as cohorts_summary
 from referral_service.domain import program, rollups
 from referral_service.domain.clicks import flush_pending
 from referral_service.domain.money import from_minor
 from referral_service.domain.stats import period, top_referrers
 from referral_service.domain.text import spreadsheet_safe
 from referral_service.extensions import db
-from referral_service.models import Click, ClickDay, Customer, Purchase, Referral
+from referral_service.models import (
+    Click,
+    ClickDay,
+    Customer,
+    CustomerFirstOrder,
+    Referral,
+)
 
 MIN_COHORT = 5  # customers behind a cohort's figures, at least
-REPEAT_WINDOW_DAYS = 90
+REPEAT_WINDOW_DAYS = cohorts_summary.REPEAT_WINDOW_DAYS
 TOP_REFERRERS = 10
 MAX_MONTHS = 120  # `by_month` covers at most the last ten years of a longer period
 PERCENTILES = (50, 90)
@@ -422,87 +425,45 @@ def _converted_by_month(months: list[tuple[datetime, datetime]]) -> list[int]:
 # --- cohorts -------------------------------------------------------------------------------------
 
 
-def _within_days(later, earlier, days: int, dialect: str):
-    """SQL: `later < earlier + days`, for two UTC timestamp columns on PostgreSQL, for two day
-    numbers (`julianday`) on SQLite."""
-    if dialect == "sqlite":
-        return later < earlier + days
-    return later < earlier + literal(timedelta(days=days), Interval())
-
-
 def cohorts(start: datetime, end: datetime) -> dict:
     """`{referred: {...}, not_referred: {...}}`, each `{customers, orders,
     repeat_purchase_rate_90d, average_order_value, revenue_per_customer, currency}` as the
     module docstring defines them; every figure but `customers` None below MIN_COHORT.
 
-    One statement over the counted orders from `start` to REPEAT_WINDOW_DAYS after `end` (a
-    range of the index on the time; every order of a cohort's 90 days is in it): each order
-    with its customer's first order in that range, the customers whose first is in the period
-    and who ordered nothing before it (their own orders, through the index on the customer and
-    the time), counted by whether they were referred."""
+    One statement over one range of the index on (currency, first order) of the customers'
+    first-order summaries (`customer_first_orders`, kept up to date by domain/cohorts.py with
+    each customer's orders of the 90 days from their first), counted by whether they were
+    referred."""
     currency = program.settings()["currency"]
-
-    def counted(purchase):
-        return and_(purchase.currency == currency, purchase.refunded_minor < purchase.amount_minor)
-
-    try:
-        horizon = end + timedelta(days=REPEAT_WINDOW_DAYS)
-    except OverflowError:
-        horizon = datetime.max.replace(tzinfo=UTC)
-    dialect = db.session.get_bind().dialect.name
-    # SQLite reads each order's time once as a day number (its date functions parse text)
-    day = func.julianday(Purchase.occurred_at) if dialect == "sqlite" else Purchase.occurred_at
-    orders = (
-        select(
-            Purchase.customer_id.label("customer_id"),
-            day.label("day"),
-            (Purchase.amount_minor - Purchase.refunded_minor).label("net"),
-            func.min(Purchase.occurred_at)
-            .over(partition_by=Purchase.customer_id)
-            .label("first_at"),
-            func.min(day).over(partition_by=Purchase.customer_id).label("first_day"),
-        )
-        .where(counted(Purchase), Purchase.occurred_at >= start, Purchase.occurred_at < horizon)
-        .subquery("orders")
+    summary = CustomerFirstOrder
+    # the customer's referral not rejected, if any (a customer is the friend of one at most): a
+    # probe of the unique index on the friend a customer, never a read of every referral
+    referral = (
+        select(Referral.id)
+        .where(Referral.friend_id == summary.customer_id, Referral.status != "rejected")
+        .scalar_subquery()
     )
-    earlier = aliased(Purchase, name="earlier")
-    before = (
-        select(literal(1))
-        .select_from(earlier)
-        .where(
-            earlier.customer_id == orders.c.customer_id,
-            earlier.occurred_at < start,
-            counted(earlier),
-        )
-        .exists()
-    )
-    per_customer = (
+    customers = (
         select(
-            orders.c.customer_id,
-            func.count().label("orders"),
-            func.sum(orders.c.net).label("revenue"),
+            referral.label("referral_id"),
+            summary.orders_90d.label("orders"),
+            summary.revenue_90d_minor.label("revenue"),
         )
         .where(
-            orders.c.first_at < end,
-            _within_days(orders.c.day, orders.c.first_day, REPEAT_WINDOW_DAYS, dialect),
+            summary.currency == currency,
+            summary.first_order_at >= start,
+            summary.first_order_at < end,
         )
-        .group_by(orders.c.customer_id)
-        .having(~before)
-        .subquery("per_customer")
+        .subquery("customers")
     )
-    referred = cast(
-        select(literal(1))
-        .where(Referral.friend_id == per_customer.c.customer_id, Referral.status != "rejected")
-        .exists(),
-        Integer,
-    )
+    referred = case((customers.c.referral_id.is_(None), 0), else_=1)
     rows = db.session.execute(
         select(
             referred,
             func.count(),
-            func.sum(case((per_customer.c.orders >= 2, 1), else_=0)),
-            func.sum(per_customer.c.orders),
-            func.sum(per_customer.c.revenue),
+            func.sum(case((customers.c.orders >= 2, 1), else_=0)),
+            func.sum(customers.c.orders),
+            func.sum(customers.c.revenue),
         ).group_by(referred)
     ).all()
     found = {bool(r): (int(c), int(rep), int(o), int(rev)) for r, c, rep, o, rev in rows}

@@ -25,6 +25,10 @@ friends than remain that is not yet paid (pending, awaiting approval or approved
 batch or not) is reversed. A paid one stays paid, with no clawback; a partial refund that leaves
 the order qualifying changes none.
 
+A refund also recomputes the customer's first-order summary in the order's currency
+(domain/cohorts.py), under a lock on the customer's row on PostgreSQL (the lock their purchases
+take), so that a purchase and a refund of one customer at once leave it right.
+
 A refund is one unit of work (domain/unit.py); its events are `reward.reversed` for each reward
 it reverses, `clawback.created` for each clawback and `referral.requalified`. A percent reward
 recomputed on what remains has no event of its own; a replay writes none.
@@ -35,7 +39,7 @@ from decimal import Decimal
 
 from sqlalchemy import func, select, update
 
-from referral_service.domain import idempotency, payouts, program
+from referral_service.domain import cohorts, idempotency, payouts, program
 from referral_service.domain.money import from_minor, parse_amount, percent_of, to_minor
 from referral_service.domain.rewards import OPEN, check_order_id, lock_referrer, reward_dict
 from referral_service.domain.unit import Unit, unit_of_work
@@ -136,6 +140,10 @@ def _refund(order_id, amount, refund_id, refunded_total, actor, now) -> dict:
             )
         )
         db.session.flush()  # a refund id applied meanwhile fails here, before any other change
+        # the customer's first-order summary, after their purchases running at once (the lock)
+        connection = db.session.connection()
+        lock_referrer(connection, purchase.customer_id)
+        cohorts.refresh(connection, purchase.customer_id, purchase.currency)
         _follow(unit, purchase, settings, actor)
         return _answer(purchase)
 

@@ -20,6 +20,9 @@ doing nothing on a conflict; on PostgreSQL the referrer's row is locked before t
 friends converting at once count one after the other (SQLite's write lock orders them already).
 A refund that takes the count back below N reverses an unpaid one (domain/refunds.py).
 
+Every purchase, referred or not, recomputes the customer's first-order summary in its currency
+(domain/cohorts.py) in its unit of work, under the lock on the customer.
+
 An `order_id` names one order for ever: sent again with the same customer, amount and currency it
 gets the saved answer; with another, it is refused (OrderConflict), never answered as the first.
 A purchase that earns nothing says why (`reason`, one of PURCHASE_REASONS).
@@ -39,7 +42,7 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import selectinload
 
-from referral_service.domain import customers, fraud, idempotency, payouts, program
+from referral_service.domain import cohorts, customers, fraud, idempotency, payouts, program
 from referral_service.domain.clock import CLOCK_SKEW, check_time, utc_month
 from referral_service.domain.money import (
     check_currency,
@@ -171,6 +174,7 @@ def _record_purchase(order_id, external_id, amount_minor, currency, occurred_at,
             "response": {},
         }
         purchase["id"] = connection.execute(_INSERT_PURCHASE, purchase).inserted_primary_key[0]
+        cohorts.refresh(connection, friend.id, currency)
         referral = None
         rewards = []
         reason = _why_not(friend, purchase, settings)

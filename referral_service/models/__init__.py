@@ -6,6 +6,7 @@ from referral_service.models.api_key import ApiKey
 from referral_service.models.base import Base, utcnow
 from referral_service.models.click import Click
 from referral_service.models.click_rollup import ClickDay, ClickHour, ClickMark, ClickTotal
+from referral_service.models.cohort import CustomerFirstOrder
 from referral_service.models.customer import Customer, ReferralCode
 from referral_service.models.outbox import OutboxEvent
 from referral_service.models.program import Program
@@ -35,6 +36,7 @@ __all__ = [
     "ClickMark",
     "ClickTotal",
     "Customer",
+    "CustomerFirstOrder",
     "IdempotencyKey",
     "OutboxEvent",
     "Payout",
