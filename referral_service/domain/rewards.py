@@ -352,36 +352,43 @@ def _grant(connection, friend, purchase: dict, settings: dict, now: datetime, ri
         status = "pending"
         if available_at <= now:
             status = _matured_status(amount, currency, risk, settings)
-        reward_id = connection.execute(
-            _INSERT_REWARD,
-            {
-                "referral_id": friend.referral_id,
-                "purchase_id": purchase["id"],
-                "customer_id": customer_id,
-                "beneficiary": beneficiary,
-                "rule_type": rule["type"],
-                "rule_value": rule["value"],
-                "amount_minor": amount,
-                "currency": currency,
-                "status": status,
-                "available_at": available_at,
-                "created_at": now,
-                "updated_at": now,
-            },
-        ).inserted_primary_key[0]
-        rewards.append(
-            {
-                "id": reward_id,
-                "beneficiary": beneficiary,
-                "kind": "referral",
-                "milestone_friends": None,
-                "amount": from_minor(amount, currency),
-                "currency": currency,
-                "status": status,
-                "available_at": available_at,
-            }
-        )
+        row = _reward_row(friend, purchase, customer_id, beneficiary, rule, amount, status, now)
+        row.update(kind="referral", milestone_friends=None, available_at=available_at)
+        reward_id = connection.execute(_INSERT_REWARD, row).inserted_primary_key[0]
+        rewards.append(_shown(reward_id, row))
     return rewards, reason
+
+
+def _reward_row(friend, purchase, customer_id, beneficiary, rule, amount, status, now) -> dict:
+    """The columns of a reward earned by `purchase` (its referral the friend's), but its kind,
+    milestone and `available_at`."""
+    return {
+        "referral_id": friend.referral_id,
+        "purchase_id": purchase["id"],
+        "customer_id": customer_id,
+        "beneficiary": beneficiary,
+        "rule_type": rule["type"],
+        "rule_value": rule["value"],
+        "amount_minor": amount,
+        "currency": purchase["currency"],
+        "status": status,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _shown(reward_id: int, row: dict) -> dict:
+    """A reward just inserted, as the purchase answer shows it."""
+    return {
+        "id": reward_id,
+        "beneficiary": row["beneficiary"],
+        "kind": row["kind"],
+        "milestone_friends": row["milestone_friends"],
+        "amount": from_minor(row["amount_minor"], row["currency"]),
+        "currency": row["currency"],
+        "status": row["status"],
+        "available_at": row["available_at"],
+    }
 
 
 def _grant_milestones(
@@ -413,39 +420,12 @@ def _grant_milestones(
         status = "pending"
         if available_at <= now:
             status = _matured_status(amount, currency, risk, settings)
-        reward_id = connection.execute(
-            insert_milestone,
-            {
-                "referral_id": friend.referral_id,
-                "purchase_id": purchase["id"],
-                "customer_id": referrer_id,
-                "beneficiary": "referrer",
-                "kind": "milestone",
-                "milestone_friends": friends,
-                "rule_type": rule["type"],
-                "rule_value": rule["value"],
-                "amount_minor": amount,
-                "currency": currency,
-                "status": status,
-                "available_at": available_at,
-                "created_at": now,
-                "updated_at": now,
-            },
-        ).scalar()
+        row = _reward_row(friend, purchase, referrer_id, "referrer", rule, amount, status, now)
+        row.update(kind="milestone", milestone_friends=friends, available_at=available_at)
+        reward_id = connection.execute(insert_milestone, row).scalar()
         if reward_id is None:  # granted by another conversion meanwhile
             continue
-        granted.append(
-            {
-                "id": reward_id,
-                "beneficiary": "referrer",
-                "kind": "milestone",
-                "milestone_friends": friends,
-                "amount": from_minor(amount, currency),
-                "currency": currency,
-                "status": status,
-                "available_at": available_at,
-            }
-        )
+        granted.append(_shown(reward_id, row))
     return granted
 
 
