@@ -525,3 +525,18 @@ def test_the_built_in_landing_page_speaks_the_friends_language(client):
     assert html_lang(client.get(unescape(switch))) == "pl"
     plain = client.get("/landing")
     assert "You were invited" in text_of(plain) and "no longer valid" in text_of(plain)
+
+
+def test_a_friend_refunded_then_buying_again_is_listed_once(client, shop):
+    """The friends list shows each friend once, in the state of their latest reward: after a
+    full refund (reward reversed) and a new qualifying order (a new reward), "on hold"."""
+    put_customer(client, shop)
+    converted_friend(client, shop, "again-1", "ref-1")
+    assert refund(client, shop, "o-again-1").status_code == 200
+    assert client.get(portal_path(client, shop)).text.count('class="friend-name"') == 1
+    assert buy(client, shop, "o-again-1-b", "again-1", "50.00").status_code == 201
+    page = client.get(portal_path(client, shop))
+    text = text_of(page)
+    assert "Order refunded: no reward" not in text
+    assert text.count("Bought: reward on hold") == 1
+    assert page.text.count('class="friend-name"') == 1

@@ -13,7 +13,7 @@ from decimal import Decimal
 import regex
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from referral_service.domain import stats
@@ -238,6 +238,18 @@ def share_page(customer_id: int) -> SharePage:
     if customer is None or code is None:
         raise InvalidLink()
     friend = aliased(Customer)
+    earlier = aliased(Reward)
+    # a friend's latest referral reward tells their state: after a refund and a new purchase,
+    # the new reward, not the reversed one beside it (one row a friend)
+    latest = (
+        select(func.max(earlier.id))
+        .where(
+            earlier.referral_id == Referral.id,
+            earlier.customer_id == customer_id,
+            earlier.kind == "referral",  # a milestone reward shares its referral
+        )
+        .scalar_subquery()
+    )
     friends = db.session.execute(
         select(
             friend.name,
@@ -248,14 +260,7 @@ def share_page(customer_id: int) -> SharePage:
             Reward.status,
         )
         .join(friend, friend.id == Referral.friend_id)
-        .outerjoin(
-            Reward,
-            and_(
-                Reward.referral_id == Referral.id,
-                Reward.customer_id == customer_id,
-                Reward.kind == "referral",  # a milestone reward shares its referral
-            ),
-        )
+        .outerjoin(Reward, Reward.id == latest)
         .where(Referral.referrer_id == customer_id)
         .order_by(Referral.attributed_at.desc(), Referral.id.desc())
         .limit(LIST_LIMIT)
