@@ -218,3 +218,29 @@ def test_two_demos_at_once_make_one_set_of_customers(app):
     assert "demo" in outcomes[0] and outcomes[0] != "done"
     with app.app_context():
         assert count(Customer.id.is_not(None)) == demo.MIN_CUSTOMERS
+
+
+@pytest.mark.parametrize(
+    ("currency", "minimum", "rule"),
+    [
+        ("JPY", "2000", {"type": "fixed", "value": "1000"}),
+        ("KWD", "5.000", {"type": "percent", "value": "10"}),
+    ],
+)
+def test_a_shops_own_currency_is_kept_and_counted_in_its_minor_unit(
+    app, runner, currency, minimum, rule
+):
+    """A program set to a currency of 0 or 3 decimals (ISO 4217): the demo's orders, refunds and
+    rewards are in that currency's minor unit, and orders are scaled to its minimum order."""
+    with app.app_context():
+        program.update({"currency": currency, "min_order_amount": minimum, "referrer_reward": rule})
+    result = runner.invoke(main, ["demo", "--customers", "100"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert program.settings()["currency"] == currency
+        orders = db.session.execute(
+            select(Purchase.amount_minor, Purchase.refunded_minor, Purchase.currency)
+        ).all()
+        assert orders and {c for _, _, c in orders} == {currency}
+        assert count(Reward.currency == currency) > 0
+        assert count(Reward.currency != currency) == 0

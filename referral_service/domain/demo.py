@@ -48,6 +48,7 @@ from referral_service.domain import (
 )
 from referral_service.domain.codes import signer
 from referral_service.domain.customers import email_key
+from referral_service.domain.money import minor_digits
 from referral_service.domain.unit import unit_of_work
 from referral_service.errors import Conflict
 from referral_service.extensions import db
@@ -588,10 +589,17 @@ class _World:
             db.session.rollback()
 
     def _amount(self, referred: bool) -> Decimal:
-        value = float(MEDIAN_ORDER) * self.random.lognormvariate(0, 0.5)
+        """An order's amount in the program currency: about MEDIAN_ORDER, or twice the
+        program's minimum order when that is more (a shop's own currency may count in yen),
+        with cents only where the currency has them (ISO 4217)."""
+        median = max(MEDIAN_ORDER, 2 * Decimal(self.settings["min_order_amount"]))
+        value = float(median) * self.random.lognormvariate(0, 0.5)
         if referred:
             value *= REFERRED_SPEND
-        return Decimal(max(5, math.floor(value))) + Decimal(self.random.choice(("0.90", "0.99")))
+        amount = Decimal(max(5, math.floor(value)))
+        if minor_digits(self.settings["currency"]) >= 2:
+            amount += Decimal(self.random.choice(("0.90", "0.99")))
+        return amount
 
     def _orders(self, person: _Person) -> list[tuple]:
         """A customer's orders over the year: `(at, person, order_id, amount)`."""
@@ -653,7 +661,8 @@ class _World:
             part = None  # the shown ones whole: a reversal, a clawback of the whole reward
             if order not in late | early and self.random.random() < PARTIAL_REFUND_SHARE:
                 share = Decimal(self.random.choice(("0.2", "0.3", "0.5")))
-                part = (amount * share).quantize(Decimal("0.01"))
+                unit = Decimal(1).scaleb(-minor_digits(self.settings["currency"]))
+                part = (amount * share).quantize(unit)
             planned.append((at + timedelta(days=days), order_id, part))
         return planned
 
