@@ -65,6 +65,7 @@ from referral_service.models import (
     Signup,
     utcnow,
 )
+from referral_service.models.base import end_read
 
 PREFIX = "demo-"  # every demo customer's external id, order id and refund id starts with it
 DEFAULT_CUSTOMERS = 2_000
@@ -206,7 +207,7 @@ def counts() -> tuple[int, int]:
     demo = Customer.external_id.startswith(PREFIX, autoescape=True)
     real = db.session.scalar(select(func.count()).where(~demo)) or 0
     made = db.session.scalar(select(func.count()).where(demo)) or 0
-    db.session.rollback()  # end the read: the steps below open their own write transactions
+    end_read(db.session)  # end the read: the steps below open their own write transactions
     return real, made
 
 
@@ -254,7 +255,7 @@ def fill(
     world = _World(customers, seed, now)
     world.report.settings_changed = _set_program()
     world.settings = program.settings()
-    db.session.rollback()
+    end_read(db.session)
     world.run()
     world.report.seconds = time.monotonic() - started
     return world.report
@@ -278,7 +279,7 @@ def _set_program() -> bool:
     """Give a program still at its defaults the demo's settings (and milestones, when the
     program has them); returns whether it changed them."""
     current = program.settings()
-    db.session.rollback()
+    end_read(db.session)
     if current != _default_settings():
         return False
     changes = dict(SETTINGS)
@@ -303,7 +304,7 @@ class _World:
         self.people: list[_Person] = []
         self.first = _next_number()
         self.last_id = db.session.scalar(select(func.max(Customer.id))) or 0
-        db.session.rollback()
+        end_read(db.session)
 
     # --- people ----------------------------------------------------------------------------------
 
@@ -432,7 +433,7 @@ class _World:
             device_id=f"{PREFIX}device-{person.number}",
             now=at,
         )
-        db.session.rollback()
+        end_read(db.session)
         row = db.session.execute(
             select(Customer.id, ReferralCode.id, ReferralCode.code)
             .join(ReferralCode, ReferralCode.customer_id == Customer.id)
@@ -443,7 +444,7 @@ class _World:
         ).one()
         person.id, person.code_id, person.code = row
         person.referred = answer.attributed
-        db.session.rollback()
+        end_read(db.session)
         return answer
 
     # --- share-link visits -----------------------------------------------------------------------
@@ -586,7 +587,7 @@ class _World:
         while steps:
             at, _, action, args = heapq.heappop(steps)
             action(at, *args)
-            db.session.rollback()
+            end_read(db.session)
 
     def _amount(self, referred: bool) -> Decimal:
         """An order's amount in the program currency: about MEDIAN_ORDER, or twice the
@@ -703,7 +704,7 @@ class _World:
             )
             .order_by(Reward.id)
         ).all()
-        db.session.rollback()
+        end_read(db.session)
         for reward_id, risk in waiting:
             if risk > 0 or self.random.random() < REJECT_SHARE:
                 rewards.reject(reward_id, OWNER, self.random.choice(REJECT_REASONS), now=at)
@@ -719,7 +720,7 @@ class _World:
         waiting = db.session.scalar(
             select(func.count()).where(Reward.status == "approved", Reward.payout_id.is_(None))
         )
-        db.session.rollback()
+        end_read(db.session)
         if not waiting:
             return
         batch = payouts.create(OWNER, all_approved=True, now=at)
@@ -755,7 +756,7 @@ class _World:
                 .group_by(Reward.status)
             ).all()
         )
-        db.session.rollback()
+        end_read(db.session)
 
 
 def _external_id(number: int) -> str:
@@ -767,7 +768,7 @@ def _next_number() -> int:
     taken = db.session.scalars(
         select(Customer.external_id).where(Customer.external_id.startswith(PREFIX, autoescape=True))
     ).all()
-    db.session.rollback()
+    end_read(db.session)
     numbers = [int(e[len(PREFIX) :]) for e in taken if e[len(PREFIX) :].isdigit()]
     return max(numbers, default=0) + 1
 
